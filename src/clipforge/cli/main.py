@@ -1,0 +1,47 @@
+"""Entry point of the `clipforge` command.
+
+Every command module is thin: it parses argv into a typed config and makes one library call.
+Modules are imported here so that `clipforge --help` lists every command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from clipforge import __version__
+from clipforge.errors import ClipforgeError
+
+# One module per command group; each defines `register(group)`.
+COMMAND_MODULES = [
+    "clipforge.cli.models_cmd",
+]
+
+
+class _Group(click.Group):
+    """Turns clipforge errors into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ClipforgeError as err:
+            raise click.ClickException(str(err)) from err
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="clipforge")
+def main() -> None:
+    """Train, use, search with and probe CLIP-style image-text models, offline on a CPU."""
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(main)
+
+
+_register_all()
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Image loading and CLIP preprocessing with PIL + torch only.
+
+Matches OpenAI's pipeline: resize the shortest side (bicubic), center crop, RGB, normalize. torchvision
+cannot be used here, so the steps are written out; the crop offsets round like torchvision's.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from clipforge.errors import ImageError
+from clipforge.models.config import PreprocessConfig
+
+# Refuse images above ~89 Mpx (PIL's default warning level) as decompression bombs instead of warning.
+MAX_IMAGE_PIXELS = 89_478_485
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Decodes an image fully, so truncated files fail here rather than later in a worker.
+
+    Args:
+        source: a path or the encoded bytes.
+        name: how to name the image in errors (defaults to the path).
+
+    Raises:
+        ImageError: the file is missing, empty, not an image, truncated or too large.
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    data = _read_bytes(source, label)
+    if not data:
+        raise ImageError(f"empty image file: {label}")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"image too large ({image.width}x{image.height}): {label}")
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"image too large (decompression bomb): {label}") from err
+    except Exception as err:  # PIL raises many types for bad data; all mean "not a usable image"
+        raise ImageError(f"not a readable image ({type(err).__name__}: {err}): {label}") from err
+    return image
+
+
+def _read_bytes(source: str | Path | bytes, label: str) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    try:
+        return Path(source).read_bytes()
+    except FileNotFoundError as err:
+        raise ImageError(f"image file not found: {label}") from err
+    except OSError as err:
+        raise ImageError(f"cannot read image file ({err.strerror}): {label}") from err
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Converts any PIL mode to RGB; 16/32-bit integer and float images are scaled to 8 bits first."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def resize_shortest(image: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resizes so the shorter side equals `size`, keeping the aspect ratio (torchvision's rounding)."""
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    if short == size:
+        return image
+    new_long = int(size * long / short)
+    new_size = (size, new_long) if width <= height else (new_long, size)
+    return image.resize(new_size, _RESAMPLE[interpolation])
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Crops the central `size` x `size` square (pads with black first when the image is smaller)."""
+    width, height = image.size
+    if width < size or height < size:
+        canvas = Image.new(image.mode, (max(width, size), max(height, size)))
+        canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
+        image, width, height = canvas, canvas.width, canvas.height
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image to a float tensor in [0, 1]."""
+    array = np.asarray(image, dtype=np.uint8).copy()  # [H, W, 3]
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)  # [3, H, W]
+
+
+class Preprocess:
+    """Callable turning a PIL image (any mode, any size) into a normalized [3, S, S] tensor."""
+
+    def __init__(self, config: PreprocessConfig) -> None:
+        if config.interpolation not in _RESAMPLE:
+            raise ImageError(f"unknown interpolation '{config.interpolation}' (known: {', '.join(_RESAMPLE)})")
+        self.config = config
+        self.mean = torch.tensor(config.mean).view(3, 1, 1)
+        self.std = torch.tensor(config.std).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        size = self.config.image_size
+        image = to_rgb(image)
+        image = center_crop(resize_shortest(image, size, self.config.interpolation), size)
+        return (pil_to_tensor(image) - self.mean) / self.std
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalizes float pixels in [0, 1] already at the right size ([..., 3, S, S])."""
+        return (pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)
+
+    def __repr__(self) -> str:
+        return f"Preprocess({self.config})"

@@ -1,0 +1,32 @@
+"""Exceptions raised by clipforge.
+
+Every error carries one line that names the culprit (a path, a key, a value), so a CLI user can act
+on it without a traceback.
+"""
+
+
+class ClipforgeError(Exception):
+    """Base class of all clipforge errors."""
+
+
+class ConfigError(ClipforgeError, ValueError):
+    """A configuration is malformed: unknown key, wrong type, bad value."""
+
+
+class CheckpointError(ClipforgeError):
+    """A checkpoint is missing, truncated or of an unknown format."""
+
+
+class ImageError(ClipforgeError):
+    """A file could not be decoded as an image."""
+
+
+class DataError(ClipforgeError):
+    """A dataset spec or a dataset file is malformed."""
+
+
+class MissingExtraError(ClipforgeError, ImportError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(f"{package} is not installed: pip install 'clipforge[{extra}]'")

@@ -1,0 +1,95 @@
+"""Transformer building blocks in OpenAI CLIP's parameter layout, on scaled_dot_product_attention."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class QuickGELU(nn.Module):
+    """The sigmoid approximation of GELU that OpenAI's checkpoints were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def activation(name: str) -> nn.Module:
+    """The MLP activation named in a config: OpenAI weights need `quick_gelu`, HF configs may say `gelu`."""
+    if name == "quick_gelu":
+        return QuickGELU()
+    if name == "gelu":
+        return nn.GELU()
+    raise ValueError(f"unknown activation '{name}' (known: quick_gelu, gelu)")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameter names (packed in_proj)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        batch, length, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, L, 3D]
+        qkv = qkv.reshape(batch, length, 3, self.heads, width // self.heads)  # [B, L, 3, H, Dh]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, L, Dh]
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, L, Dh]
+        out = out.transpose(1, 2).reshape(batch, length, width)  # [B, L, D]
+        return self.out_proj(out)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu") -> None:
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.attn = Attention(width, heads)
+        self.ln_1 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [("c_fc", nn.Linear(width, hidden)), ("gelu", activation(act)), ("c_proj", nn.Linear(hidden, width))]
+            )
+        )
+        self.ln_2 = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal=causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks over batch-first sequences [B, L, D]."""
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu") -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.ModuleList(
+            [ResidualAttentionBlock(width, heads, mlp_ratio, act) for _ in range(layers)]
+        )
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x, causal=causal)
+        return x
+
+    def init_weights(self) -> None:
+        """OpenAI's init: std shrinks with depth so the residual stream keeps its scale."""
+        proj_std = (self.width**-0.5) * ((2 * self.layers) ** -0.5)
+        attn_std = self.width**-0.5
+        fc_std = (2 * self.width) ** -0.5
+        for block in self.resblocks:
+            assert isinstance(block, ResidualAttentionBlock)
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)

@@ -1,0 +1,72 @@
+"""Architecture registry: JSON configs shipped in `models/configs/` plus any the user registers."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from clipforge.errors import ConfigError
+from clipforge.models.config import EfficientNetConfig, ModelConfig
+
+_USER_CONFIGS: dict[str, ModelConfig] = {}
+
+
+def _builtin_names() -> dict[str, Any]:
+    folder = resources.files("clipforge.models") / "configs"
+    return {entry.name[: -len(".json")]: entry for entry in folder.iterdir() if entry.name.endswith(".json")}
+
+
+def list_models() -> list[str]:
+    """Names of every registered architecture, built-in and user-registered, sorted."""
+    return sorted(set(_builtin_names()) | set(_USER_CONFIGS), key=str.lower)
+
+
+def get_model_config(name: str) -> ModelConfig:
+    """The parsed config of a registered architecture.
+
+    Raises:
+        ConfigError: no architecture has that name.
+    """
+    if name in _USER_CONFIGS:
+        return _USER_CONFIGS[name]
+    builtin = _builtin_names()
+    if name not in builtin:
+        raise ConfigError(f"unknown model '{name}' (see `clipforge models`)")
+    return ModelConfig.from_dict(json.loads(builtin[name].read_text()), where=f"{name}.json")
+
+
+def register_model(name: str, config: ModelConfig | dict[str, Any] | str | Path) -> ModelConfig:
+    """Registers an architecture under `name` from a config, a dict or a JSON file path."""
+    if isinstance(config, str | Path):
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"model config file not found: {path}")
+        config = ModelConfig.from_dict(_read_json(path), where=str(path))
+    elif isinstance(config, dict):
+        config = ModelConfig.from_dict(config, where=name)
+    _USER_CONFIGS[name] = config
+    return config
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+
+
+def create_model(config: str | ModelConfig) -> nn.Module:
+    """Builds a randomly initialized model from a registry name or a config."""
+    if isinstance(config, str):
+        config = get_model_config(config)
+    if isinstance(config.vision, EfficientNetConfig):
+        from clipforge.models.towers import TowerCLIP
+
+        return TowerCLIP(config)
+    from clipforge.models.clip import CLIP
+
+    return CLIP(config)
