@@ -70,3 +70,13 @@ def create_model(config: str | ModelConfig) -> nn.Module:
     from clipforge.models.clip import CLIP
 
     return CLIP(config)
+
+
+def describe_models() -> list[str]:
+    """One line per architecture: name, towers, embedding size, input size."""
+    lines = []
+    for name in list_models():
+        config = get_model_config(name)
+        towers = f"{config.vision.type}+{config.text.type}"
+        lines.append(f"{name:<20} {towers:<26} embed={config.embed_dim:<5} image={config.vision.image_size}px")
+    return lines

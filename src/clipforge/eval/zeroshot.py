@@ -1,0 +1,105 @@
+"""Zero-shot classification with prompt ensembles (CLIP paper, section 3.1.4)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipforge.errors import ConfigError, ImageError
+from clipforge.models.clip import LOGIT_SCALE_MAX
+
+
+@torch.no_grad()
+def zero_shot_classifier(
+    model: nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Builds the class-embedding matrix [E, C] from an ensemble of prompts.
+
+    Each template embedding is normalized, the templates of a class are averaged, and the mean is
+    renormalized, so every template counts equally whatever its length.
+
+    Args:
+        model: a model with `encode_text`.
+        tokenizer: turns a list of strings into token ids.
+        classnames: the labels, e.g. ["cat", "dog"].
+        templates: format strings with one "{}", e.g. ["a photo of a {}."].
+        batch_size: prompts encoded per forward pass.
+
+    Raises:
+        ConfigError: no labels, an empty label, or no template.
+    """
+    names = [str(c).strip() for c in classnames]
+    if not names:
+        raise ConfigError("zero-shot classification needs at least one label; the label list is empty")
+    if any(not n for n in names):
+        raise ConfigError(f"empty label in the label list: {list(classnames)!r}")
+    if not templates:
+        raise ConfigError("zero-shot classification needs at least one prompt template")
+    prompts = [t.format(name) for name in names for t in templates]
+    features = torch.cat([_encode(model, tokenizer, prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)])
+    features = features.reshape(len(names), len(templates), -1).mean(dim=1)  # [C, E]
+    return F.normalize(features, dim=-1).t().contiguous()  # [E, C]
+
+
+def _encode(model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: list[str]) -> torch.Tensor:
+    return model.encode_text(tokenizer(texts), normalize=True)  # type: ignore[operator,no-any-return]
+
+
+@torch.no_grad()
+def classify(model: nn.Module, images: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """Class probabilities [B, C] for preprocessed images [B, 3, S, S]."""
+    features = model.encode_image(images, normalize=True)  # type: ignore[operator]
+    scale = model.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)  # type: ignore[operator]
+    return (scale * features @ classifier).softmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top labels of one image, or the reason it could not be read."""
+
+    image: str
+    labels: tuple[tuple[str, float], ...] = ()
+    error: str | None = None
+
+
+def classify_files(
+    spec: str,
+    images: Sequence[str],
+    labels: Sequence[str],
+    templates: Sequence[str],
+    top_k: int = 3,
+) -> list[Prediction]:
+    """Zero-shot classifies image files with a model loaded from `spec`; unreadable files get an error entry.
+
+    Args:
+        spec: anything `clipforge.load` accepts.
+        images: image file paths.
+        labels: class names.
+        templates: prompt templates (ensembled).
+        top_k: how many labels to keep per image.
+    """
+    from clipforge.checkpoint import load
+    from clipforge.data.transforms import load_image
+
+    model, preprocess, tokenizer = load(spec)
+    classifier = zero_shot_classifier(model, tokenizer, labels, templates)
+    results = []
+    for path in images:
+        try:
+            pixels = preprocess(load_image(path)).unsqueeze(0)  # [1, 3, S, S]
+        except ImageError as err:
+            results.append(Prediction(path, error=str(err)))
+            continue
+        probs = classify(model, pixels, classifier)[0]
+        top = probs.topk(min(top_k, len(labels)))
+        ranked = tuple((labels[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True))
+        results.append(Prediction(path, ranked))
+    return results
