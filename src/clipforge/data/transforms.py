@@ -117,7 +117,8 @@ class Preprocess:
 
     def __init__(self, config: PreprocessConfig) -> None:
         if config.interpolation not in _RESAMPLE:
-            raise ImageError(f"unknown interpolation '{config.interpolation}' (known: {', '.join(_RESAMPLE)})")
+            known = ", ".join(_RESAMPLE)
+            raise ImageError(f"unknown interpolation '{config.interpolation}' (known: {known})")
         self.config = config
         self.mean = torch.tensor(config.mean).view(3, 1, 1)
         self.std = torch.tensor(config.std).view(3, 1, 1)

@@ -1,0 +1,435 @@
+"""Readers that list image-caption records from the on-disk formats behind a `--data` spec.
+
+A reader only lists records and hands out the encoded image bytes; decoding happens later, in the
+loader's workers. Listing is lazy, so a large folder or shard set is never held in memory at once.
+Problems found while listing (an empty or undecodable caption, a caption file without its image, a
+broken shard) are recorded in the reader's `bad` counter and the record or caption is left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipforge.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+BAD_REASONS = (
+    "corrupt_image",
+    "zero_bytes",
+    "truncated",
+    "too_large",
+    "empty_caption",
+    "undecodable_caption",
+    "missing_file",
+    "corrupt_shard",
+)
+# Text files are read with surrogateescape so one bad byte spoils one caption, not the whole file.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image and its captions.
+
+    Attributes:
+        key: a stable name for the image, unique within the dataset (e.g. the file name).
+        source: where the bytes live: a file path, or ``shard.tar:member`` for tar shards.
+        captions: the image's usable captions, in file order (at least one).
+    """
+
+    key: str
+    source: str
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """A sample or caption that was skipped, and why (one of `BAD_REASONS`)."""
+
+    key: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class BadSampleCounter:
+    """Counts skipped samples by reason, each (key, reason) once however often it is met.
+
+    Workers do not share it: they send their `BadSample`s back with each batch and the main process
+    adds them here, so no locking is needed.
+    """
+
+    examples: dict[str, BadSample] = field(default_factory=dict)
+    _seen: set[tuple[str, str]] = field(default_factory=set)
+    _counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, bad: BadSample) -> None:
+        """Records one skipped sample; repeats (a corrupt file met again next epoch) are ignored."""
+        if (bad.key, bad.reason) in self._seen:
+            return
+        self._seen.add((bad.key, bad.reason))
+        self._counts[bad.reason] = self._counts.get(bad.reason, 0) + 1
+        self.examples.setdefault(bad.reason, bad)
+
+    def update(self, bads: Iterable[BadSample]) -> None:
+        """Records several skipped samples."""
+        for bad in bads:
+            self.add(bad)
+
+    @property
+    def total(self) -> int:
+        """Number of distinct skipped samples."""
+        return sum(self._counts.values())
+
+    def report(self) -> dict[str, int]:
+        """Counts by reason, every reason present (zero when none)."""
+        return {reason: self._counts.get(reason, 0) for reason in BAD_REASONS}
+
+    def summary(self) -> str:
+        """One line for the end of a run, e.g. ``skipped 2 bad samples: zero_bytes=1, too_large=1 (...)``."""
+        if not self.total:
+            return "skipped 0 bad samples"
+        counts = ", ".join(f"{r}={n}" for r, n in self.report().items() if n)
+        first = next(iter(self.examples.values()))
+        return f"skipped {self.total} bad samples: {counts} (first: {first.key}: {first.detail})"
+
+
+def clean_caption(raw: str, key: str) -> str | BadSample:
+    """Strips a caption; an empty or undecodable one becomes a `BadSample` naming `key`."""
+    if _UNDECODABLE.search(raw):
+        return BadSample(key, "undecodable_caption", "caption is not valid UTF-8")
+    text = " ".join(raw.split())
+    return text if text else BadSample(key, "empty_caption", "caption is empty")
+
+
+def read_text(path: Path) -> str:
+    """Reads a text file as UTF-8, keeping undecodable bytes as surrogates for `clean_caption`."""
+    try:
+        return path.read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError as err:
+        raise DataError(f"file not found: {path}") from err
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror}") from err
+
+
+class ImageTextData:
+    """Base class of the readers: lists `Record`s and reads their encoded image bytes.
+
+    Attributes:
+        name: the spec the data was opened from.
+        bad: skipped samples, filled while listing and by the loader while decoding.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.bad = BadSampleCounter()
+        self._length: int | None = None
+
+    def records(self) -> Iterator[Record]:
+        """Yields the usable records in a fixed order, recording the unusable ones in `bad`."""
+        count = 0
+        for entry in self._entries():
+            if isinstance(entry, BadSample):
+                self.bad.add(entry)
+            else:
+                count += 1
+                yield entry
+        self._length = count
+
+    def read_bytes(self, record: Record) -> bytes:
+        """The encoded image of `record`.
+
+        Raises:
+            OSError: the file is missing or unreadable (the loader counts it as ``missing_file``).
+        """
+        return Path(record.source).read_bytes()
+
+    def __len__(self) -> int:
+        """Number of usable records (lists the data once when not yet known)."""
+        if self._length is None:
+            for _ in self.records():
+                pass
+        assert self._length is not None
+        return self._length
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def _entries(self) -> Iterator[Record | BadSample]:
+        raise NotImplementedError
+
+
+def group_captions(rows: Iterable[tuple[str, str]]) -> dict[str, list[str | BadSample]]:
+    """Groups (image, raw caption) rows by image in first-seen order, cleaning each caption."""
+    groups: dict[str, list[str | BadSample]] = {}
+    for image, raw in rows:
+        captions = groups.setdefault(image, [])
+        captions.append(clean_caption(raw, f"{image}#{len(captions)}"))
+    return groups
+
+
+def grouped_entries(groups: dict[str, list[str | BadSample]], root: Path) -> Iterator[Record | BadSample]:
+    """Turns grouped captions into records whose files lie under `root`; bad captions pass through."""
+    for image, captions in groups.items():
+        good = tuple(c for c in captions if isinstance(c, str))
+        yield from (c for c in captions if isinstance(c, BadSample))
+        if good:
+            yield Record(image, str(root / image), good)
+
+
+def read_csv_rows(path: Path, sep: str | None = None) -> tuple[list[str], Iterator[list[str]]]:
+    """Header and rows of a CSV/TSV file; the separator is a tab when the header has one."""
+    text = read_text(path)
+    lines = io.StringIO(text, newline="")
+    header_line = lines.readline()
+    delimiter = sep or ("\t" if "\t" in header_line else ",")
+    header = next(csv.reader([header_line], delimiter=delimiter), [])
+    return [h.strip() for h in header], csv.reader(lines, delimiter=delimiter)
+
+
+def complete_rows(rows: Iterator[list[str]], width: int, path: Path) -> Iterator[list[str] | BadSample]:
+    """Rows with at least `width` fields; blank lines are skipped and short rows become `BadSample`s."""
+    for number, row in enumerate(rows, start=1):
+        if len(row) >= width:
+            yield row
+        elif any(value.strip() for value in row):
+            yield BadSample(
+                f"{path.name}:row{number}", "empty_caption", f"only {len(row)} of {width} columns"
+            )
+
+
+def column(header: list[str], name: str, path: Path) -> int:
+    """Index of column `name`, or a DataError listing the columns there are."""
+    if name not in header:
+        raise DataError(f"{path}: no column '{name}' (columns: {', '.join(header) or 'none'})")
+    return header.index(name)
+
+
+class Flickr8kData(ImageTextData):
+    """Flickr8k layout: ``captions.txt`` (CSV ``image,caption``), ``images/``, ``{split}_images.txt``."""
+
+    def __init__(self, name: str, root: Path, split: str | None) -> None:
+        super().__init__(name)
+        self.root = root
+        self.captions_file = root / "captions.txt"
+        if not self.captions_file.is_file():
+            raise DataError(f"flickr8k captions file not found: {self.captions_file}")
+        self.split_file = None if split is None else root / f"{'dev' if split == 'val' else split}_images.txt"
+        if self.split_file is not None and not self.split_file.is_file():
+            raise DataError(f"flickr8k split file not found: {self.split_file}")
+
+    def _entries(self) -> Iterator[Record | BadSample]:
+        header, rows = read_csv_rows(self.captions_file, ",")
+        image_col = column(header, "image", self.captions_file)
+        caption_col = column(header, "caption", self.captions_file)
+        checked = list(complete_rows(rows, 2, self.captions_file))
+        yield from (row for row in checked if isinstance(row, BadSample))
+        # Some copies leave commas in captions unquoted: the caption is everything after the image.
+        groups = group_captions(
+            (row[image_col], ",".join(row[caption_col:])) for row in checked if isinstance(row, list)
+        )
+        if self.split_file is not None:
+            names = [line.strip() for line in read_text(self.split_file).splitlines() if line.strip()]
+            lost = [n for n in names if n not in groups]
+            yield from (BadSample(n, "empty_caption", "no caption in captions.txt") for n in lost)
+            groups = {n: groups[n] for n in names if n in groups}
+        yield from grouped_entries(groups, self.root / "images")
+
+
+class CocoData(ImageTextData):
+    """COCO captions: a JSON with ``images`` (id, file_name) and ``annotations`` (image_id, caption)."""
+
+    def __init__(self, name: str, captions_json: Path, image_dir: Path) -> None:
+        super().__init__(name)
+        if not captions_json.is_file():
+            raise DataError(f"coco captions file not found: {captions_json}")
+        if not image_dir.is_dir():
+            raise DataError(f"coco image directory not found: {image_dir}")
+        self.captions_json = captions_json
+        self.image_dir = image_dir
+
+    def _entries(self) -> Iterator[Record | BadSample]:
+        try:
+            data = json.loads(read_text(self.captions_json))
+            files = {image["id"]: image["file_name"] for image in data["images"]}
+            rows = [(files[a["image_id"]], a["caption"]) for a in data["annotations"]]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            why = f"{type(err).__name__}: {err}"
+            raise DataError(f"{self.captions_json}: not a COCO captions file ({why})") from err
+        # Records follow the order of the "images" list, not of the annotations.
+        order = {name: i for i, name in enumerate(files.values())}
+        groups = group_captions(sorted(rows, key=lambda row: order[row[0]]))
+        yield from grouped_entries(groups, self.image_dir)
+
+
+class CsvData(ImageTextData):
+    """A CSV or TSV with an image path column and a caption column (open_clip's ``filepath``/``title``).
+
+    Relative image paths are taken relative to `image_root` (the CSV's folder by default). Rows of the
+    same image are grouped into one record; with `split_key`, only rows whose split is `split` are kept.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        *,
+        image_key: str = "filepath",
+        caption_key: str = "title",
+        sep: str | None = None,
+        split: str | None = None,
+        split_key: str = "split",
+        image_root: Path | None = None,
+    ) -> None:
+        super().__init__(name)
+        if not path.is_file():
+            raise DataError(f"csv file not found: {path}")
+        self.path = path
+        self.image_key, self.caption_key, self.sep = image_key, caption_key, sep
+        self.split, self.split_key = split, split_key
+        self.image_root = image_root or path.parent
+
+    def _entries(self) -> Iterator[Record | BadSample]:
+        header, rows = read_csv_rows(self.path, self.sep)
+        image_col = column(header, self.image_key, self.path)
+        caption_col = column(header, self.caption_key, self.path)
+        split_col = column(header, self.split_key, self.path) if self.split else -1
+        checked = list(complete_rows(rows, max(image_col, caption_col, split_col) + 1, self.path))
+        yield from (row for row in checked if isinstance(row, BadSample))
+        kept = (r for r in checked if isinstance(r, list) and (split_col < 0 or r[split_col] == self.split))
+        groups = group_captions((r[image_col], r[caption_col]) for r in kept)
+        yield from grouped_entries(groups, self.image_root)
+
+
+class FolderData(ImageTextData):
+    """A folder tree of images, each with a same-name ``.txt`` holding one caption per non-empty line."""
+
+    def __init__(self, name: str, root: Path) -> None:
+        super().__init__(name)
+        if not root.is_dir():
+            raise DataError(f"image folder not found: {root}")
+        self.root = root
+
+    def _entries(self) -> Iterator[Record | BadSample]:
+        for path in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+            key = path.relative_to(self.root).as_posix()
+            text_file = path.with_suffix(".txt")
+            if not text_file.is_file():
+                yield BadSample(key, "missing_file", f"caption file not found: {text_file}")
+                continue
+            yield from _record_from_text(key, str(path), read_text(text_file))
+
+
+def _record_from_text(key: str, source: str, text: str) -> Iterator[Record | BadSample]:
+    """One record from a caption text (one caption per line), or the reason it has none."""
+    lines = [line for line in text.splitlines() if line.strip()] or [""]
+    captions = [clean_caption(line, key if len(lines) == 1 else f"{key}#{i}") for i, line in enumerate(lines)]
+    yield from (c for c in captions if isinstance(c, BadSample))
+    good = tuple(c for c in captions if isinstance(c, str))
+    if good:
+        yield Record(key, source, good)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expands webdataset-style ``{000..009}`` ranges (zero-padded) and ``{a,b}`` lists."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    body, head, tail = match.group(1), pattern[: match.start()], pattern[match.end() :]
+    span = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if span:
+        width = len(span.group(1))
+        parts = [str(i).zfill(width) for i in range(int(span.group(1)), int(span.group(2)) + 1)]
+    else:
+        parts = body.split(",")
+    return [name for part in parts for name in expand_braces(head + part + tail)]
+
+
+@dataclass
+class _Member:
+    """Where a shard member's bytes lie, so workers can read one image with a single seek."""
+
+    offset: int
+    size: int
+
+
+class WebDatasetData(ImageTextData):
+    """Uncompressed tar shards (webdataset): members ``KEY.jpg``/``KEY.png`` with ``KEY.txt`` captions."""
+
+    def __init__(self, name: str, pattern: str) -> None:
+        super().__init__(name)
+        names = [hit for part in expand_braces(pattern) for hit in (sorted(glob.glob(part)) or [part])]
+        missing = [n for n in names if not Path(n).is_file()]
+        if missing:
+            raise DataError(f"webdataset shard not found: {missing[0]}")
+        self.shards = names
+        self._members: dict[str, _Member] = {}
+
+    def _entries(self) -> Iterator[Record | BadSample]:
+        for shard in self.shards:
+            yield from self._shard_entries(shard)
+
+    def _shard_entries(self, shard: str) -> Iterator[Record | BadSample]:
+        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+        try:
+            with tarfile.open(shard, "r:") as tar:
+                for info in tar:
+                    if info.isfile():
+                        # webdataset keys end at the first dot of the base name: "d/k.seg.jpg" -> "d/k"
+                        folder, slash, base = info.name.rpartition("/")
+                        stem, _, ext = base.partition(".")
+                        samples.setdefault(folder + slash + stem, {})[ext.rpartition(".")[2].lower()] = info
+                # Captions are tiny: read them now, while the shard is open.
+                texts = {k: _read_member(tar, m["txt"]) for k, m in samples.items() if "txt" in m}
+        except (tarfile.TarError, OSError) as err:
+            yield BadSample(shard, "corrupt_shard", f"unreadable tar shard ({err})")
+            return
+        for key, members in samples.items():
+            yield from self._sample_entry(shard, key, members, texts.get(key))
+
+    def _sample_entry(
+        self, shard: str, key: str, members: dict[str, tarfile.TarInfo], text: str | None
+    ) -> Iterator[Record | BadSample]:
+        image = next((members[e] for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
+        if image is None or text is None:
+            missing = "image" if image is None else "caption (.txt)"
+            yield BadSample(f"{shard}:{key}", "missing_file", f"sample has no {missing}")
+            return
+        source = f"{shard}:{image.name}"
+        self._members[source] = _Member(image.offset_data, image.size)
+        yield from _record_from_text(f"{shard}:{key}", source, text)
+
+    def read_bytes(self, record: Record) -> bytes:
+        """Reads the image member with one seek (falls back to a tar lookup for unlisted records)."""
+        shard, _, member_name = record.source.rpartition(":")
+        member = self._members.get(record.source)
+        if member is None:
+            with tarfile.open(shard, "r:") as tar:
+                return _member_bytes(tar, member_name)
+        with open(shard, "rb") as f:
+            f.seek(member.offset)
+            return f.read(member.size)
+
+
+def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str:
+    handle = tar.extractfile(info)
+    data = b"" if handle is None else handle.read()
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
+    try:
+        handle = tar.extractfile(name)
+    except KeyError as err:
+        raise FileNotFoundError(f"no member {name} in shard") from err
+    if handle is None:
+        raise FileNotFoundError(f"member {name} is not a file")
+    return handle.read()
