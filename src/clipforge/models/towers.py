@@ -1,0 +1,145 @@
+"""Two pretrained towers, EfficientNet-Lite0 and MiniLM-L6, projected into one joint embedding space.
+
+This is the model for training on a CPU: the towers already know images and sentences, so only
+the projection heads (and optionally the last few backbone blocks) have to learn the alignment.
+The shipped `effnetlite0-minilm` config uses a 256-d joint space: below both backbone widths (1280, 384),
+so each head compresses, and it keeps both heads at 0.56M parameters (512 would take 1.4M) for
+Flickr8k-sized training data.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipforge.errors import ConfigError
+from clipforge.models import efficientnet, minilm
+from clipforge.models.clip import CLIPOutput, contrastive_output
+from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
+
+WEIGHTS = ("package", "none")
+HEADS = ("mlp", "linear")
+
+
+class ProjectionHead(nn.Module):
+    """Maps backbone features to the joint space: a linear map plus a residual GELU MLP, then LayerNorm."""
+
+    def __init__(self, in_dim: int, embed_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.projection = nn.Linear(in_dim, embed_dim)
+        self.fc = nn.Linear(embed_dim, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.ln = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projected = self.projection(x)  # [B, E]
+        x = self.dropout(self.fc(F.gelu(projected)))
+        return self.ln(x + projected)
+
+
+def build_head(kind: str, in_dim: int, embed_dim: int, dropout: float) -> nn.Module:
+    """The projection head a tower config names: "mlp" (ProjectionHead) or "linear" (one bias-free matrix)."""
+    if kind == "mlp":
+        return ProjectionHead(in_dim, embed_dim, dropout)
+    if kind == "linear":
+        return nn.Linear(in_dim, embed_dim, bias=False)
+    raise ConfigError(f"unknown projection head '{kind}' (known: {', '.join(HEADS)})")
+
+
+def _check_weights(weights: str, tower: str) -> None:
+    if weights not in WEIGHTS:
+        raise ConfigError(f"{tower}: unknown weights '{weights}' (known: {', '.join(WEIGHTS)})")
+
+
+class ImageTower(nn.Module):
+    """EfficientNet-Lite0 backbone (`backbone`, 1280-d pooled features) followed by a projection `head`."""
+
+    def __init__(self, config: EfficientNetConfig, embed_dim: int) -> None:
+        super().__init__()
+        _check_weights(config.weights, "vision")
+        self.backbone = efficientnet.EfficientNetLite0()
+        if config.weights == "package":
+            efficientnet.load_pretrained(self.backbone)
+        self.head = build_head(config.head, self.backbone.output_dim, embed_dim, config.dropout)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))  # [B, E]
+
+
+class TextTower(nn.Module):
+    """MiniLM-L6 backbone (`backbone`, 384-d mean-pooled states) followed by a projection `head`."""
+
+    def __init__(self, config: MiniLMConfig, embed_dim: int) -> None:
+        super().__init__()
+        _check_weights(config.weights, "text")
+        self.backbone = minilm.MiniLM()
+        if config.weights == "package":
+            minilm.load_pretrained(self.backbone)
+        self.head = build_head(config.head, self.backbone.output_dim, embed_dim, config.dropout)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(tokens))  # [B, E]
+
+
+class TowerCLIP(nn.Module):
+    """CLIP contract (`encode_image`, `encode_text`, `forward`, `logit_scale`) over two pretrained towers.
+
+    Args:
+        config: a model config whose vision tower is EfficientNetConfig and text tower MiniLMConfig;
+            `weights="package"` loads the pretrained backbones from their packages, `"none"` leaves them
+            randomly initialized (for tests, or before loading a clipforge checkpoint).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not isinstance(config.vision, EfficientNetConfig):
+            raise ConfigError(f"TowerCLIP needs an efficientnet_lite0 tower, got '{config.vision.type}'")
+        if not isinstance(config.text, MiniLMConfig):
+            raise ConfigError(f"TowerCLIP needs a minilm text tower, got '{config.text.type}'")
+        self.config = config
+        self.vision_config, self.text_config = config.vision, config.text
+        self.context_length = config.text.context_length
+        self.visual = ImageTower(config.vision, config.embed_dim)
+        self.text = TextTower(config.text, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(config.init_logit_scale))
+
+    def image_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled EfficientNet features [B, 1280] of images [B, 3, S, S]; worth caching when frozen."""
+        return self.visual.backbone(images)
+
+    def project_image_features(self, features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Joint-space embeddings [B, E] of backbone features [B, 1280]."""
+        embeddings = self.visual.head(features)
+        return F.normalize(embeddings, dim=-1) if normalize else embeddings
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Embeds preprocessed images [B, 3, S, S] into [B, E]."""
+        return self.project_image_features(self.image_backbone_features(images), normalize)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Embeds WordPiece ids [B, L] (zero-padded) into [B, E]."""
+        embeddings = self.text(tokens)
+        return F.normalize(embeddings, dim=-1) if normalize else embeddings
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
+        return contrastive_output(self, images, tokens)
+
+    def lock_image_tower(self, unlocked_blocks: int | None = None) -> None:
+        """Freezes the EfficientNet backbone but its last `unlocked_blocks` blocks; the head stays trainable.
+
+        Args:
+            unlocked_blocks: blocks left trainable, counted from the output (the head conv is one);
+                `config.vision.unlocked_blocks` by default.
+        """
+        unlocked = self.vision_config.unlocked_blocks if unlocked_blocks is None else unlocked_blocks
+        self.visual.backbone.lock(unlocked)
+
+    def lock_text_tower(self, unlocked_blocks: int | None = None) -> None:
+        """Freezes the MiniLM backbone but its last `unlocked_blocks` layers; the head stays trainable.
+
+        Args:
+            unlocked_blocks: encoder layers left trainable; `config.text.unlocked_blocks` by default.
+        """
+        unlocked = self.text_config.unlocked_blocks if unlocked_blocks is None else unlocked_blocks
+        self.text.backbone.lock(unlocked)
