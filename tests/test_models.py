@@ -6,6 +6,7 @@ import torch
 import clipforge
 from clipforge.errors import ConfigError
 from clipforge.models.config import ModelConfig
+from clipforge.tokenizer import get_tokenizer
 
 BIG = {"RN50", "RN101", "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-S-16"}
 
@@ -29,7 +30,7 @@ def test_every_registry_model_runs_forward(name: str) -> None:
     model = clipforge.create_model(name).eval()
     size = config.vision.image_size
     images = torch.randn(2, 3, size, size)
-    tokens = _tokens(3, config.tokenizer.context_length)
+    tokens = get_tokenizer(config.tokenizer)(["a photo of a cat", "a dog left of a car", ""])
     with torch.no_grad():
         out = model(images, tokens)
     assert out.image_features.shape == (2, config.embed_dim)
@@ -67,12 +68,25 @@ def test_text_is_causal_and_pooled_at_eot() -> None:
 
 def test_openai_parameter_names() -> None:
     keys = set(clipforge.create_model("tiny-vit").state_dict())
-    for key in ("visual.conv1.weight", "visual.class_embedding", "visual.proj",
-                "visual.transformer.resblocks.0.attn.in_proj_weight", "visual.transformer.resblocks.0.mlp.c_fc.weight",
-                "token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection", "logit_scale"):
+    for key in (
+        "visual.conv1.weight",
+        "visual.class_embedding",
+        "visual.proj",
+        "visual.transformer.resblocks.0.attn.in_proj_weight",
+        "visual.transformer.resblocks.0.mlp.c_fc.weight",
+        "token_embedding.weight",
+        "positional_embedding",
+        "ln_final.weight",
+        "text_projection",
+        "logit_scale",
+    ):
         assert key in keys
     rn = set(clipforge.create_model("tiny-rn").state_dict())
-    for key in ("visual.attnpool.positional_embedding", "visual.layer1.0.downsample.0.weight", "visual.bn3.weight"):
+    for key in (
+        "visual.attnpool.positional_embedding",
+        "visual.layer1.0.downsample.0.weight",
+        "visual.bn3.weight",
+    ):
         assert key in rn
 
 

@@ -9,7 +9,15 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from clipforge.checkpoint import load, save
 from clipforge.eval.zeroshot import classify, zero_shot_classifier
-from clipforge.models import CLIP, CLIPOutput, ModelConfig, create_model, get_model_config, list_models, register_model
+from clipforge.models import (
+    CLIP,
+    CLIPOutput,
+    ModelConfig,
+    create_model,
+    get_model_config,
+    list_models,
+    register_model,
+)
 from clipforge.tokenizer import tokenize
 
 __all__ = [

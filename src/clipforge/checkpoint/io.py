@@ -17,7 +17,7 @@ from torch import nn
 
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import CheckpointError
-from clipforge.models.config import ModelConfig
+from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
 from clipforge.models.registry import create_model, list_models
 
 CONFIG_NAME = "config.json"
@@ -88,10 +88,10 @@ def _without_pretrained_init(config: ModelConfig) -> ModelConfig:
     import dataclasses
 
     vision, text = config.vision, config.text
-    if getattr(vision, "weights", None) == "package":
-        vision = dataclasses.replace(vision, weights="none")  # type: ignore[call-arg]
-    if getattr(text, "weights", None) == "package":
-        text = dataclasses.replace(text, weights="none")  # type: ignore[call-arg]
+    if isinstance(vision, EfficientNetConfig):
+        vision = dataclasses.replace(vision, weights="none")
+    if isinstance(text, MiniLMConfig):
+        text = dataclasses.replace(text, weights="none")
     return dataclasses.replace(config, vision=vision, text=text)
 
 

@@ -17,6 +17,14 @@ from clipforge.errors import ClipforgeError
 # One module per command group; each defines `register(group)`.
 COMMAND_MODULES = [
     "clipforge.cli.models_cmd",
+    "clipforge.cli.eval_cmd",
+    "clipforge.cli.convert_cmd",
+    "clipforge.cli.train_cmd",
+    "clipforge.cli.synth_cmd",
+    "clipforge.cli.embed_cmd",
+    "clipforge.cli.search_cmd",
+    "clipforge.cli.serve_cmd",
+    "clipforge.cli.probe_cmd",
 ]
 
 

@@ -26,8 +26,12 @@ def models() -> None:
 @click.command()
 @click.option("--model", "spec", required=True, help="Registry name, model folder, HF folder or OpenAI .pt.")
 @click.option("--labels", required=True, help='Comma-separated class names, e.g. "cat,dog,car".')
-@click.option("--templates", default="openai_imagenet_7", show_default=True,
-              help="Prompt ensemble: simple, openai_imagenet_7 or openai_imagenet.")
+@click.option(
+    "--templates",
+    default="openai_imagenet_7",
+    show_default=True,
+    help="Prompt ensemble: simple, openai_imagenet_7 or openai_imagenet.",
+)
 @click.option("--top", "top_k", default=3, show_default=True, help="Labels shown per image.")
 @click.argument("images", nargs=-1, required=True)
 def classify(spec: str, labels: str, templates: str, top_k: int, images: tuple[str, ...]) -> None:

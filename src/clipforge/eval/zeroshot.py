@@ -44,12 +44,16 @@ def zero_shot_classifier(
     if not templates:
         raise ConfigError("zero-shot classification needs at least one prompt template")
     prompts = [t.format(name) for name in names for t in templates]
-    features = torch.cat([_encode(model, tokenizer, prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)])
+    features = torch.cat(
+        [_encode(model, tokenizer, prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
+    )
     features = features.reshape(len(names), len(templates), -1).mean(dim=1)  # [C, E]
     return F.normalize(features, dim=-1).t().contiguous()  # [E, C]
 
 
-def _encode(model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: list[str]) -> torch.Tensor:
+def _encode(
+    model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: list[str]
+) -> torch.Tensor:
     return model.encode_text(tokenizer(texts), normalize=True)  # type: ignore[operator,no-any-return]
 
 
@@ -100,6 +104,8 @@ def classify_files(
             continue
         probs = classify(model, pixels, classifier)[0]
         top = probs.topk(min(top_k, len(labels)))
-        ranked = tuple((labels[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True))
+        ranked = tuple(
+            (labels[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        )
         results.append(Prediction(path, ranked))
     return results

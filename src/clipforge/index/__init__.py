@@ -1,0 +1,22 @@
+"""Image collections as searchable indexes: embed incrementally, store, search exactly or with FAISS."""
+
+from clipforge.index.ann import ExactIndex, FaissIndex, VectorIndex, build_index, choose_kind
+from clipforge.index.embed import EmbedConfig, EmbedReport, embed_collection, model_fingerprint
+from clipforge.index.search import Hit, Searcher
+from clipforge.index.store import EmbeddingStore, Item
+
+__all__ = [
+    "EmbedConfig",
+    "EmbedReport",
+    "EmbeddingStore",
+    "ExactIndex",
+    "FaissIndex",
+    "Hit",
+    "Item",
+    "Searcher",
+    "VectorIndex",
+    "build_index",
+    "choose_kind",
+    "embed_collection",
+    "model_fingerprint",
+]

@@ -214,20 +214,30 @@ class ModelConfig:
         known = {"embed_dim", "vision", "text", "preprocess", "tokenizer", "init_logit_scale"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{where}: unknown config key '{unknown[0]}' (allowed: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"{where}: unknown config key '{unknown[0]}' (allowed: {', '.join(sorted(known))})"
+            )
         for key in ("embed_dim", "vision", "text"):
             if key not in data:
                 raise ConfigError(f"{where}: missing config key '{key}'")
         vision = _parse_tower(data["vision"], VISION_TYPES, f"{where}:vision")
         text = _parse_tower(data["text"], TEXT_TYPES, f"{where}:text")
         preprocess = parse_dataclass(
-            PreprocessConfig, {"image_size": vision.image_size, **data.get("preprocess", {})}, f"{where}:preprocess"
+            PreprocessConfig,
+            {"image_size": vision.image_size, **data.get("preprocess", {})},
+            f"{where}:preprocess",
         )
-        default_tok = {"type": "wordpiece" if text.type == "minilm" else "clip-bpe",
-                       "context_length": text.context_length}
-        tokenizer = parse_dataclass(TokenizerConfig, {**default_tok, **data.get("tokenizer", {})}, f"{where}:tokenizer")
+        default_tok = {
+            "type": "wordpiece" if text.type == "minilm" else "clip-bpe",
+            "context_length": text.context_length,
+        }
+        tokenizer = parse_dataclass(
+            TokenizerConfig, {**default_tok, **data.get("tokenizer", {})}, f"{where}:tokenizer"
+        )
         embed_dim = _check_value("embed_dim", data["embed_dim"], int, where)
-        scale = _check_value("init_logit_scale", data.get("init_logit_scale", 2.659260036932778), float, where)
+        scale = _check_value(
+            "init_logit_scale", data.get("init_logit_scale", 2.659260036932778), float, where
+        )
         return cls(embed_dim, vision, text, preprocess, tokenizer, scale)
 
     def to_dict(self) -> dict[str, Any]:

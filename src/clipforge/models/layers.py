@@ -56,7 +56,11 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
             OrderedDict(
-                [("c_fc", nn.Linear(width, hidden)), ("gelu", activation(act)), ("c_proj", nn.Linear(hidden, width))]
+                [
+                    ("c_fc", nn.Linear(width, hidden)),
+                    ("gelu", activation(act)),
+                    ("c_proj", nn.Linear(hidden, width)),
+                ]
             )
         )
         self.ln_2 = nn.LayerNorm(width)
@@ -69,7 +73,9 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of residual attention blocks over batch-first sequences [B, L, D]."""
 
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu") -> None:
+    def __init__(
+        self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu"
+    ) -> None:
         super().__init__()
         self.width = width
         self.layers = layers
@@ -91,5 +97,6 @@ class Transformer(nn.Module):
             assert isinstance(block, ResidualAttentionBlock)
             nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+            c_fc, _, c_proj = block.mlp
+            nn.init.normal_(c_fc.weight, std=fc_std)  # type: ignore[arg-type]
+            nn.init.normal_(c_proj.weight, std=proj_std)  # type: ignore[arg-type]

@@ -78,5 +78,7 @@ def describe_models() -> list[str]:
     for name in list_models():
         config = get_model_config(name)
         towers = f"{config.vision.type}+{config.text.type}"
-        lines.append(f"{name:<20} {towers:<26} embed={config.embed_dim:<5} image={config.vision.image_size}px")
+        lines.append(
+            f"{name:<20} {towers:<26} embed={config.embed_dim:<5} image={config.vision.image_size}px"
+        )
     return lines

@@ -121,6 +121,7 @@ class ModifiedResNet(nn.Module):
         self.attnpool.init_weights()
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
+                assert isinstance(block, Bottleneck)
                 nn.init.zeros_(block.bn3.weight)
 
 
@@ -168,7 +169,9 @@ class ConvNet(nn.Module):
         self.convs = nn.Sequential(*layers)
         side = config.image_size // 2 ** len(config.channels)
         self.mlp = nn.Sequential(
-            nn.Linear(in_channels * side * side, config.hidden), nn.GELU(), nn.Linear(config.hidden, output_dim)
+            nn.Linear(in_channels * side * side, config.hidden),
+            nn.GELU(),
+            nn.Linear(config.hidden, output_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

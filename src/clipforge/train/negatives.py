@@ -107,7 +107,7 @@ def swap_all(caption: str) -> str | None:
 
 
 def text_hard_negatives(caption: str, k: int, rng: random.Random) -> list[str]:
-    """Up to `k` distinct negative captions made by spatial swaps (fewer when the caption has fewer phrases)."""
+    """Up to `k` distinct negative captions made by spatial swaps (fewer if the caption has fewer phrases)."""
     candidates = list(dict.fromkeys(s.text for s in spatial_swaps(caption)))
     every = swap_all(caption)
     if every is not None and every not in candidates:
