@@ -1,0 +1,345 @@
+"""Synthetic spatial scenes: determinism, geometry-true relations, hold-out, probes, on-disk layout, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from clipforge.data.synthetic import (
+    SyntheticScenes,
+    load_probe_items,
+    load_scenes,
+    single_object_scenes,
+    synthetic_probe_items,
+    write_synthetic,
+)
+from clipforge.data.synthetic_scene import (
+    PALETTE,
+    Scene,
+    SceneConfig,
+    SceneObject,
+    compute_relations,
+    generate_scene,
+    object_mask,
+    render_scene,
+)
+from clipforge.data.synthetic_text import Caption, Phrase, count_caption, hard_negative, is_false, is_true
+from clipforge.errors import ConfigError, DataError
+
+CONFIG = SceneConfig()
+
+
+def _scenes(split: str, n: int, config: SceneConfig = CONFIG, seed: int = 0) -> list[Scene]:
+    return [generate_scene(config, seed, split, i) for i in range(n)]
+
+
+# A reference reading of the geometry, written independently of the library's formulas.
+def _label(a: SceneObject, b: SceneObject, margin: float) -> str | None:
+    (ax, ay), (bx, by) = a.centre, b.centre
+    dx, dy = ax - bx, ay - by
+    if abs(dx) > abs(dy) + margin:
+        return "right of" if dx > 0 else "left of"
+    if abs(dy) > abs(dx) + margin:
+        return "below" if dy > 0 else "above"
+    return None
+
+
+_AXIS = {"left of": "h", "right of": "h", "above": "v", "below": "v"}
+_SIGN = {"left of": -1, "right of": 1, "above": -1, "below": 1}
+
+
+def _surely_not(a: SceneObject, b: SceneObject, relation: str, margin: float) -> bool:
+    """a is offset the other way on the relation's axis, or the other axis is labelled."""
+    offset = (a.centre[0] - b.centre[0]) if _AXIS[relation] == "h" else (a.centre[1] - b.centre[1])
+    label = _label(a, b, margin)
+    return offset * _SIGN[relation] <= 0 or (label is not None and _AXIS[label] != _AXIS[relation])
+
+
+_NP = r"an? (?:(small|large) )?(\w+) (\w+)"
+_REL = r"(to the left of|to the right of|above|below|in front of|behind)"
+_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4}
+
+
+def _singular(noun: str) -> str:
+    return noun[:-2] if noun.endswith("sses") else noun[:-1] if noun.endswith("s") else noun
+
+
+def _reference_truth(scene: Scene, sentence: str) -> bool | None:
+    """True / False / None (neither) for a template-0 probe sentence, parsed from its words."""
+    objs = scene.objects
+    rel = re.fullmatch(f"{_NP} {_REL} {_NP}", sentence)
+    if rel:
+        sa, ca, ha, word, sb, cb, hb = rel.groups()
+        relation = word.replace("to the ", "")
+        pairs = [(a, b) for a in objs for b in objs if a is not b
+                 and (a.color, a.shape) == (ca, ha) and sa in (None, a.size)
+                 and (b.color, b.shape) == (cb, hb) and sb in (None, b.size)]
+        if any(_label(a, b, scene.margin) == relation for a, b in pairs):
+            return True
+        return False if all(_surely_not(a, b, relation, scene.margin) for a, b in pairs) else None
+    parts = re.split(r", | and ", sentence)
+    counted = [re.fullmatch(r"(one|two|three|four) (\w+) (\w+)", p) for p in parts]
+    if all(counted):
+        have = Counter((o.color, o.shape) for o in objs)
+        nouns = [(m[2], m[3] if m[1] == "one" else _singular(m[3])) for m in counted if m]
+        return all(have[noun] == _NUMBERS[m[1]] for noun, m in zip(nouns, counted, strict=True) if m)
+    named = [re.fullmatch(_NP, p) for p in parts]
+    assert all(named), sentence
+    return all(any((o.color, o.shape) == (m[2], m[3]) and m[1] in (None, o.size) for o in objs)
+               for m in named if m)
+
+
+def _canonical(caption: str) -> str:
+    """Rewrites any training template into its template-0 form, for `_reference_truth`."""
+    caption = re.sub(r"^(a photo of|there is|an image with|a picture of|an image showing) ", "", caption)
+    definite = re.fullmatch(rf"the (.+) is {_REL} the (.+)", caption)
+    if definite:
+        a, rel, b = definite.groups()
+        caption = f"{_article(a)} {a} {rel} {_article(b)} {b}"
+    return caption
+
+
+def _article(words: str) -> str:
+    return "an" if words[0] in "aeiou" else "a"
+
+
+def test_same_seed_same_scene_and_pixels() -> None:
+    config = SceneConfig(textured_background=True, occlusion=0.3)
+    for index in range(20):
+        a, b = generate_scene(config, 7, "train", index), generate_scene(config, 7, "train", index)
+        assert a == b
+        assert np.array_equal(np.asarray(render_scene(a)), np.asarray(render_scene(b)))
+    assert _scenes("train", 20, config, seed=7) != _scenes("train", 20, config, seed=8)
+    assert _scenes("train", 20, config) != _scenes("test", 20, config)
+
+
+def test_relations_match_geometry_and_reference() -> None:
+    for scene in _scenes("train", 300) + _scenes("test_heldout", 50):
+        for i, a in enumerate(scene.objects):
+            for j, b in enumerate(scene.objects):
+                if i == j:
+                    continue
+                labelled = {r.relation for r in scene.relations if (r.subject, r.object) == (i, j)}
+                expected = _label(a, b, scene.margin)
+                assert labelled == ({expected} if expected else set()), (scene, i, j)
+        # every two-object scene is placed so that it has a relation caption
+        if len(scene.objects) == 2:
+            assert len(scene.relations) == 2
+
+
+def test_margin_leaves_near_diagonal_pairs_unlabelled() -> None:
+    box = (10, 10, 20, 20)
+    near_diagonal = (SceneObject("circle", "red", "small", box, 0),
+                     SceneObject("square", "blue", "small", (30, 25, 40, 35), 1))  # dx=20, dy=15
+    assert compute_relations(near_diagonal, 64, margin=6.4) == ()
+    labelled = compute_relations(near_diagonal, 64, margin=4.0)
+    assert {(r.subject, r.relation, r.object) for r in labelled} == {(0, "left of", 1), (1, "right of", 0)}
+    scene = Scene(0, "test", 0, 64, 6.4, near_diagonal, ())
+    statement = Caption("relation", (Phrase("red", "circle"), Phrase("blue", "square")), "left of")
+    assert not is_true(scene, statement) and not is_false(scene, statement)
+    assert is_false(scene, Caption("relation", statement.phrases, "right of"))
+
+
+def test_heldout_combinations_never_in_train_val_test() -> None:
+    pairs, relations = set(CONFIG.heldout_pairs), set(CONFIG.heldout_relations)
+    for split in ("train", "val", "test"):
+        for scene in _scenes(split, 250):
+            assert not {(o.color, o.shape) for o in scene.objects} & pairs
+            for i, a in enumerate(scene.objects):
+                for j, b in enumerate(scene.objects):
+                    for shape, relation in relations:
+                        if i != j and a.shape == shape:
+                            assert _surely_not(a, b, relation, scene.margin), (scene, i, j, relation)
+    held = _scenes("test_heldout", 100)
+    for scene in held:
+        shown = {(o.color, o.shape) for o in scene.objects} & pairs
+        shown |= {(scene.objects[r.subject].shape, r.relation) for r in scene.relations} & relations
+        assert shown, scene
+    # both kinds of hold-out actually occur
+    assert any({(o.color, o.shape) for o in s.objects} & pairs for s in held)
+    assert any({(s.objects[r.subject].shape, r.relation) for r in s.relations} & relations for s in held)
+
+
+def test_probe_items_true_true_and_false_false_by_reference() -> None:
+    tags: Counter[str] = Counter()
+    for split in ("test", "test_heldout"):
+        for item, image in synthetic_probe_items(CONFIG, split, 150):
+            scene = generate_scene(CONFIG, 0, split, item.scene)
+            assert image.size == (64, 64)
+            assert _reference_truth(scene, item.true) is True, item
+            for false in item.false:
+                assert false != item.true
+                assert _reference_truth(scene, false) is False, (item, scene)
+            if item.tag in ("relation_swap", "argument_swap"):
+                assert item.relation in ("left of", "right of", "above", "below")
+            tags[item.tag] += 1
+    # every kind is produced, nearly once per scene
+    kinds = ("relation_swap", "argument_swap", "attribute_swap", "object_swap", "count")
+    assert min(tags[kind] for kind in kinds) > 200, tags
+
+
+def test_relation_swap_probe_is_the_opposite_preposition() -> None:
+    items = [item for item, _ in synthetic_probe_items(CONFIG, "test", 40) if item.tag == "relation_swap"]
+    opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    words = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+    for item in items:
+        rel = str(item.relation)
+        assert item.false[0] == item.true.replace(words[rel], words[opposite[rel]])
+
+
+def test_count_captions() -> None:
+    objects = (SceneObject("triangle", "green", "small", (2, 2, 16, 16), 0),
+               SceneObject("circle", "red", "large", (30, 2, 52, 24), 1),
+               SceneObject("triangle", "green", "large", (2, 30, 24, 52), 2))
+    scene = Scene(0, "test", 0, 64, 6.4, objects, compute_relations(objects, 64, 6.4))
+    caption = count_caption(scene, random.Random(0), template=0)
+    assert caption.text in ("two green triangles and one red circle",
+                            "one red circle and two green triangles")
+    assert is_true(scene, caption)
+    wrong = hard_negative(scene, caption, "count", random.Random(1))
+    assert wrong is not None and is_false(scene, wrong)
+    assert _reference_truth(scene, wrong.text) is False
+    crosses = Caption("count", (Phrase("blue", "cross", None, 3),))
+    assert crosses.text == "three blue crosses"
+    repeated = SceneConfig(count_weights=(0.0, 1.0), repeat=1.0, caption_weights=(0.0, 0.0, 1.0))
+    texts = [SyntheticScenes(repeated, "train", 20)[i]["caption"] for i in range(20)]
+    assert all(re.fullmatch(r"(an image showing |a picture of )?two \w+ \w+s", t) for t in texts), texts
+
+
+def test_dataset_item_contract_and_loader() -> None:
+    data = SyntheticScenes(SceneConfig(image_size=48), "train", 16, seed=3,
+                           negative_kinds=("relation_swap", "attribute_swap", "count"))
+    item = data[5]
+    assert set(item) == {"image", "caption", "negatives", "index"}
+    assert item["image"].shape == (3, 48, 48) and item["image"].dtype == torch.uint8
+    assert np.array_equal(item["image"].permute(1, 2, 0).numpy(), np.asarray(render_scene(data.scene(5))))
+    for i in range(16):
+        negatives = data[i]["negatives"]
+        assert len(negatives) == 3 and data[i]["caption"] not in negatives
+    batches = list(torch.utils.data.DataLoader(data, batch_size=8, num_workers=2))
+    assert torch.equal(batches[0]["image"][5], item["image"])
+    assert batches[1]["caption"][0] == data[8]["caption"]
+    assert len(batches[0]["negatives"]) == 3 and len(batches[0]["negatives"][0]) == 8
+    with pytest.raises(IndexError):
+        data.scene(16)
+
+
+def test_training_captions_are_mostly_relational_and_negatives_false() -> None:
+    data = SyntheticScenes(CONFIG, "train", 200)
+    relational = 0
+    for i in range(200):
+        scene, item = data.scene(i), data[i]
+        relational += bool(re.search(_REL, item["caption"]))
+        assert _reference_truth(scene, _canonical(item["caption"])) is True, item
+        for negative in item["negatives"]:
+            assert negative != item["caption"]
+            assert _reference_truth(scene, _canonical(negative)) is False, (item, scene)
+    assert 0.6 < relational / 200 < 0.9
+
+
+def test_render_shapes_fill_their_boxes_in_their_colour() -> None:
+    for scene in _scenes("train", 40):
+        pixels = np.asarray(render_scene(scene))
+        for obj in scene.objects:
+            mask = object_mask(obj, scene.image_size)
+            x0, y0, x1, y1 = obj.bbox
+            ys, xs = np.nonzero(mask)
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1), obj
+            assert (pixels[mask] == PALETTE[obj.color]).all()
+
+
+def test_occlusion_depth_relations_match_pixels() -> None:
+    config = SceneConfig(occlusion=1.0, count_weights=(0.0, 1.0))
+    for scene in _scenes("train", 30, config):
+        back, front = scene.objects
+        relations = {(r.subject, r.relation, r.object) for r in scene.relations}
+        assert {(1, "in front of", 0), (0, "behind", 1)} <= relations
+        overlap = object_mask(back, 64) & object_mask(front, 64)
+        pixels = np.asarray(render_scene(scene))
+        assert overlap.sum() > 0 and (pixels[overlap] == PALETTE[front.color]).all()
+        phrases = (Phrase(front.color, front.shape), Phrase(back.color, back.shape))
+        swap = Caption("relation", phrases, "behind")
+        assert is_false(scene, swap) and not is_false(scene, Caption("relation", swap.phrases, "in front of"))
+
+
+def test_textured_background_is_grey() -> None:
+    scene = generate_scene(SceneConfig(textured_background=True), 0, "train", 1)
+    pixels = np.asarray(render_scene(scene)).astype(int)
+    covered = np.zeros((64, 64), dtype=bool)
+    for obj in scene.objects:
+        covered |= object_mask(obj, 64)
+    ground = pixels[~covered]
+    assert (ground[:, 0] == ground[:, 1]).all() and (ground[:, 1] == ground[:, 2]).all()
+    assert ground[:, 0].std() > 5  # a texture, not a flat colour
+
+
+def test_single_object_scenes_for_zero_shot() -> None:
+    scenes = single_object_scenes(CONFIG, "test", 60)
+    assert all(len(s.objects) == 1 for s in scenes)
+    labels = Counter(s.objects[0].shape for s in scenes)
+    assert len(labels) == 6
+    assert not {(s.objects[0].color, s.objects[0].shape) for s in scenes} & set(CONFIG.heldout_pairs)
+
+
+def test_write_synthetic_layout_round_trips(tmp_path: Path) -> None:
+    out = tmp_path / "synth"
+    summary = write_synthetic(out, 60, seed=4)
+    assert summary.scenes == {"train": 48, "val": 3, "test": 6, "test_heldout": 3}
+    with (out / "captions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["split"] for r in rows] == ["train"] * 48 + ["val"] * 3 + ["test"] * 6 + ["test_heldout"] * 3
+    scenes = load_scenes(out)
+    assert len(scenes) == 60 and scenes[51] == generate_scene(CONFIG, 4, "test", 0)
+    records = [json.loads(line) for line in (out / "scenes.jsonl").open()]
+    assert records[51]["id"] == 51 and records[51]["caption"] == rows[51]["caption"]
+    assert all(records[k]["heldout"] for k in range(57, 60))
+    first = Image.open(out / rows[0]["filepath"])
+    assert first.size == (64, 64) and first.mode == "RGB"
+    assert np.array_equal(np.asarray(first), np.asarray(render_scene(scenes[0])))
+    probes = load_probe_items(out)
+    assert len(probes) == summary.probes > 0
+    in_memory = [item for item, _ in synthetic_probe_items(CONFIG, "test", 6, seed=4, first_id=51)]
+    assert [p for p in probes if p.scene < 57] == in_memory
+    line = json.loads((out / "probes.jsonl").open().readline())
+    assert set(line) == {"image", "true", "false", "tag", "relation", "scene"}
+    assert SyntheticScenes(CONFIG, "train", 48, seed=4)[7]["caption"] == rows[7]["caption"]
+    with pytest.raises(DataError, match="already holds"):
+        write_synthetic(out, 5)
+
+
+def test_bad_config_and_inputs_raise_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="hexagon"):
+        SceneConfig(shapes=("circle", "square", "hexagon"))
+    with pytest.raises(ConfigError, match="image_size"):
+        SceneConfig(image_size=500)
+    with pytest.raises(ConfigError, match="positive"):
+        write_synthetic(tmp_path / "x", 0)
+    with pytest.raises(ConfigError, match="split"):
+        generate_scene(CONFIG, 0, "training", 0)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="cannot create"):
+        write_synthetic(tmp_path / "file" / "sub", 3)
+
+
+def test_cli_synth(tmp_path: Path) -> None:
+    from clipforge.cli.main import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["synth", "--out", str(tmp_path / "d"), "--n", "12", "--seed", "1",
+                                  "--image-size", "96", "--split", "test"])
+    assert result.exit_code == 0, result.output
+    assert "12 scenes" in result.output
+    assert Image.open(tmp_path / "d" / "images" / "000011.png").size == (96, 96)
+    assert len(load_probe_items(tmp_path / "d")) >= 12 * 4
+    bad = runner.invoke(main, ["synth", "--out", str(tmp_path / "e"), "--n", "0"])
+    assert bad.exit_code != 0 and bad.output.strip().count("\n") == 0 and "positive" in bad.output
