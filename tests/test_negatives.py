@@ -32,6 +32,13 @@ def test_tricky_non_spatial_words_are_left_alone() -> None:
     assert spatial_swaps("a group of people at a wedding") == []  # "up" inside "group" must not match
     assert spatial_swaps("a downtown street with topiary") == []  # nor "down"/"top" inside words
     assert swap_all("a dog on the grass") is None
+    assert spatial_swaps("a boy picks up a ball") == []  # particle, not a direction
+    assert spatial_swaps("a man bends over") == []
+    assert spatial_swaps("a woman on an outside bench") == []
+    assert spatial_swaps("a girl in a tank top") == []
+    assert [s.text for s in spatial_swaps("a dog at the top of the hill")] == [
+        "a dog at the bottom of the hill"
+    ]
 
 
 def test_multiple_phrases() -> None:

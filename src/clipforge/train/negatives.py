@@ -56,6 +56,56 @@ _RULES: tuple[tuple[str, str, str], ...] = (
 _SIDE = r"(?:(?<=\bthe )|(?<=\bhis )|(?<=\bher )|(?<=\bits )|(?<=\btheir )|(?<=\bmy ))(left|right)\b"
 
 
+_DETERMINERS = {"a", "an", "the", "his", "her", "its", "their", "some", "my", "this", "that", "two", "three"}
+# Verbs whose "up"/"down"/"over" is a particle, not a direction: "picks up a ball" has no spatial antonym.
+_PARTICLE_VERBS = {
+    "pick",
+    "picks",
+    "picked",
+    "picking",
+    "hold",
+    "holds",
+    "holding",
+    "bend",
+    "bends",
+    "bending",
+    "bent",
+    "roll",
+    "rolls",
+    "rolling",
+    "set",
+    "sets",
+    "setting",
+    "give",
+    "gives",
+    "giving",
+    "turn",
+    "turns",
+    "turning",
+    "take",
+    "takes",
+    "taking",
+}
+
+
+def _is_spatial(caption: str, match: re.Match[str]) -> bool:
+    """Filters uses where a phrase is not a spatial relation ("an outside bench", "a tank top")."""
+    key = match.group(0).lower()
+    before = caption[: match.start()].lower().split()[-1:] or [""]
+    after = caption[match.end() :].lower().split()[:1] or [""]
+    if key in ("up", "down", "over"):
+        return after[0] in _DETERMINERS and before[0] not in _PARTICLE_VERBS
+    if key in ("inside", "outside"):
+        return before[0] not in ("a", "an", "the")
+    if key in ("top", "bottom"):
+        return after[0] == "of"
+    return True
+
+
+def _matches(caption: str) -> list[re.Match[str]]:
+    return [m for m in _pattern().finditer(caption) if _is_spatial(caption, m)]
+
+
 @dataclass(frozen=True)
 class SpatialSwap:
     """One spatial phrase of a caption replaced by its antonym."""
@@ -90,7 +140,7 @@ def _match_case(source: str, replacement: str) -> str:
 def spatial_swaps(caption: str) -> list[SpatialSwap]:
     """Every single-phrase swap of `caption`, in reading order (empty when it has no spatial phrase)."""
     swaps = []
-    for match in _pattern().finditer(caption):
+    for match in _matches(caption):
         antonym, tag = _lookup(match.group(0))
         replacement = _match_case(match.group(0), antonym)
         text = caption[: match.start()] + replacement + caption[match.end() :]
@@ -100,10 +150,14 @@ def spatial_swaps(caption: str) -> list[SpatialSwap]:
 
 def swap_all(caption: str) -> str | None:
     """The caption with every spatial phrase swapped at once, or None when it has none."""
-    pattern = _pattern()
-    if not pattern.search(caption):
+    matches = _matches(caption)
+    if not matches:
         return None
-    return pattern.sub(lambda m: _match_case(m.group(0), _lookup(m.group(0))[0]), caption)
+    pieces, last = [], 0
+    for m in matches:
+        pieces += [caption[last : m.start()], _match_case(m.group(0), _lookup(m.group(0))[0])]
+        last = m.end()
+    return "".join(pieces) + caption[last:]
 
 
 def text_hard_negatives(caption: str, k: int, rng: random.Random) -> list[str]:

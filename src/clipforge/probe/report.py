@@ -1,0 +1,241 @@
+"""probe.json and a self-contained probe.html (inline SVG charts, base64 thumbnails, no external assets)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipforge.errors import ImageError
+from clipforge.probe.items import BadItem, ProbeItem, load_item_image
+from clipforge.probe.run import ProbeResult
+from clipforge.probe.stats import LEVEL, MIN_BOOTSTRAP_N
+
+COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
+HARDEST = 12
+THUMBNAIL = 160
+BAD_LISTED = 200
+CI_METHOD = f"percentile bootstrap (Wilson score interval below n={MIN_BOOTSTRAP_N})"
+
+
+def collect_bad(suite_bad: list[BadItem], results: dict[str, ProbeResult]) -> list[BadItem]:
+    """Unreadable entries and unscorable items, each once (every model meets the same missing image)."""
+    seen: dict[str, BadItem] = {bad.id: bad for bad in suite_bad}
+    for result in results.values():
+        for bad in result.bad:
+            seen.setdefault(bad.id, bad)
+    return list(seen.values())
+
+
+def build_report(
+    suite: str,
+    scorer: str,
+    results: dict[str, ProbeResult],
+    summaries: dict[str, dict[str, Any]],
+    bad: list[BadItem],
+    n_resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The content of probe.json: suite, bootstrap settings, each model's summary, per-item scores."""
+    return {
+        "suite": suite,
+        "scorer": scorer,
+        "ci": {"level": LEVEL, "method": CI_METHOD, "resamples": n_resamples, "seed": seed},
+        "bad": {"count": len(bad), "items": [{"id": b.id, "reason": b.reason} for b in bad[:BAD_LISTED]]},
+        "models": summaries,
+        "items": _item_rows(results),
+    }
+
+
+def _item_rows(results: dict[str, ProbeResult]) -> list[dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for name, result in results.items():
+        for item, scores in zip(result.items, result.scores, strict=True):
+            row = rows.setdefault(item.id, {"id": item.id, "tag": item.tag, "image": _image_name(item),
+                                            "true": item.true, "false": list(item.false), "scores": {}})
+            row["scores"][name] = [float(s) for s in scores]
+    return list(rows.values())
+
+
+def _image_name(item: ProbeItem) -> str:
+    return str(item.image) if isinstance(item.image, str | Path) else item.image_key
+
+
+def write_json(report: dict[str, Any], path: Path) -> Path:
+    """Writes probe.json (NaN-free: missing numbers are null)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def write_html(report: dict[str, Any], results: dict[str, ProbeResult], path: Path) -> Path:
+    """Writes probe.html: overview, per-tag bars with CIs, margins, confusion heatmaps, hardest items."""
+    names = list(report["models"])
+    sections = [
+        f"<h1>Probe: {html.escape(report['suite'])}</h1>",
+        f"<p>scorer <b>{html.escape(report['scorer'])}</b>; {html.escape(report['ci']['method'])}, "
+        f"{report['ci']['resamples']} resamples, seed {report['ci']['seed']}; "
+        f"{report['bad']['count']} unreadable or unscorable items.</p>",
+        _overview_table(report["models"]),
+        "<h2>Accuracy per tag (95% CI)</h2>", _tag_bars(report["models"]),
+        "<h2>Score margin (true minus best false)</h2>",
+        "".join(_histogram(name, results[name].margins, _color(i)) for i, name in enumerate(names)),
+        "<h2>Confusion: which sentence wins</h2>",
+        "".join(_confusion_table(name, report["models"][name]["confusion"]) for name in names),
+        "<h2>Hardest items</h2>", _hardest(results),
+        _bad_list(report["bad"]),
+    ]
+    page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipforge probe</title>{_STYLE}</head>"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page + "<body>" + "\n".join(sections) + "</body></html>\n", encoding="utf-8")
+    return path
+
+
+_STYLE = """<style>
+body{font-family:sans-serif;margin:24px;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px}
+th{background:#f4f4f4}
+.item{display:flex;gap:12px;margin:10px 0;border-bottom:1px solid #eee;padding-bottom:8px}
+.ok{color:#2a7}.no{color:#c33}svg text{font-size:11px}
+</style>"""
+
+
+def _color(index: int) -> str:
+    return COLORS[index % len(COLORS)]
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _overview_table(models: dict[str, Any]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ("model", "accuracy", "95% CI", "n", "macro", "groups"))
+    rows = [f"<table><tr>{head}</tr>"]
+    for name, summary in models.items():
+        low, high = summary["ci95"]
+        groups = "; ".join(f"{metric} {_pct(block['accuracy'])}" for key in ("whatsup", "winoground")
+                           for metric, block in summary.get(key, {}).items())
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{_pct(summary['accuracy'])}</td>"
+                    f"<td>{_pct(low)} – {_pct(high)}</td><td>{summary['n']}</td>"
+                    f"<td>{_pct(summary['macro_accuracy'])}</td><td>{html.escape(groups)}</td></tr>")
+    return "".join(rows) + "</table>"
+
+
+def _tag_bars(models: dict[str, Any]) -> str:
+    """Horizontal bars per tag, one per model, with the CI as a whisker."""
+    tags = sorted({tag for summary in models.values() for tag in summary["per_tag"]})
+    label_w, bar_w, bar_h = 200, 480, 12
+    row_h = bar_h * len(models) + 10
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_w + bar_w + 70}' "
+             f"height='{row_h * len(tags) + 30}'>"]
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x = label_w + frac * bar_w
+        parts.append(f"<line x1='{x}' y1='0' x2='{x}' y2='{row_h * len(tags)}' stroke='#ddd'/>"
+                     f"<text x='{x - 8}' y='{row_h * len(tags) + 14}'>{int(frac * 100)}%</text>")
+    for row, tag in enumerate(tags):
+        y0 = row * row_h + 5
+        parts.append(f"<text x='0' y='{y0 + row_h / 2}'>{html.escape(tag[:32])}</text>")
+        for i, summary in enumerate(models.values()):
+            parts.append(_bar(summary["per_tag"].get(tag), label_w, bar_w, y0 + i * bar_h, bar_h, _color(i)))
+    legend = " ".join(f"<span style='color:{_color(i)}'>&#9632; {html.escape(n)}</span>"
+                      for i, n in enumerate(models))
+    return "".join(parts) + "</svg><div>" + legend + "</div>"
+
+
+def _bar(block: dict[str, Any] | None, x0: int, width: int, y: float, height: int, color: str) -> str:
+    if block is None or block["accuracy"] is None:
+        return ""
+    low, high = block["ci95"]
+    mid = y + height / 2
+    length = block["accuracy"] * width
+    return (f"<rect x='{x0}' y='{y}' width='{length:.1f}' height='{height - 2}' fill='{color}'>"
+            f"<title>{_pct(block['accuracy'])} (n={block['n']})</title></rect>"
+            f"<line x1='{x0 + low * width:.1f}' y1='{mid}' x2='{x0 + high * width:.1f}' y2='{mid}' "
+            "stroke='#000'/>"
+            f"<text x='{x0 + width + 6}' y='{mid + 4}'>n={block['n']}</text>")
+
+
+def _histogram(name: str, margins: np.ndarray, color: str, bins: int = 30) -> str:
+    """A small SVG histogram of one model's margins, with the zero line (left of it = failed)."""
+    if len(margins) == 0:
+        return ""
+    low, high = float(min(margins.min(), 0.0)), float(max(margins.max(), 0.0))
+    counts, edges = np.histogram(margins, bins=bins, range=(low, high + 1e-12))
+    width, height = 360, 110
+    scale_x, scale_y = width / (high - low + 1e-12), (height - 20) / max(int(counts.max()), 1)
+    bars = "".join(f"<rect x='{(edges[i] - low) * scale_x:.1f}' y='{height - 15 - c * scale_y:.1f}' "
+                   f"width='{max(width / bins - 1, 1):.1f}' height='{c * scale_y:.1f}' fill='{color}'/>"
+                   for i, c in enumerate(counts))
+    zero = -low * scale_x
+    return (f"<div style='display:inline-block;margin-right:16px'><b>{html.escape(name)}</b><br>"
+            f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>{bars}"
+            f"<line x1='{zero:.1f}' y1='0' x2='{zero:.1f}' y2='{height - 15}' stroke='#c33'/>"
+            f"<text x='0' y='{height - 2}'>{low:.3f}</text>"
+            f"<text x='{width - 40}' y='{height - 2}'>{high:.3f}</text>"
+            "</svg></div>")
+
+
+def _confusion_table(name: str, table: dict[str, dict[str, int]]) -> str:
+    """A heatmap table: rows are true labels, columns the label that won, shaded by row share."""
+    columns = sorted({col for cols in table.values() for col in cols})
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    rows = [f"<h3>{html.escape(name)}</h3><table><tr><th>true \\ winner</th>{head}</tr>"]
+    for row, cols in table.items():
+        total = sum(cols.values())
+        cells = "".join(_heat_cell(cols.get(c, 0), total, c == row) for c in columns)
+        rows.append(f"<tr><th>{html.escape(row)}</th>{cells}</tr>")
+    return "".join(rows) + "</table>"
+
+
+def _heat_cell(count: int, total: int, diagonal: bool) -> str:
+    share = count / total if total else 0.0
+    rgb = "40,160,90" if diagonal else "220,60,60"
+    return f"<td style='background:rgba({rgb},{share:.2f})'>{count or ''}</td>"
+
+
+def _hardest(results: dict[str, ProbeResult]) -> str:
+    """The items with the lowest margin averaged over the models, with their image and sentences."""
+    margins: dict[str, list[float]] = {}
+    details: dict[str, tuple[ProbeItem, np.ndarray]] = {}
+    for result in results.values():
+        for item, scores, margin in zip(result.items, result.scores, result.margins, strict=True):
+            margins.setdefault(item.id, []).append(float(margin))
+            details.setdefault(item.id, (item, scores))
+    order = sorted(margins, key=lambda key: float(np.mean(margins[key])))[:HARDEST]
+    return "".join(_item_card(details[key][0], details[key][1], margins[key], list(results)) for key in order)
+
+
+def _item_card(item: ProbeItem, scores: np.ndarray, margins: list[float], names: list[str]) -> str:
+    best_false = item.false[int(np.argmax(scores[1:]))]
+    per_model = ", ".join(f"{html.escape(n)}: <span class='{'ok' if m > 0 else 'no'}'>{m:+.4f}</span>"
+                          for n, m in zip(names, margins, strict=False))
+    return (f"<div class='item'>{_thumbnail(item)}<div>"
+            f"<b>{html.escape(item.id)}</b> [{html.escape(item.tag)}]<br>"
+            f"<span class='ok'>true:</span> {html.escape(item.true)}<br>"
+            f"<span class='no'>false:</span> {html.escape(best_false)}<br>margin {per_model}</div></div>")
+
+
+def _thumbnail(item: ProbeItem) -> str:
+    """The item's image as an inline base64 JPEG (a grey box when it cannot be read)."""
+    try:
+        image = load_item_image(item)
+    except ImageError:
+        return f"<div style='width:{THUMBNAIL}px;height:{THUMBNAIL}px;background:#ddd'></div>"
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"<img alt='{html.escape(item.id)}' src='data:image/jpeg;base64,{data}'>"
+
+
+def _bad_list(bad: dict[str, Any]) -> str:
+    if not bad["count"]:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(b['id'])}</td><td>{html.escape(b['reason'])}</td></tr>"
+                   for b in bad["items"])
+    return f"<h2>Unreadable or unscorable items ({bad['count']})</h2><table>{rows}</table>"

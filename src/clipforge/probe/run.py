@@ -1,0 +1,153 @@
+"""Scoring probe items with one model: every image and every text is encoded once, in batches.
+
+`run_probe` works on items in memory, so the CLI, the quickstart and tests share one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipforge.errors import ImageError
+from clipforge.probe.items import BadItem, ProbeItem, load_item_image
+from clipforge.probe.scorers import check_scorer, sentence_parts
+
+# Items whose images are decoded at once; bounds memory on large suites.
+IMAGE_CHUNK = 256
+
+
+class Encoder(Protocol):
+    """Anything that embeds images and texts into one space with unit-norm rows."""
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class ClipEncoder:
+    """A clipforge model with its preprocessing and tokenizer, encoding in batches without gradients."""
+
+    def __init__(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor],
+                 tokenizer: Callable[[list[str]], torch.Tensor], batch_size: int = 64) -> None:
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, spec: str, batch_size: int = 64) -> ClipEncoder:
+        """Loads a model from any spec `clipforge.checkpoint.load` understands."""
+        from clipforge.checkpoint import load
+
+        model, preprocess, tokenizer = load(spec)
+        return cls(model, preprocess, tokenizer, batch_size)
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Unit-norm image embeddings [N, E]."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
+            out.append(self.model.encode_image(pixels, normalize=True).float())  # type: ignore[operator]
+        return torch.cat(out).numpy()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm text embeddings [N, E]."""
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[start : start + self.batch_size]))
+            out.append(self.model.encode_text(tokens, normalize=True).float())  # type: ignore[operator]
+        return torch.cat(out).numpy()
+
+
+@dataclass
+class ProbeResult:
+    """One model's scores on a suite.
+
+    Attributes:
+        items: the items that were scored, in suite order.
+        scores: per item, the scores of ``(true, *false)``.
+        bad: items that could not be scored (missing or unreadable image).
+        scorer: the scorer used.
+    """
+
+    items: list[ProbeItem]
+    scores: list[np.ndarray]
+    bad: list[BadItem] = field(default_factory=list)
+    scorer: str = "cosine"
+
+    @property
+    def margins(self) -> np.ndarray:
+        """True score minus the best false score, per item (> 0 means the item passed)."""
+        return np.array([s[0] - s[1:].max() for s in self.scores], dtype=np.float64)
+
+    @property
+    def correct(self) -> np.ndarray:
+        """Whether the true sentence scored strictly highest, per item (a tie fails)."""
+        return self.margins > 0
+
+    @property
+    def winners(self) -> np.ndarray:
+        """Index into ``item.sentences`` of the highest-scoring sentence (0 = the true one)."""
+        return np.array([0 if s[0] > s[1:].max() else 1 + int(np.argmax(s[1:])) for s in self.scores])
+
+
+def run_probe(items: Sequence[ProbeItem], encoder: Encoder, scorer: str = "cosine") -> ProbeResult:
+    """Scores every item's sentences against its image.
+
+    Args:
+        items: the probe items (images as paths, bytes or PIL images).
+        encoder: the model, e.g. ``ClipEncoder.load("tiny-vit")``.
+        scorer: ``cosine`` or ``compositional`` (sum over relation clauses).
+
+    Returns:
+        The scores; items whose image cannot be read are listed in ``bad``, never raised.
+    """
+    check_scorer(scorer)
+    images, bad = _encode_images(items, encoder)
+    kept = [item for item in items if item.image_key in images]
+    parts = {s: sentence_parts(s, scorer) for item in kept for s in item.sentences}
+    texts = _encode_texts(sorted({p for ps in parts.values() for p in ps}), encoder)
+    scores = [_item_scores(item, images[item.image_key], parts, texts) for item in kept]
+    return ProbeResult(kept, scores, bad, scorer)
+
+
+def _item_scores(item: ProbeItem, image: np.ndarray, parts: dict[str, list[str]],
+                 texts: dict[str, np.ndarray]) -> np.ndarray:
+    return np.array([sum(float(image @ texts[p]) for p in parts[s]) for s in item.sentences])
+
+
+def _encode_images(
+    items: Sequence[ProbeItem], encoder: Encoder
+) -> tuple[dict[str, np.ndarray], list[BadItem]]:
+    """Embeddings by image key; an image that fails to load marks all its items bad."""
+    embeddings: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
+    for start in range(0, len(items), IMAGE_CHUNK):
+        loaded: dict[str, Image.Image] = {}
+        for item in items[start : start + IMAGE_CHUNK]:
+            key = item.image_key
+            if key in embeddings or key in loaded or key in failed:
+                continue
+            try:
+                loaded[key] = load_item_image(item)
+            except ImageError as err:
+                failed[key] = str(err)
+        if loaded:
+            vectors = encoder.encode_images(list(loaded.values()))
+            embeddings.update(zip(loaded, vectors, strict=True))
+    bad = [BadItem(item.id, failed[item.image_key]) for item in items if item.image_key in failed]
+    return embeddings, bad
+
+
+def _encode_texts(texts: list[str], encoder: Encoder) -> dict[str, np.ndarray]:
+    if not texts:
+        return {}
+    return dict(zip(texts, encoder.encode_texts(texts), strict=True))
+

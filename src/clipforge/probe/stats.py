@@ -1,0 +1,178 @@
+"""Accuracy with confidence intervals, per tag and per relation, the confusion table and group scores.
+
+Intervals are percentile bootstraps from a seeded numpy Generator, so the same scores always give the
+same interval; below `MIN_BOOTSTRAP_N` items a bootstrap is too coarse and the Wilson score interval
+is used instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+
+from clipforge.probe.items import ProbeItem
+from clipforge.probe.run import ProbeResult
+from clipforge.probe.spatial import canonical_relation, relation_label
+
+N_RESAMPLES = 1000
+MIN_BOOTSTRAP_N = 10
+LEVEL = 0.95
+# Resampled values held at once; keeps memory flat for large suites.
+_CHUNK_VALUES = 2_000_000
+# What'sUp pairs a relation with its opposite: both must be right for the pair to count.
+PAIR_OPPOSITES = {"left of": "right of", "right of": "left of", "on": "under", "under": "on",
+                  "in front of": "behind", "behind": "in front of"}
+
+
+def bootstrap_ci(values: Any, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = LEVEL
+                 ) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`."""
+    data = np.asarray(values, dtype=np.float64)
+    n = len(data)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    rows = max(1, _CHUNK_VALUES // max(n, 1))
+    for start in range(0, n_resamples, rows):
+        count = min(rows, n_resamples - start)
+        means[start : start + count] = data[rng.integers(0, n, size=(count, n))].mean(axis=1)  # [count]
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def wilson_ci(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sound for small `n` and for 0 % or 100 %)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def accuracy_block(correct: Any, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """``{"accuracy", "n", "ci95": [lo, hi]}`` of a boolean array (None values when it is empty)."""
+    flags = np.asarray(correct, dtype=bool)
+    n = len(flags)
+    if n == 0:
+        return {"accuracy": None, "n": 0, "ci95": [None, None]}
+    if n < MIN_BOOTSTRAP_N:
+        low, high = wilson_ci(int(flags.sum()), n)
+    else:
+        low, high = bootstrap_ci(flags, n_resamples, seed)
+    return {"accuracy": float(flags.mean()), "n": n, "ci95": [low, high]}
+
+
+def sentence_labels(item: ProbeItem) -> tuple[str, ...]:
+    """What each sentence stands for in the confusion table: its relation, else the item's tag.
+
+    A false sentence with the same relation as the true one (an attribute or argument swap) is named
+    by the item's tag, so the table shows which kind of foil won.
+    """
+    if item.labels:
+        return item.labels
+    found = relation_label(item.true)
+    true = item.relation or (canonical_relation(found) if found else item.tag)
+    labels = [true]
+    for sentence in item.false:
+        phrase = relation_label(sentence)
+        label = canonical_relation(phrase) if phrase else item.tag
+        if label == true:
+            label = item.tag if item.tag != true else f"{true} (false)"
+        labels.append(label)
+    return tuple(labels)
+
+
+def confusion(result: ProbeResult) -> dict[str, dict[str, int]]:
+    """``{true label: {winning label: count}}``; the diagonal counts the items that passed."""
+    table: dict[str, Counter[str]] = defaultdict(Counter)
+    for item, winner in zip(result.items, result.winners, strict=True):
+        labels = sentence_labels(item)
+        table[labels[0]][labels[winner]] += 1
+    return {row: dict(sorted(cols.items())) for row, cols in sorted(table.items())}
+
+
+def margin_summary(margins: np.ndarray) -> dict[str, float | None]:
+    """Mean, spread and quantiles of the true-minus-best-false score margins."""
+    if len(margins) == 0:
+        return {key: None for key in ("mean", "std", "q05", "q25", "median", "q75", "q95")}
+    q05, q25, q50, q75, q95 = np.quantile(margins, [0.05, 0.25, 0.5, 0.75, 0.95])
+    return {"mean": float(margins.mean()), "std": float(margins.std()), "q05": float(q05), "q25": float(q25),
+            "median": float(q50), "q75": float(q75), "q95": float(q95)}
+
+
+def _by_key(keys: list[str | None], correct: np.ndarray, n_resamples: int, seed: int) -> dict[str, Any]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for key, ok in zip(keys, correct, strict=True):
+        if key is not None:
+            groups[key].append(bool(ok))
+    return {key: accuracy_block(groups[key], n_resamples, seed) for key in sorted(groups)}
+
+
+def summarize(result: ProbeResult, group_metric: str | None = None, n_resamples: int = N_RESAMPLES,
+              seed: int = 0) -> dict[str, Any]:
+    """One model's report: accuracy with CI, per tag, per relation, confusion, margins, group scores.
+
+    Args:
+        result: what `run_probe` returned.
+        group_metric: ``whatsup`` (individual/pair/set accuracy) or ``winoground`` (text/image/group
+            scores) for suites whose items come in groups.
+        n_resamples: bootstrap resamples.
+        seed: seeds the bootstrap; the same seed gives the same intervals.
+    """
+    correct = result.correct
+    per_tag = _by_key([item.tag for item in result.items], correct, n_resamples, seed)
+    tag_accuracies = [block["accuracy"] for block in per_tag.values()]
+    summary = {
+        **accuracy_block(correct, n_resamples, seed),
+        "macro_accuracy": float(np.mean(tag_accuracies)) if tag_accuracies else None,
+        "per_tag": per_tag,
+        "per_relation": _by_key([item.relation for item in result.items], correct, n_resamples, seed),
+        "confusion": confusion(result),
+        "margin": margin_summary(result.margins),
+        "bad": len(result.bad),
+    }
+    if group_metric == "whatsup":
+        summary["whatsup"] = whatsup_scores(result, n_resamples, seed)
+    elif group_metric == "winoground":
+        summary["winoground"] = winoground_scores(result, n_resamples, seed)
+    return summary
+
+
+def _groups(result: ProbeResult) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, item in enumerate(result.items):
+        if item.group is not None:
+            groups[item.group].append(index)
+    return groups
+
+
+def whatsup_scores(result: ProbeResult, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """What'sUp's individual, pair (a relation and its opposite both right) and set (all right) accuracy."""
+    correct = result.correct
+    pairs, sets = [], []
+    for members in _groups(result).values():
+        sets.append(all(correct[i] for i in members))
+        for a, b in itertools.combinations(members, 2):
+            if PAIR_OPPOSITES.get(result.items[a].relation or "") == result.items[b].relation:
+                pairs.append(bool(correct[a] and correct[b]))
+    return {"individual": accuracy_block(correct, n_resamples, seed),
+            "pair": accuracy_block(pairs, n_resamples, seed), "set": accuracy_block(sets, n_resamples, seed)}
+
+
+def winoground_scores(result: ProbeResult, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """Winoground's text, image and group scores over examples whose two images were both scored.
+
+    Item 0 holds ``[s(c0, i0), s(c1, i0)]`` and item 1 ``[s(c1, i1), s(c0, i1)]``.
+    """
+    text, image = [], []
+    for members in _groups(result).values():
+        if len(members) != 2:
+            continue
+        first, second = (result.scores[i] for i in members)
+        text.append(bool(first[0] > first[1] and second[0] > second[1]))
+        image.append(bool(first[0] > second[1] and second[0] > first[1]))
+    group = [t and i for t, i in zip(text, image, strict=True)]
+    blocks = {"text": text, "image": image, "group": group}
+    return {name: accuracy_block(flags, n_resamples, seed) for name, flags in blocks.items()}

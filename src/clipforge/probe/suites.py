@@ -1,0 +1,136 @@
+"""Probe suites named by a spec ``KIND:LOCATION``, loaded into items.
+
+Kinds:
+    ``pairs:FILE.jsonl``           our JSONL pairs (images under ``--images``, default: the file's folder)
+    ``preposition-swap:DATA``      captions of any ``--data`` spec (e.g. ``flickr8k:ROOT:test``) with a
+                                   spatial phrase; the false sentence swaps it for its antonym
+    ``synthetic:DIR``              the synthetic generator's ``DIR/probes.jsonl``
+    ``spatialvoc2k:FILE.json``     SpatialVOC2K annotations
+    ``whatsup:FILE.json``          What'sUp controlled images or COCO/GQA-spatial
+    ``aro:FILE.json``              ARO VG-Relation or VG-Attribution
+    ``sugarcrepe:FILE_OR_DIR``     SugarCrepe category file(s)
+    ``winoground:FILE.jsonl``      Winoground examples
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipforge.errors import DataError
+from clipforge.probe import formats
+from clipforge.probe.items import BadItem, ProbeItem
+from clipforge.probe.spatial import canonical_relation
+from clipforge.train.negatives import SpatialSwap, spatial_swaps
+
+_READERS: dict[str, Callable[[Path, Path], formats.Loaded]] = {
+    "pairs": formats.read_pairs,
+    "spatialvoc2k": formats.read_spatialvoc2k,
+    "whatsup": formats.read_whatsup,
+    "aro": formats.read_aro,
+    "sugarcrepe": formats.read_sugarcrepe,
+    "winoground": formats.read_winoground,
+}
+KINDS = ("pairs", "preposition-swap", "synthetic", *list(_READERS)[1:])
+GROUP_METRICS = {"whatsup": "whatsup", "winoground": "winoground"}
+
+
+@dataclass
+class Suite:
+    """Loaded probe items and what could not be read.
+
+    Attributes:
+        spec: the spec the suite was loaded from.
+        kind: its kind (see the module docstring).
+        items: the items, in file order.
+        bad: entries that could not be read (images are checked later, when scored).
+        group_metric: the group scores `summarize` adds for this kind, if any.
+    """
+
+    spec: str
+    kind: str
+    items: list[ProbeItem]
+    bad: list[BadItem] = field(default_factory=list)
+    group_metric: str | None = None
+
+
+def load_suite(spec: str, images: str | Path | None = None, limit: int | None = None) -> Suite:
+    """Loads the suite named by `spec`.
+
+    Args:
+        spec: ``KIND:LOCATION`` (see the module docstring).
+        images: folder the suite's image paths are relative to (default: the file's folder).
+        limit: keep only the first `limit` items (whole groups are not split for What'sUp/Winoground).
+
+    Raises:
+        DataError: the spec is malformed or its file is missing or not of the expected format.
+    """
+    kind, colon, location = spec.partition(":")
+    if not colon or not location:
+        raise DataError(f"suite spec '{spec}' must look like KIND:LOCATION (kinds: {', '.join(KINDS)})")
+    if kind not in KINDS:
+        raise DataError(f"unknown suite kind '{kind}' in '{spec}' (kinds: {', '.join(KINDS)})")
+    if kind == "preposition-swap":
+        items, bad = preposition_swap_items(location, limit)
+    else:
+        path = Path(location).expanduser()
+        if kind == "synthetic":
+            path = path / "probes.jsonl"
+        if not path.exists():
+            raise DataError(f"suite file not found: {path}")
+        root = Path(images).expanduser() if images is not None else (path if path.is_dir() else path.parent)
+        items, bad = _READERS.get(kind, formats.read_pairs)(path, root)
+    return Suite(spec, kind, _limited(items, limit), bad, GROUP_METRICS.get(kind))
+
+
+def _limited(items: list[ProbeItem], limit: int | None) -> list[ProbeItem]:
+    if limit is None or len(items) <= limit:
+        return items
+    kept = items[:limit]
+    # Extend to the end of the last group so group scores are not computed on half a group.
+    while len(kept) < len(items) and kept[-1].group is not None and items[len(kept)].group == kept[-1].group:
+        kept.append(items[len(kept)])
+    return kept
+
+
+def preposition_swap_items(data_spec: str, limit: int | None = None) -> tuple[list[ProbeItem], list[BadItem]]:
+    """Items from every caption with a spatial phrase: its first phrase swapped for the antonym.
+
+    The swaps are `clipforge.train.negatives.spatial_swaps`, the edits training uses for its negatives;
+    the tag is the relation the phrase expresses ("to the left of" and "on the left side of" -> "left of").
+
+    Args:
+        data_spec: a ``--data`` spec, e.g. ``flickr8k:ROOT:test``.
+        limit: stop after this many items.
+    """
+    from clipforge.data.datasets import open_data
+    from clipforge.data.readers import WebDatasetData
+
+    data = open_data(data_spec)
+    items: list[ProbeItem] = []
+    bad: list[BadItem] = []
+    for record in data.records():
+        if limit is not None and len(items) >= limit:
+            break
+        try:
+            # Shard members have no path of their own: read their bytes now.
+            image = data.read_bytes(record) if isinstance(data, WebDatasetData) else Path(record.source)
+        except OSError as err:
+            bad.append(BadItem(record.key, f"cannot read image: {err}"))
+            continue
+        for index, caption in enumerate(record.captions):
+            swaps = spatial_swaps(caption)
+            if swaps:
+                swap = swaps[0]
+                labels = (swap.tag, _antonym_tag(swap))
+                key = f"{record.key}#{index}"
+                items.append(ProbeItem(key, image, caption, (swap.text,), swap.tag, swap.tag, labels))
+    bad += [BadItem(b.key, f"{b.reason}: {b.detail}") for b in data.bad.examples.values()]
+    return items[:limit] if limit is not None else items, bad
+
+
+def _antonym_tag(swap: SpatialSwap) -> str:
+    """The relation the antonym expresses ("right" in "his right hand" -> "right of")."""
+    back = (s.tag for s in spatial_swaps(swap.text) if s.phrase == " ".join(swap.antonym.lower().split()))
+    return next(back, canonical_relation(swap.antonym))
