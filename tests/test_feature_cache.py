@@ -31,7 +31,7 @@ def test_second_run_extracts_nothing_and_matches(tmp_path) -> None:
     data = open_data(f"folder:{root}")
     first, stats = cached_features(data, extract, preprocess, cache, batch_size=2)
     assert stats.extracted == 5 and stats.hits == 0 and data.bad.total == 1
-    assert sorted(first) == [f"{i}" for i in range(5)] or len(first) == 5
+    assert len(first) == 5
     calls.clear()
     again, stats = cached_features(open_data(f"folder:{root}"), extract, preprocess, cache, batch_size=2)
     assert calls == [] and stats.hits == 5 and stats.extracted == 0
