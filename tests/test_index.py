@@ -1,0 +1,265 @@
+"""Embedding collections into index folders, incremental updates, exact and FAISS search, the CLIs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from clipforge import create_model
+from clipforge.checkpoint import load, save
+from clipforge.cli.main import main
+from clipforge.data.transforms import load_image
+from clipforge.errors import ConfigError, DataError
+from clipforge.index import EmbedConfig, EmbeddingStore, Searcher, build_index, choose_kind, embed_collection
+from clipforge.index.ann import ANN_NAME, EXACT_LIMIT, FaissIndex
+from clipforge.index.embed import model_fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
+COLORS = [(220, 30, 30), (30, 200, 40), (20, 40, 220), (240, 220, 20), (200, 30, 200), (20, 210, 210)]
+
+
+def make_model(folder: Path, seed: int = 0) -> Path:
+    """A tiny random ViT saved as a model folder (fixed weights, so its hash is stable)."""
+    torch.manual_seed(seed)
+    return save(create_model("tiny-vit"), folder)
+
+
+def make_images(root: Path, count: int = 12, bad: bool = True) -> list[Path]:
+    """Noisy solid-colour PNGs (some in a subfolder), plus a corrupt and an empty file when `bad`."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        base = np.array(COLORS[i % len(COLORS)], dtype=np.int16)
+        pixels = np.clip(base + rng.integers(-40, 40, (36, 44, 3)), 0, 255).astype(np.uint8)
+        path = root / ("nested" if i % 3 == 0 else ".") / f"img{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+        paths.append(path.resolve())
+    if bad:
+        (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        (root / "empty.png").write_bytes(b"")
+    return paths
+
+
+@pytest.fixture
+def collection(tmp_path: Path) -> tuple[Path, Path, list[Path]]:
+    """(model folder, image folder, image paths)."""
+    return make_model(tmp_path / "model"), tmp_path / "images", make_images(tmp_path / "images")
+
+
+def run_embed(model: Path, images: Path, out: Path, **options: object) -> object:
+    config = EmbedConfig(str(model), out, images=images, batch_size=5, workers=0, progress=False, **options)  # type: ignore[arg-type]
+    return embed_collection(config)
+
+
+def test_fingerprint_is_stable_across_save_load_and_sees_one_weight(tmp_path: Path) -> None:
+    folder = make_model(tmp_path / "m")
+    model, _, _ = load(folder)
+    again, _, _ = load(folder)
+    assert model_fingerprint(model) == model_fingerprint(again)
+    with torch.no_grad():
+        next(again.parameters()).view(-1)[0] += 1e-3
+    assert model_fingerprint(model) != model_fingerprint(again)
+    assert re.fullmatch(r"[0-9a-f]{64}", model_fingerprint(model))
+
+
+def test_embed_stores_normalized_float16_vectors_equal_to_the_model(collection, tmp_path: Path) -> None:
+    model_dir, images, paths = collection
+    report = run_embed(model_dir, images, tmp_path / "idx")
+    assert (report.added, report.total, report.index_kind) == (12, 12, "exact")
+    assert report.bad.report()["corrupt_image"] == 1 and report.bad.report()["zero_bytes"] == 1
+
+    store = EmbeddingStore(tmp_path / "idx")
+    ids, vectors = store.embeddings()
+    assert vectors.dtype == np.float16 and vectors.shape == (12, 16)
+    np.testing.assert_allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1.0, atol=2e-3)
+
+    model, preprocess, _ = load(model_dir)
+    by_path = {item.path: item for item in store.items(ids.tolist()).values()}
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(load_image(p)) for p in paths])  # [12, 3, 32, 32]
+        reference = model.encode_image(pixels, normalize=True)
+    ours = np.stack([vectors[list(ids).index(by_path[str(p)].id)] for p in paths]).astype(np.float32)
+    np.testing.assert_allclose(ours, reference.numpy(), atol=2e-3)
+    first = by_path[str(paths[0])]
+    assert first.size == paths[0].stat().st_size
+    assert first.sha256 == hashlib.sha256(paths[0].read_bytes()).hexdigest()
+    assert store.get_meta("model_hash") == model_fingerprint(model)
+
+
+def test_rerun_adds_new_reembeds_changed_and_drops_deleted(collection, tmp_path: Path) -> None:
+    model_dir, images, paths = collection
+    run_embed(model_dir, images, tmp_path / "idx")
+    before = EmbeddingStore(tmp_path / "idx").signatures()
+    paths[1].unlink()
+    Image.new("RGB", (40, 40), (5, 5, 5)).save(paths[2])
+    os.utime(paths[2], ns=(1, 1))  # make sure the mtime differs even on coarse clocks
+    Image.new("RGB", (30, 30), (250, 250, 250)).save(images / "new.png")
+
+    report = run_embed(model_dir, images, tmp_path / "idx")
+    assert (report.added, report.updated, report.removed, report.unchanged) == (1, 1, 1, 10)
+    after = EmbeddingStore(tmp_path / "idx").signatures()
+    assert str(paths[1]) not in after and len(after) == 12
+    assert after[str(paths[2])].id != before[str(paths[2])].id
+    assert after[str(paths[3])].id == before[str(paths[3])].id
+    again = run_embed(model_dir, images, tmp_path / "idx")
+    assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 12)
+
+
+def test_another_model_is_refused_for_embedding_and_searching(collection, tmp_path: Path) -> None:
+    model_dir, images, _ = collection
+    run_embed(model_dir, images, tmp_path / "idx")
+    other = make_model(tmp_path / "other", seed=1)
+    with pytest.raises(ConfigError, match=r"was built with model .* hash [0-9a-f]{12}"):
+        run_embed(other, images, tmp_path / "idx")
+    with pytest.raises(ConfigError, match="use the same model"):
+        Searcher(tmp_path / "idx", str(other))
+    assert len(Searcher(tmp_path / "idx", str(model_dir))) == 12
+
+
+def test_missing_index_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not an index folder"):
+        Searcher(tmp_path / "nothing")
+
+
+def test_image_query_finds_itself_and_same_colour_images_first(collection, tmp_path: Path) -> None:
+    model_dir, images, paths = collection
+    run_embed(model_dir, images, tmp_path / "idx")
+    hits = Searcher(tmp_path / "idx").search_image(load_image(paths[4]), k=3)
+    assert hits[0].item.path == str(paths[4]) and hits[0].score == pytest.approx(1.0, abs=2e-3)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert hits[1].item.path == str(paths[10])  # the other image of the same colour
+
+
+def naive_top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    return np.array([np.argsort(-(matrix @ q), kind="stable")[:k] for q in query])
+
+
+def unit_vectors(count: int, dim: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_exact_index_equals_a_full_sort_and_pads_short_results() -> None:
+    vectors, queries = unit_vectors(500, 32), unit_vectors(7, 32, seed=1)
+    ids = np.arange(500) * 3 + 100
+    index = build_index("exact", ids, vectors)
+    scores, found = index.search(queries, 10)
+    np.testing.assert_array_equal(found, ids[naive_top_k(vectors, queries, 10)])
+    np.testing.assert_allclose(scores, np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :10], rtol=1e-5)
+    index.remove(ids[:495])
+    scores, found = index.search(queries[:1], 8)
+    assert sorted(found[0, :5]) == sorted(ids[495:]) and list(found[0, 5:]) == [-1, -1, -1]
+    assert np.isneginf(scores[0, 5:]).all()
+
+
+def test_ivf_probing_every_list_is_exact_and_supports_add_remove() -> None:
+    vectors, queries = unit_vectors(2000, 32), unit_vectors(20, 32, seed=1)
+    ids = np.arange(2000, dtype=np.int64)
+    index = build_index("ivf", ids[:1500], vectors[:1500])
+    assert isinstance(index, FaissIndex) and index.index.nlist == 38
+    index.add(ids[1500:], vectors[1500:])
+    index.remove(ids[:100])
+    index.nprobe = index.index.nlist
+    _, found = index.search(queries, 10)
+    np.testing.assert_array_equal(found, naive_top_k(vectors[100:], queries, 10) + 100)
+
+
+def test_hnsw_recall_at_10_is_high() -> None:
+    vectors, queries = unit_vectors(3000, 32), unit_vectors(50, 32, seed=1)
+    index = build_index("hnsw", np.arange(3000), vectors)
+    _, found = index.search(queries, 10)
+    truth = naive_top_k(vectors, queries, 10)
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
+    assert recall >= 0.95
+    with pytest.raises(ConfigError, match="rebuild"):
+        index.remove(np.array([1]))
+
+
+def test_auto_kind_switches_to_ivf_at_the_limit_and_rejects_unknown() -> None:
+    assert choose_kind(EXACT_LIMIT - 1) == "exact" and choose_kind(EXACT_LIMIT) == "ivf"
+    assert choose_kind(10, "hnsw") == "hnsw"
+    with pytest.raises(ConfigError, match="unknown index kind 'flat'"):
+        choose_kind(10, "flat")
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_faiss_index_is_saved_and_follows_incremental_runs(collection, tmp_path: Path, kind: str) -> None:
+    import faiss
+
+    model_dir, images, paths = collection
+    run_embed(model_dir, images, tmp_path / "idx", index=kind)
+    assert faiss.read_index(str(tmp_path / "idx" / ANN_NAME)).ntotal == 12
+    paths[0].unlink()
+    Image.new("RGB", (30, 30), (250, 250, 250)).save(images / "new.png")
+    report = run_embed(model_dir, images, tmp_path / "idx", index=kind)
+    assert report.index_kind == kind and report.total == 12
+    searcher = Searcher(tmp_path / "idx")
+    assert searcher.kind == kind and len(searcher) == 12
+    hits = searcher.search_image(load_image(images / "new.png"), k=12)
+    assert hits[0].item.path == str((images / "new.png").resolve())
+    assert str(paths[0]) not in {h.item.path for h in hits}
+
+
+def test_embed_data_spec_keeps_captions_and_uses_workers(tmp_path: Path) -> None:
+    model_dir = make_model(tmp_path / "model")
+    paths = make_images(tmp_path / "data", count=6, bad=False)
+    for i, path in enumerate(paths):
+        path.with_suffix(".txt").write_text(f"caption number {i}\n")
+    config = EmbedConfig(str(model_dir), tmp_path / "idx", data=f"folder:{tmp_path / 'data'}", batch_size=4,
+                         workers=2, progress=False)
+    assert embed_collection(config).added == 6
+    hit = Searcher(tmp_path / "idx").search_image(load_image(paths[3]), k=1)[0]
+    assert hit.item.caption == "caption number 3" and hit.item.path == str(paths[3])
+
+
+def test_embed_needs_exactly_one_source(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="exactly one of --data SPEC or --images DIR"):
+        embed_collection(EmbedConfig("tiny-vit", tmp_path / "idx", progress=False))
+
+
+def test_cli_embed_then_search_prints_json(collection, tmp_path: Path) -> None:
+    model_dir, images, paths = collection
+    runner = CliRunner()
+    out = runner.invoke(main, ["embed", "--model", str(model_dir), "--images", str(images),
+                               "--out", str(tmp_path / "idx"), "--workers", "0", "--batch-size", "4"])
+    assert out.exit_code == 0, out.output
+    assert "12 images indexed (exact): 12 added" in out.output and "corrupt_image=1" in out.output
+    out = runner.invoke(main, ["search", "--index", str(tmp_path / "idx"), "--image", str(paths[5]),
+                               "-k", "3", "--json"])
+    assert out.exit_code == 0, out.output
+    results = json.loads(out.output)["results"]
+    assert len(results) == 3 and results[0]["path"] == str(paths[5])
+    assert set(results[0]) == {"id", "path", "score", "caption"}
+    out = runner.invoke(main, ["search", "--index", str(tmp_path / "idx"), "a red square"])
+    assert out.exit_code == 0 and len(out.output.splitlines()) == 10
+    out = runner.invoke(main, ["search", "--index", str(tmp_path / "idx")])
+    assert out.exit_code != 0 and "exactly one of a TEXT query or --image PATH" in out.output
+
+
+def _flickr8k_model() -> Path:
+    env = os.environ.get("CLIPFORGE_FLICKR8K_MODEL")
+    return Path(env) if env else REPO / "runs" / "flickr8k-lit" / "final"
+
+
+@pytest.mark.flickr8k
+@pytest.mark.slow
+def test_flickr8k_dog_on_the_beach_query_finds_dogs(flickr8k_root: Path, tmp_path: Path) -> None:
+    model_dir = _flickr8k_model()
+    if not (model_dir / "config.json").is_file():
+        pytest.skip(f"trained Flickr8k model not found at {model_dir} (set CLIPFORGE_FLICKR8K_MODEL)")
+    data = f"flickr8k:{flickr8k_root}:test"
+    config = EmbedConfig(str(model_dir), tmp_path / "idx", data=data, progress=False)
+    assert embed_collection(config).total == 1000
+    hits = Searcher(tmp_path / "idx").search_text("a dog running on the beach", k=10)
+    dogs = [h for h in hits if any(re.search(r"\b(dog|dogs|puppy)\b", c.lower()) for c in h.item.captions)]
+    assert len(dogs) >= 6, [h.item.caption for h in hits]
