@@ -1,0 +1,221 @@
+"""Typed training configs, read from TOML plus dotted `--set section.key=value` overrides.
+
+A run is described by one `TrainRunConfig`; the resolved config is saved in the run folder as
+`config.json`, so `--resume` trains with exactly what the interrupted run used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipforge.errors import ConfigError
+from clipforge.models.config import parse_dataclass, to_dict
+
+LOSSES = ("infonce", "siglip")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which model to train: a registry name (random init) or a clipforge model folder (fine-tune)."""
+
+    name: str = "tiny-convnet"
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Where the training pairs come from.
+
+    Attributes:
+        source: ``synthetic`` (in-memory scenes) or a data spec such as ``flickr8k:ROOT:train``.
+        n_train: synthetic scenes per epoch.
+        n_val: synthetic held-out scenes for the built-in evaluation.
+        seed: synthetic generator seed.
+        num_workers: DataLoader worker processes (0: load in the training process).
+        eval_source: data spec of the held-out split for real data ("" = no built-in evaluation).
+    """
+
+    source: str = "synthetic"
+    n_train: int = 1024
+    n_val: int = 128
+    seed: int = 0
+    num_workers: int = 0
+    eval_source: str = ""
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Optimization and bookkeeping.
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: samples per optimizer step, summed over processes and accumulation micro-batches.
+        accum_steps: micro-batches per optimizer step (contrastive negatives stay within a micro-batch).
+        lr: peak learning rate, reached after `warmup_steps`.
+        schedule: ``cosine`` (decay to `min_lr_ratio * lr`) or ``constant`` (after warmup).
+        grad_clip: max global gradient norm (0 = no clipping).
+        threads: torch intra-op threads (0 = torch's default); pin it for reproducible float sums.
+        deterministic: ask torch for deterministic kernels.
+        checkpoint_every: steps between resumable checkpoints (0 = none).
+        keep_checkpoints: how many of the newest checkpoints to keep.
+        log_every: steps between `log.jsonl` lines.
+        progress: show a progress bar when stderr is a terminal.
+    """
+
+    steps: int = 100
+    batch_size: int = 64
+    accum_steps: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, ...] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 10
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 0
+    deterministic: bool = True
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class LossSection:
+    """The contrastive objective.
+
+    Attributes:
+        kind: ``infonce`` (symmetric cross-entropy, the model's learned temperature) or ``siglip``.
+        hard_negatives: extra negative captions per sample (NegCLIP); 0 turns them off.
+        negative_kinds: which kinds of hard negatives the data should generate (empty = all it knows).
+        siglip_init_scale: initial log of SigLIP's logit scale (ln 10).
+        siglip_init_bias: initial SigLIP logit bias.
+    """
+
+    kind: str = "infonce"
+    hard_negatives: int = 0
+    negative_kinds: tuple[str, ...] = ()
+    siglip_init_scale: float = math.log(10.0)
+    siglip_init_bias: float = -10.0
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """Periodic evaluation: every `every` steps (and after the last one); 0 = only at the end."""
+
+    every: int = 0
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """Everything a training run needs."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    loss: LossSection = field(default_factory=LossSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "train config") -> TrainRunConfig:
+        """Parses and validates nested config data (unknown keys and wrong types are errors)."""
+        config = parse_dataclass(cls, data, where)
+        validate(config, where)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form that `from_dict` reads back to an equal config."""
+        return to_dict(self)
+
+
+def _check(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {message}")
+
+
+def validate(config: TrainRunConfig, where: str) -> None:
+    """Rejects values that parse but make no sense (negative steps, unknown loss, ...)."""
+    t, loss = config.train, config.loss
+    _check(t.steps >= 1, where, f"train.steps must be >= 1, got {t.steps}")
+    _check(t.batch_size >= 1, where, f"train.batch_size must be >= 1, got {t.batch_size}")
+    _check(t.accum_steps >= 1, where, f"train.accum_steps must be >= 1, got {t.accum_steps}")
+    _check(t.batch_size % t.accum_steps == 0, where,
+           f"train.batch_size ({t.batch_size}) must be divisible by train.accum_steps ({t.accum_steps})")
+    _check(t.lr > 0, where, f"train.lr must be > 0, got {t.lr}")
+    _check(t.warmup_steps >= 0, where, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    _check(t.schedule in SCHEDULES, where, f"train.schedule must be one of {SCHEDULES}, got '{t.schedule}'")
+    _check(len(t.betas) == 2, where, f"train.betas must hold two numbers, got {list(t.betas)}")
+    _check(t.grad_clip >= 0, where, f"train.grad_clip must be >= 0, got {t.grad_clip}")
+    _check(t.checkpoint_every >= 0, where, f"train.checkpoint_every must be >= 0, got {t.checkpoint_every}")
+    _check(t.keep_checkpoints >= 1, where, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
+    _check(t.log_every >= 1, where, f"train.log_every must be >= 1, got {t.log_every}")
+    _check(t.threads >= 0, where, f"train.threads must be >= 0, got {t.threads}")
+    _check(loss.kind in LOSSES, where, f"loss.kind must be one of {LOSSES}, got '{loss.kind}'")
+    _check(loss.hard_negatives >= 0, where, f"loss.hard_negatives must be >= 0, got {loss.hard_negatives}")
+    _check(config.data.n_train >= 1, where, f"data.n_train must be >= 1, got {config.data.n_train}")
+    _check(config.eval.every >= 0, where, f"eval.every must be >= 0, got {config.eval.every}")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Splits ``section.key=value`` and reads the value with TOML syntax (``1e-3``, ``"x"``, ``[1, 2]``).
+
+    A bare word that is not valid TOML (``data.source=synthetic``) is taken as a string.
+    """
+    key, eq, raw = item.partition("=")
+    if not eq or not key.strip():
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Returns a copy of nested `data` with each dotted override set (validated later by the parser)."""
+    merged = json.loads(json.dumps(data))
+    for item in overrides:
+        path, value = parse_override(item)
+        node = merged
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainRunConfig:
+    """Reads a TOML (or a run's `config.json`) and applies `--set` overrides.
+
+    Args:
+        path: the config file; None starts from the defaults.
+        overrides: ``section.key=value`` strings.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_config_file(Path(path))
+    where = str(path) if path is not None else "train config"
+    return TrainRunConfig.from_dict(apply_overrides(data, overrides), where=where)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The raw nested dict of a `.toml` or `.json` config file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file not found: {path}") from err
+    try:
+        return dict(json.loads(text)) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not a valid config file ({err})") from err

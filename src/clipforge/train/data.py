@@ -1,0 +1,196 @@
+"""Endless, resumable streams of training batches.
+
+A batch source hands out one global batch per optimizer step and can say where it is (`state_dict`),
+so a resumed run sees exactly the batches the interrupted one would have seen. Two sources:
+`MapBatches` over any map-style dataset (the synthetic scenes) and `LoaderBatches` over the real-data
+`ImageTextLoader`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from clipforge.data.transforms import Preprocess
+from clipforge.errors import DataError
+from clipforge.tokenizer import TextTokenizer
+
+
+@dataclass
+class PairBatch:
+    """One batch, preprocessed and tokenized.
+
+    Attributes:
+        images: [B, 3, S, S] normalized pixels.
+        tokens: [B, L] caption token ids.
+        negative_tokens: [B, K, L] hard-negative token ids (K = 0 without negatives).
+        negative_mask: [B, K] True where the negative is real, False where it pads.
+    """
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    negative_tokens: torch.Tensor
+    negative_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def rows(self, start: int, stop: int) -> PairBatch:
+        """Samples `start:stop` (a rank's shard or an accumulation micro-batch)."""
+        return PairBatch(
+            self.images[start:stop],
+            self.tokens[start:stop],
+            self.negative_tokens[start:stop],
+            self.negative_mask[start:stop],
+        )
+
+
+class BatchSource(Protocol):
+    """What the training loop needs from its data."""
+
+    def next_batch(self) -> PairBatch: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def pad_negatives(negatives: Sequence[str], k: int) -> tuple[list[str], list[bool]]:
+    """Crops a sample's negatives to `k`, padding with masked empty captions when it has fewer."""
+    kept = list(negatives[:k])
+    pad = k - len(kept)
+    return kept + [""] * pad, [True] * len(kept) + [False] * pad
+
+
+class PairCollate:
+    """Turns dataset items (``image``, ``caption``, optional ``negatives``) into a `PairBatch`.
+
+    uint8 images are scaled to [0, 1] and normalized; float images are taken as already normalized.
+    """
+
+    def __init__(self, preprocess: Preprocess, tokenizer: TextTokenizer, hard_negatives: int) -> None:
+        self.preprocess, self.tokenizer, self.k = preprocess, tokenizer, hard_negatives
+
+    def pixels(self, image: torch.Tensor) -> torch.Tensor:
+        """[3, S, S] normalized pixels of one item's image."""
+        if image.dtype == torch.uint8:
+            return self.preprocess.normalize(image.float() / 255.0)
+        return image
+
+    def __call__(self, items: list[dict[str, Any]]) -> PairBatch:
+        images = torch.stack([self.pixels(item["image"]) for item in items])  # [B, 3, S, S]
+        tokens = self.tokenizer([item["caption"] for item in items])  # [B, L]
+        padded = [pad_negatives(item.get("negatives", ()), self.k) for item in items]
+        mask = torch.tensor([m for _, m in padded], dtype=torch.bool).reshape(len(items), self.k)  # [B, K]
+        if self.k == 0:
+            negatives = tokens.new_zeros(len(items), 0, tokens.shape[1])  # [B, 0, L]
+        else:
+            flat = self.tokenizer([text for texts, _ in padded for text in texts])  # [B * K, L]
+            negatives = flat.reshape(len(items), self.k, -1)  # [B, K, L]
+        return PairBatch(images, tokens, negatives, mask)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch, a pure function of (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class _StepSampler(Sampler[list[int]]):
+    """Yields the index lists of batches `start`, `start + 1`, ... forever (full batches only)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int) -> None:
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_epoch = self.n // self.batch_size
+        step = self.start
+        while True:
+            epoch, offset = divmod(step, per_epoch)
+            order = epoch_permutation(self.n, self.seed, epoch)
+            yield order[offset * self.batch_size : (offset + 1) * self.batch_size].tolist()
+            step += 1
+
+
+class MapBatches:
+    """Batches of a map-style dataset: each epoch a fresh permutation, the last partial batch dropped.
+
+    The position is just the number of batches handed out, because batch `i` is a pure function of
+    (seed, i); DataLoader workers only fetch and collate, so their number does not change the data.
+    """
+
+    def __init__(
+        self, dataset: Dataset, collate: PairCollate, batch_size: int, seed: int, num_workers: int = 0
+    ) -> None:
+        n = len(dataset)  # type: ignore[arg-type]
+        if n < batch_size:
+            raise DataError(f"dataset has {n} samples, fewer than train.batch_size={batch_size}")
+        self.dataset, self.collate, self.n = dataset, collate, n
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.position = 0
+        self._batches: Iterator[PairBatch] | None = None
+
+    def next_batch(self) -> PairBatch:
+        """The next batch; starts the DataLoader at the current position on first use."""
+        if self._batches is None:
+            sampler = _StepSampler(self.n, self.batch_size, self.seed, self.position)
+            loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
+                                num_workers=self.num_workers)
+            self._batches = iter(loader)
+        self.position += 1
+        return next(self._batches)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+        self._batches = None
+
+
+class LoaderBatches:
+    """Batches of real image-text data through `ImageTextLoader`, epoch after epoch.
+
+    Bad samples are skipped by the loader, so a batch may be short; the position is (epoch, item).
+    Hard negatives are made from each caption by spatial-phrase swaps, seeded by the caption itself,
+    so a resumed run makes the same ones.
+    """
+
+    def __init__(self, loader: Any, collate: PairCollate) -> None:
+        self.loader, self.collate = loader, collate
+        self.epoch, self.position = 0, 0
+        self._batches: Iterator[Any] | None = None
+
+    def next_batch(self) -> PairBatch:
+        """The next batch, moving on to the next epoch when this one is used up."""
+        for _ in range(2):
+            if self._batches is None:
+                self._batches = self.loader.epoch(self.epoch, start=self.position)
+            batch = next(self._batches, None)
+            if batch is not None:
+                self.position = self.loader.position
+                return self._to_pairs(batch)
+            self.epoch, self.position, self._batches = self.epoch + 1, 0, None
+        raise DataError(f"no usable samples in '{self.loader.data.name}'")
+
+    def _to_pairs(self, batch: Any) -> PairBatch:
+        from clipforge.train.negatives import text_hard_negatives
+
+        items = []
+        for key, image, (caption,) in zip(batch.keys, batch.images, batch.captions, strict=True):
+            rng = random.Random(f"{key}:{caption}")
+            items.append({"image": image, "caption": caption,
+                          "negatives": text_hard_negatives(caption, self.collate.k, rng)})
+        return self.collate(items)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._batches = None

@@ -1,0 +1,105 @@
+"""From the `data` section of a run config to a batch source and a default evaluation hook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from clipforge.data.transforms import Preprocess
+from clipforge.errors import DataError
+from clipforge.models.config import ModelConfig
+from clipforge.tokenizer import get_tokenizer
+from clipforge.train.config import TrainRunConfig
+from clipforge.train.data import BatchSource, LoaderBatches, MapBatches, PairBatch, PairCollate
+from clipforge.train.distributed import DistEnv
+
+SYNTHETIC = "synthetic"
+
+
+def synthetic_dataset(config: TrainRunConfig, split: str, size: int, image_size: int) -> Dataset:
+    """The synthetic scenes of `split`, rendered on the fly at the model's input size."""
+    from clipforge.data.synthetic import SyntheticScenes
+    from clipforge.data.synthetic_scene import SceneConfig
+    from clipforge.data.synthetic_text import NEGATIVE_KINDS
+
+    loss = config.loss
+    kinds = (loss.negative_kinds or NEGATIVE_KINDS) if loss.hard_negatives and split == "train" else ()
+    return SyntheticScenes(SceneConfig(image_size=image_size), split, size, config.data.seed, kinds)
+
+
+def build_source(config: TrainRunConfig, model: nn.Module, env: DistEnv) -> BatchSource:
+    """The training batches the `data` section names (every rank reads the same global batches)."""
+    model_config: ModelConfig = model.config  # type: ignore[assignment]
+    preprocess = Preprocess(model_config.preprocess)
+    tokenizer = get_tokenizer(model_config.tokenizer)
+    data, train = config.data, config.train
+    collate = PairCollate(preprocess, tokenizer, config.loss.hard_negatives)
+    if data.source == SYNTHETIC:
+        dataset = synthetic_dataset(config, "train", data.n_train, model_config.preprocess.image_size)
+        return MapBatches(dataset, collate, train.batch_size, train.seed, data.num_workers)
+    from clipforge.data.datasets import open_data
+    from clipforge.data.loader import ImageTextLoader, LoaderConfig
+
+    loader_config = LoaderConfig("pairs", train.batch_size, data.num_workers, shuffle=True, seed=train.seed)
+    return LoaderBatches(ImageTextLoader(open_data(data.source), preprocess, loader_config), collate)
+
+
+def eval_batches(config: TrainRunConfig, model: nn.Module) -> list[PairBatch]:
+    """Held-out (image, caption) batches for the built-in evaluation; empty when there are none."""
+    model_config: ModelConfig = model.config  # type: ignore[assignment]
+    preprocess = Preprocess(model_config.preprocess)
+    collate = PairCollate(preprocess, get_tokenizer(model_config.tokenizer), 0)
+    data, size = config.data, config.eval.batch_size
+    if data.source == SYNTHETIC:
+        dataset = synthetic_dataset(config, "val", data.n_val, model_config.preprocess.image_size)
+        items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+        return [collate(items[i : i + size]) for i in range(0, len(items), size)]
+    if not data.eval_source:
+        return []
+    return _real_eval_batches(data.eval_source, preprocess, collate, size, data.n_val)
+
+
+def _real_eval_batches(spec: str, preprocess: Preprocess, collate: PairCollate, size: int, limit: int
+                       ) -> list[PairBatch]:
+    from clipforge.data.datasets import open_data
+    from clipforge.data.loader import ImageTextLoader, LoaderConfig
+
+    loader = ImageTextLoader(open_data(spec), preprocess, LoaderConfig("images", size))
+    items: list[dict[str, Any]] = []
+    for batch in loader.epoch():
+        pairs = zip(batch.images, batch.captions, strict=True)
+        items += [{"image": image, "caption": captions[0]} for image, captions in pairs]
+        if len(items) >= limit:
+            break
+    if not items:
+        raise DataError(f"no usable evaluation samples in '{spec}'")
+    items = items[:limit]
+    return [collate(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def retrieval_recall(model: nn.Module, batches: list[PairBatch]) -> dict[str, float]:
+    """Recall@1 of image->text and text->image retrieval among all held-out pairs."""
+    images = torch.cat([model.encode_image(b.images, normalize=True) for b in batches])  # type: ignore[operator]
+    texts = torch.cat([model.encode_text(b.tokens, normalize=True) for b in batches])  # type: ignore[operator]
+    similarity = images @ texts.t()  # [N, N]
+    truth = torch.arange(similarity.shape[0])
+    return {
+        "image_to_text_r1": float((similarity.argmax(dim=1) == truth).float().mean()),
+        "text_to_image_r1": float((similarity.argmax(dim=0) == truth).float().mean()),
+        "n": float(similarity.shape[0]),
+    }
+
+
+EvalHook = Callable[[nn.Module, int], dict[str, Any]]
+
+
+def build_evaluator(config: TrainRunConfig, model: nn.Module) -> EvalHook | None:
+    """Retrieval recall on held-out data, or None when the data has no held-out split."""
+    batches = eval_batches(config, model)
+    if not batches:
+        return None
+    return lambda m, step: retrieval_recall(m, batches)
