@@ -23,9 +23,25 @@ SCHEDULES = ("cosine", "constant")
 
 @dataclass(frozen=True)
 class ModelSection:
-    """Which model to train: a registry name (random init) or a clipforge model folder (fine-tune)."""
+    """Which model to train and which of its parts learn.
+
+    Attributes:
+        name: a registry name (random init; tower models start from their pretrained backbones) or a
+            clipforge model folder (fine-tune).
+        lock_image: freeze the image backbone (LiT); its projection head still learns.
+        lock_text: freeze the text backbone; its projection head still learns.
+        unlocked_image_blocks: with `lock_image`, the last N backbone blocks still learn.
+        unlocked_text_blocks: with `lock_text`, the last N backbone layers still learn.
+        feature_cache: folder of the on-disk image-feature cache ("" = none); needs `lock_image` with no
+            unlocked image blocks, and real (non-synthetic) data.
+    """
 
     name: str = "tiny-convnet"
+    lock_image: bool = False
+    lock_text: bool = False
+    unlocked_image_blocks: int = 0
+    unlocked_text_blocks: int = 0
+    feature_cache: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,8 @@ class DataSection:
         seed: synthetic generator seed.
         num_workers: DataLoader worker processes (0: load in the training process).
         eval_source: data spec of the held-out split for real data ("" = no built-in evaluation).
+        root: substituted for ``{root}`` in `source` and `eval_source`, so one `--set data.root=PATH`
+            moves a config to another copy of the data.
     """
 
     source: str = "synthetic"
@@ -47,6 +65,11 @@ class DataSection:
     seed: int = 0
     num_workers: int = 0
     eval_source: str = ""
+    root: str = ""
+
+    def spec(self, template: str) -> str:
+        """A data spec with ``{root}`` filled in."""
+        return template.replace("{root}", self.root)
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,8 @@ class TrainSection:
         keep_checkpoints: how many of the newest checkpoints to keep.
         log_every: steps between `log.jsonl` lines.
         progress: show a progress bar when stderr is a terminal.
+        backbone_lr_scale: multiplies the lr of pretrained backbone parameters (names containing
+            ``.backbone.``), which want gentler updates than freshly initialized heads.
     """
 
     steps: int = 100
@@ -86,6 +111,7 @@ class TrainSection:
     keep_checkpoints: int = 2
     log_every: int = 1
     progress: bool = True
+    backbone_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -109,10 +135,19 @@ class LossSection:
 
 @dataclass(frozen=True)
 class EvalSection:
-    """Periodic evaluation: every `every` steps (and after the last one); 0 = only at the end."""
+    """Periodic evaluation: every `every` steps (and after the last one); 0 = only at the end.
+
+    Attributes:
+        every: steps between evaluations.
+        batch_size: evaluation batch size.
+        select_best: `final/` is the model of the best evaluation (mean of the R@1s), not the last step.
+        patience: stop after this many evaluations without improvement (0 = never stop early).
+    """
 
     every: int = 0
     batch_size: int = 128
+    select_best: bool = False
+    patience: int = 0
 
 
 @dataclass(frozen=True)
@@ -163,6 +198,21 @@ def validate(config: TrainRunConfig, where: str) -> None:
     _check(loss.hard_negatives >= 0, where, f"loss.hard_negatives must be >= 0, got {loss.hard_negatives}")
     _check(config.data.n_train >= 1, where, f"data.n_train must be >= 1, got {config.data.n_train}")
     _check(config.eval.every >= 0, where, f"eval.every must be >= 0, got {config.eval.every}")
+    _check(config.eval.patience >= 0, where, f"eval.patience must be >= 0, got {config.eval.patience}")
+    scale = t.backbone_lr_scale
+    _check(scale >= 0, where, f"train.backbone_lr_scale must be >= 0, got {scale}")
+    _validate_model(config, where)
+
+
+def _validate_model(config: TrainRunConfig, where: str) -> None:
+    m = config.model
+    _check(m.unlocked_image_blocks >= 0 and m.unlocked_text_blocks >= 0, where,
+           "model.unlocked_image_blocks and model.unlocked_text_blocks must be >= 0")
+    if m.feature_cache:
+        _check(m.lock_image and m.unlocked_image_blocks == 0, where,
+               "model.feature_cache needs model.lock_image = true and model.unlocked_image_blocks = 0")
+        _check(config.data.source != "synthetic", where,
+               "model.feature_cache works with real data, not data.source = 'synthetic'")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

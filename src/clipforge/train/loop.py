@@ -25,11 +25,13 @@ from torch import nn
 from tqdm import tqdm
 
 from clipforge.checkpoint import load_model
+from clipforge.errors import ConfigError
 from clipforge.models.clip import LOGIT_SCALE_MAX
 from clipforge.models.registry import create_model
-from clipforge.train.config import TrainRunConfig, TrainSection
+from clipforge.train.config import EvalSection, TrainRunConfig, TrainSection
 from clipforge.train.data import BatchSource, PairBatch
 from clipforge.train.distributed import DistEnv, average_gradients, init_from_env, mean_over_ranks, shutdown
+from clipforge.train.lit import apply_locks, trim_padding
 from clipforge.train.loss import PairFeatures, build_loss
 from clipforge.train.optim import build_optimizer, build_scheduler
 from clipforge.train.sources import EvalHook, build_evaluator, build_source
@@ -39,6 +41,7 @@ from clipforge.train.state import (
     list_checkpoints,
     load_checkpoint,
     prepare_run_dir,
+    promote,
     save_checkpoint,
     save_final,
 )
@@ -106,16 +109,29 @@ def build_model(name: str) -> nn.Module:
     return model.train()
 
 
+def encode_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Pixels [B, 3, S, S] go through the image tower; cached features [B, F] only through its head."""
+    if images.dim() == 2:
+        return model.project_image_features(images, normalize=True)  # type: ignore[operator,no-any-return]
+    return model.encode_image(images, normalize=True)  # type: ignore[operator,no-any-return]
+
+
 def encode_batch(model: nn.Module, batch: PairBatch) -> PairFeatures:
-    """Features of a batch; captions and hard negatives go through the text tower in one call."""
+    """Features of a batch; captions and real hard negatives go through the text tower in one call.
+
+    Padding negatives are not encoded (free-text captions often have no spatial phrase to swap): their
+    rows stay zero, and the loss masks them out anyway.
+    """
     b, k, length = batch.negative_tokens.shape
-    images = model.encode_image(batch.images, normalize=True)  # type: ignore[operator]
-    tokens = torch.cat([batch.tokens, batch.negative_tokens.reshape(b * k, length)])  # [B + B * K, L]
-    texts = model.encode_text(tokens, normalize=True)  # type: ignore[operator]
+    images = encode_images(model, batch.images)
+    real = batch.negative_mask.reshape(b * k)  # [B * K]
+    negatives = batch.negative_tokens.reshape(b * k, length)[real]  # [R, L]
+    texts = model.encode_text(trim_padding(torch.cat([batch.tokens, negatives])), normalize=True)  # type: ignore[operator]
     scale = model.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)  # type: ignore[operator]
     if k == 0:
         return PairFeatures(images, texts, scale)
-    return PairFeatures(images, texts[:b], scale, texts[b:], batch.negative_mask)
+    negative_features = texts.new_zeros(b * k, texts.shape[1]).index_put((real,), texts[b:])  # [B * K, E]
+    return PairFeatures(images, texts[:b], scale, negative_features, batch.negative_mask)
 
 
 def micro_batches(batch: PairBatch, env: DistEnv, accum_steps: int) -> list[PairBatch]:
@@ -141,6 +157,39 @@ def backward_step(
         loss.backward()
         total += float(loss.item())
     return mean_over_ranks(total)
+
+
+def selection_score(metrics: dict[str, Any]) -> float:
+    """The number model selection maximizes: the mean of the retrieval R@1s an evaluation reports."""
+    keys = [k for k in ("t2i_r1", "i2t_r1", "text_to_image_r1", "image_to_text_r1") if k in metrics]
+    if not keys:
+        raise ConfigError(f"eval.select_best needs R@1 metrics; the evaluation reported {sorted(metrics)}")
+    return sum(float(metrics[k]) for k in keys) / len(keys)
+
+
+class BestSelector:
+    """Keeps the best-scoring model in ``run_dir/best`` and counts evaluations without improvement."""
+
+    def __init__(self, run_dir: Path, config: EvalSection) -> None:
+        self.run_dir, self.config = run_dir, config
+        self.best, self.stale = -math.inf, 0
+        saved = run_dir / "best" / "config.json"
+        if saved.is_file():  # resuming: the best so far survives the interruption
+            extra = json.loads(saved.read_text())["extra"]
+            self.best, self.stale = float(extra["score"]), int(extra["stale"])
+
+    def update(self, model: nn.Module, step: int, metrics: dict[str, Any]) -> None:
+        score = selection_score(metrics)
+        if score > self.best:
+            self.best, self.stale = score, 0
+            extra = {"step": step, "score": score, "stale": 0, "metrics": metrics}
+            save_final(self.run_dir, model, extra, "best")
+        else:
+            self.stale += 1
+
+    @property
+    def should_stop(self) -> bool:
+        return self.config.patience > 0 and self.stale >= self.config.patience
 
 
 @dataclass
@@ -188,6 +237,7 @@ def build_trainer(config: TrainRunConfig, env: DistEnv) -> Trainer:
     """Seeds, then builds model, loss, optimizer, schedule and data in a fixed order."""
     seed_everything(config.train.seed)
     model = build_model(config.model.name)
+    apply_locks(model, config.model)
     loss_fn = build_loss(config.loss)
     optimizer = build_optimizer([model, loss_fn], config.train)
     scheduler = build_scheduler(optimizer, config.train)
@@ -260,7 +310,11 @@ def _run_steps(
     cfg, env = trainer.config, trainer.env
     show = cfg.train.progress and env.is_main and sys.stderr.isatty()
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not show, unit="step")
-    loss, rate, evals = math.nan, 0.0, []
+    loss, rate = math.nan, 0.0
+    evals: list[dict[str, Any]] = []
+    selector = BestSelector(run_dir, cfg.eval) if cfg.eval.select_best and env.is_main else None
+    if cfg.eval.patience and env.world_size > 1:
+        raise ConfigError("eval.patience (early stopping) runs in a single process only")
     for step in range(start + 1, cfg.train.steps + 1):
         began = time.perf_counter()
         lr = float(trainer.scheduler.get_last_lr()[0])
@@ -275,11 +329,18 @@ def _run_steps(
         if hook is not None and env.is_main and _eval_due(step, cfg):
             evals.append({"step": step, "eval": run_eval(hook, trainer.model, step)})
             log.write(evals[-1])
+            if selector is not None:
+                selector.update(trainer.model, step, evals[-1]["eval"])
         if env.is_main and cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
             save_checkpoint(run_dir, trainer.model, trainer.state(step, elapsed), cfg.train.keep_checkpoints)
+        if selector is not None and selector.should_stop:
+            log.write({"step": step, "early_stop": True, "best_score": selector.best})
+            break
     bar.close()
     final = run_dir / "final"
-    if env.is_main:
+    if selector is not None and (run_dir / "best").is_dir():
+        promote(run_dir, "best")
+    elif env.is_main:
         save_final(run_dir, trainer.model, _provenance(trainer))
     return TrainResult(run_dir, final, cfg.train.steps, loss, rate, evals)
 

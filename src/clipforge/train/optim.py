@@ -17,23 +17,33 @@ def exempt_from_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or "logit_" in name
 
 
-def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, object]]:
-    """Splits the trainable parameters of `modules` into a decayed and an undecayed group."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+def is_backbone(name: str) -> bool:
+    """Parameters of a pretrained tower's backbone (TowerCLIP's `visual.backbone.*`, `text.backbone.*`)."""
+    return ".backbone." in f".{name}"
+
+
+def param_groups(modules: Iterable[nn.Module], config: TrainSection) -> list[dict[str, object]]:
+    """Splits the trainable parameters of `modules` by weight decay and by backbone learning rate.
+
+    Empty groups are dropped, so a model without backbones keeps the two classic groups.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for module in modules:
         for name, param in module.named_parameters():
             if param.requires_grad:
-                (no_decay if exempt_from_decay(name, param) else decay).append(param)
+                key = (exempt_from_decay(name, param), is_backbone(name))
+                groups.setdefault(key, []).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params,
+         "weight_decay": 0.0 if no_decay else config.weight_decay,
+         "lr": config.lr * (config.backbone_lr_scale if backbone else 1.0)}
+        for (no_decay, backbone), params in sorted(groups.items())
     ]
 
 
 def build_optimizer(modules: Iterable[nn.Module], config: TrainSection) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of `modules` (the model and the loss)."""
-    groups = param_groups(modules, config.weight_decay)
+    groups = param_groups(modules, config)
     betas = (config.betas[0], config.betas[1])
     return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.eps)  # type: ignore[arg-type]
 

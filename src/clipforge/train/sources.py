@@ -44,8 +44,16 @@ def build_source(config: TrainRunConfig, model: nn.Module, env: DistEnv) -> Batc
     from clipforge.data.datasets import open_data
     from clipforge.data.loader import ImageTextLoader, LoaderConfig
 
+    if config.model.feature_cache:
+        from clipforge.train.lit import CachedFeatureBatches, image_feature_table
+
+        pairs = open_data(data.spec(data.source))
+        table = image_feature_table(model, pairs, config.model.feature_cache, config.eval.batch_size,
+                                    data.num_workers)
+        return CachedFeatureBatches(table, pairs, collate, train.batch_size, train.seed)
     loader_config = LoaderConfig("pairs", train.batch_size, data.num_workers, shuffle=True, seed=train.seed)
-    return LoaderBatches(ImageTextLoader(open_data(data.source), preprocess, loader_config), collate)
+    loader = ImageTextLoader(open_data(data.spec(data.source)), preprocess, loader_config)
+    return LoaderBatches(loader, collate)
 
 
 def eval_batches(config: TrainRunConfig, model: nn.Module) -> list[PairBatch]:
@@ -60,7 +68,7 @@ def eval_batches(config: TrainRunConfig, model: nn.Module) -> list[PairBatch]:
         return [collate(items[i : i + size]) for i in range(0, len(items), size)]
     if not data.eval_source:
         return []
-    return _real_eval_batches(data.eval_source, preprocess, collate, size, data.n_val)
+    return _real_eval_batches(data.spec(data.eval_source), preprocess, collate, size, data.n_val)
 
 
 def _real_eval_batches(spec: str, preprocess: Preprocess, collate: PairCollate, size: int, limit: int
@@ -98,8 +106,25 @@ EvalHook = Callable[[nn.Module, int], dict[str, Any]]
 
 
 def build_evaluator(config: TrainRunConfig, model: nn.Module) -> EvalHook | None:
-    """Retrieval recall on held-out data, or None when the data has no held-out split."""
+    """Retrieval recall on held-out data, or None when the data has no held-out split.
+
+    With an image-feature cache the held-out split is scored in full (all images, all captions) from
+    cached features, which is cheap enough to select the best model on.
+    """
+    if config.model.feature_cache and config.data.eval_source:
+        return _cached_evaluator(config, model)
     batches = eval_batches(config, model)
     if not batches:
         return None
     return lambda m, step: retrieval_recall(m, batches)
+
+
+def _cached_evaluator(config: TrainRunConfig, model: nn.Module) -> EvalHook:
+    from clipforge.data.datasets import open_data
+    from clipforge.train.lit import cached_retrieval, image_feature_table
+
+    data = open_data(config.data.spec(config.data.eval_source))
+    table = image_feature_table(model, data, config.model.feature_cache, config.eval.batch_size,
+                                config.data.num_workers)
+    tokenizer = get_tokenizer(model.config.tokenizer)  # type: ignore[union-attr,arg-type]
+    return lambda m, step: cached_retrieval(m, table, data, tokenizer, config.eval.batch_size)

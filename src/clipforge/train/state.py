@@ -140,12 +140,23 @@ def load_checkpoint(path: Path, model: nn.Module) -> TrainingState:
     return TrainingState(**payload)
 
 
-def save_final(run_dir: Path, model: nn.Module, extra: dict[str, Any]) -> Path:
-    """Writes ``final/`` (clipforge format) through a temporary folder, like the checkpoints."""
+def save_final(run_dir: Path, model: nn.Module, extra: dict[str, Any], name: str = "final") -> Path:
+    """Writes ``final/`` (or another model folder of the run) via a temporary folder, like the checkpoints."""
+    final = run_dir / name
+    tmp = run_dir / f".tmp_{name}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp, extra=extra)
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    return final
+
+
+def promote(run_dir: Path, name: str) -> Path:
+    """Makes the run's model folder `name` (e.g. ``best``) its ``final/``, atomically."""
     final = run_dir / "final"
     tmp = run_dir / f".tmp_final_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, extra=extra)
+    shutil.copytree(run_dir / name, tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     return final

