@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import write_section
+
 REPO = Path(__file__).resolve().parents[1]
 FLICKR = REPO.parent / "shared" / "data" / "flickr8k" / "images"
-SECTION_BEGIN, SECTION_END = "<!-- search:begin -->", "<!-- search:end -->"
 
 
 def collect_images(folder: Path, count: int) -> str:
@@ -64,20 +65,8 @@ def bench_model(name: str, images: Path, work: Path, batch_size: int, workers: i
 
 
 def write_block(name: str, text: str) -> None:
-    """Puts `text` in sub-block `name` of the search section of RESULTS.md, leaving the rest alone."""
-    results = Path(__file__).resolve().parent / "RESULTS.md"
-    current = results.read_text() if results.exists() else "# Benchmark results\n"
-    if SECTION_BEGIN not in current or SECTION_END not in current:
-        current = current.rstrip("\n") + f"\n\n{SECTION_BEGIN}\n{SECTION_END}\n"
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in current and end in current:
-        head, _, rest = current.partition(begin)
-        current = head + block + rest.partition(end)[2]
-    else:
-        current = current.replace(SECTION_END, f"{block}\n{SECTION_END}", 1)
-    results.write_text(current)
-
+    """Puts `text` in sub-block `name` of the search section of RESULTS.md."""
+    write_section(name, text, container="search")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -16,7 +16,8 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
+
+from _results import write_section
 
 NOTES = """\
 Reading the table:
@@ -26,7 +27,6 @@ Reading the table:
   clustered. IVF-Flat with every list probed is exact (see tests/test_index.py).
 - `clipforge embed --index auto` uses exact search below 50,000 images and IVF-Flat above, with
   nlist = sqrt(N) (k-means on 50 vectors per list) and nprobe = max(8, nlist / 16)."""
-SECTION_BEGIN, SECTION_END = "<!-- search:begin -->", "<!-- search:end -->"
 
 
 def _set_threads(threads: int) -> None:
@@ -136,20 +136,8 @@ def table(rows: list[dict], threads: int, queries_n: int) -> str:
 
 
 def write_block(name: str, text: str) -> None:
-    """Puts `text` in sub-block `name` of the search section of RESULTS.md, leaving the rest alone."""
-    results = Path(__file__).resolve().parent / "RESULTS.md"
-    current = results.read_text() if results.exists() else "# Benchmark results\n"
-    if SECTION_BEGIN not in current or SECTION_END not in current:
-        current = current.rstrip("\n") + f"\n\n{SECTION_BEGIN}\n{SECTION_END}\n"
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in current and end in current:
-        head, _, rest = current.partition(begin)
-        current = head + block + rest.partition(end)[2]
-    else:
-        current = current.replace(SECTION_END, f"{block}\n{SECTION_END}", 1)
-    results.write_text(current)
-
+    """Puts `text` in sub-block `name` of the search section of RESULTS.md."""
+    write_section(name, text, container="search")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

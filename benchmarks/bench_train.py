@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write_section
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic-tiny.toml"
-BEGIN, END = "<!-- train:begin -->", "<!-- train:end -->"
 
 
 def bench(model: str, batch_size: int, hard_negatives: int, steps: int) -> dict[str, float | str | int]:
@@ -62,15 +63,7 @@ def table(rows: list[dict[str, float | str | int]], threads: int) -> str:
 
 def write(text: str) -> None:
     """Replaces the train block of RESULTS.md (appending it the first time)."""
-    results = REPO / "benchmarks" / "RESULTS.md"
-    current = results.read_text() if results.is_file() else "# Benchmark results\n"
-    if BEGIN in current and END in current:
-        head, _, rest = current.partition(BEGIN)
-        current = head + BEGIN + "\n" + text + rest[rest.index(END):]
-    else:
-        current = current.rstrip("\n") + f"\n\n{BEGIN}\n{text}{END}\n"
-    results.write_text(current)
-
+    write_section("train", text)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
