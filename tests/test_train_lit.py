@@ -30,27 +30,28 @@ def _folder(tmp_path):
 
 
 def _lit_config(root, cache, steps=3):
-    return load_config(
-        None,
-        [
-            'model.name="effnetlite0-minilm"',
-            "model.lock_image=true",
-            "model.lock_text=true",
-            "model.unlocked_text_blocks=1",
-            f'model.feature_cache="{cache}"',
-            'data.source="folder:{root}"',
-            f'data.root="{root}"',
-            'data.eval_source="folder:{root}"',
-            f"train.steps={steps}",
-            "train.batch_size=4",
-            "train.lr=1e-3",
-            "train.backbone_lr_scale=0.1",
-            "train.warmup_steps=1",
-            "train.threads=1",
-            "loss.hard_negatives=1",
-            "eval.every=0",
-        ],
-    )
+    return load_config(None, _overrides(root, cache, steps))
+
+
+def _overrides(root, cache, steps):
+    return [
+        'model.name="effnetlite0-minilm"',
+        "model.lock_image=true",
+        "model.lock_text=true",
+        "model.unlocked_text_blocks=1",
+        f'model.feature_cache="{cache}"',
+        'data.source="folder:{root}"',
+        f'data.root="{root}"',
+        'data.eval_source="folder:{root}"',
+        f"train.steps={steps}",
+        "train.batch_size=4",
+        "train.lr=1e-3",
+        "train.backbone_lr_scale=0.1",
+        "train.warmup_steps=1",
+        "train.threads=1",
+        "loss.hard_negatives=1",
+        "eval.every=0",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,27 @@ def test_select_best_makes_final_the_best_evaluation(tmp_path) -> None:
     if any(line.get("early_stop") for line in lines):
         stale = len(evals) - 1 - scores.index(max(scores))
         assert stale == 2  # stopped after exactly `patience` evaluations without improvement
+
+
+def test_heads_only_caches_text_and_resumes_bit_for_bit(tmp_path, pretrained, monkeypatch) -> None:
+    import shutil
+
+    root, cache = _folder(tmp_path), tmp_path / "cache"
+    overrides = ["model.unlocked_text_blocks=0", "train.steps=4", "train.checkpoint_every=2"]
+    config = load_config(None, [*_overrides(root, cache, 4), *overrides])
+    train(config, tmp_path / "full")
+    full = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    assert all(torch.equal(full[k], pretrained[k]) for k in full if ".backbone." in k)  # both towers locked
+    assert not torch.equal(full["text.head.projection.weight"], pretrained["text.head.projection.weight"])
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("captions should come from the text feature cache")
+
+    monkeypatch.setattr("clipforge.models.towers.TowerCLIP.text_backbone_features", no_encoding)
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "full", partial)
+    shutil.rmtree(partial / "final")
+    shutil.rmtree(partial / "checkpoints" / "step_000004")
+    train(config, partial, resume=True)
+    resumed = load_file(str(partial / "final" / "model.safetensors"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)

@@ -117,10 +117,18 @@ class TowerCLIP(nn.Module):
         """Embeds preprocessed images [B, 3, S, S] into [B, E]."""
         return self.project_image_features(self.image_backbone_features(images), normalize)
 
+    def text_backbone_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled MiniLM features [B, 384] of WordPiece ids [B, L]; worth caching when frozen."""
+        return self.text.backbone(tokens)
+
+    def project_text_features(self, features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Joint-space embeddings [B, E] of text backbone features [B, 384]."""
+        embeddings = self.text.head(features)
+        return F.normalize(embeddings, dim=-1) if normalize else embeddings
+
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embeds WordPiece ids [B, L] (zero-padded) into [B, E]."""
-        embeddings = self.text(tokens)
-        return F.normalize(embeddings, dim=-1) if normalize else embeddings
+        return self.project_text_features(self.text_backbone_features(tokens), normalize)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
         return contrastive_output(self, images, tokens)

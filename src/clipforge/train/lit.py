@@ -1,14 +1,17 @@
-"""Locked-tower training (LiT): freezing backbones, and batches of cached frozen image features.
+"""Locked-tower training (LiT): freezing backbones, and batches of cached frozen features.
 
 With the image backbone frozen, its output for an image never changes, so it is computed once
 (`feature_cache`) and training only runs the image head and the text side: on a CPU that turns an
-hour of convolutions per epoch into seconds.
+hour of convolutions per epoch into seconds. When the text backbone is frozen as well, every caption
+(and hard negative) is encoded once too, and an epoch only trains the two projection heads.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,10 @@ from clipforge.data.readers import ImageTextData
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import ConfigError, DataError
 from clipforge.eval.retrieval import recall_at_k
-from clipforge.tokenizer import TextTokenizer
+from clipforge.models.config import to_dict
+from clipforge.tokenizer import TextTokenizer, get_tokenizer
 from clipforge.train.config import ModelSection
-from clipforge.train.data import PairBatch, PairCollate, epoch_permutation
+from clipforge.train.data import PairBatch, PairCollate, epoch_permutation, pad_negatives
 from clipforge.train.feature_cache import FeatureCache, cached_features, module_hash, preprocess_hash
 from clipforge.train.negatives import text_hard_negatives
 
@@ -51,10 +55,68 @@ def image_feature_table(
     cache = FeatureCache(cache_dir, module_hash(backbone), preprocess_hash(preprocess.config))
     was_training = backbone.training
     backbone.eval()
-    features, _ = cached_features(data, model.image_backbone_features, preprocess, cache,  # type: ignore[arg-type]
-                                  batch_size, num_workers)
+    extract = model.image_backbone_features
+    features, _ = cached_features(data, extract, preprocess, cache, batch_size, num_workers)  # type: ignore[arg-type]
     backbone.train(was_training)
     return features
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+@torch.no_grad()
+def text_feature_table(
+    model: nn.Module, texts: Sequence[str], cache_dir: str | Path, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """Frozen text-backbone features of `texts`, by text (cached on disk by text hash).
+
+    Missing texts are encoded in sorted order and fixed batches, and a resumed run reads them back from
+    the cache, so the features it trains on are the ones the interrupted run used.
+    """
+    if not hasattr(model, "text_backbone_features"):
+        raise ConfigError(
+            "a locked text tower with a feature cache needs a tower model (e.g. effnetlite0-minilm)"
+        )
+    backbone: nn.Module = model.text.backbone  # type: ignore[union-attr,assignment]
+    tokenizer_id = hashlib.sha256(json.dumps(to_dict(model.config.tokenizer)).encode()).hexdigest()  # type: ignore[union-attr,arg-type]
+    cache = FeatureCache(Path(cache_dir) / "text", module_hash(backbone), tokenizer_id)
+    stored = cache.load()
+    missing = sorted({t for t in texts if text_key(t) not in stored})
+    tokenizer = get_tokenizer(model.config.tokenizer)  # type: ignore[union-attr,arg-type]
+    for chunk in _chunks(missing, batch_size):
+        features = model.text_backbone_features(trim_padding(tokenizer(chunk))).float()  # type: ignore[operator]
+        keys = [text_key(t) for t in chunk]
+        cache.add(keys, features)
+        stored.update(zip(keys, features, strict=True))
+    return {t: stored[text_key(t)] for t in texts}
+
+
+class FeatureCollate:
+    """Builds a `PairBatch` of cached features: images [B, F], captions [B, D], negatives [B, K, D]."""
+
+    def __init__(self, text_table: dict[str, torch.Tensor], hard_negatives: int) -> None:
+        self.text_table, self.k = text_table, hard_negatives
+
+    def __call__(self, items: list[dict[str, Any]]) -> PairBatch:
+        images = torch.stack([item["image"] for item in items])  # [B, F]
+        texts = torch.stack([self.text_table[item["caption"]] for item in items])  # [B, D]
+        rows, mask = [], []
+        for item in items:
+            kept, real = pad_negatives(item.get("negatives", ()), self.k)
+            rows += [
+                self.text_table[t] if ok else torch.zeros_like(texts[0])
+                for t, ok in zip(kept, real, strict=True)
+            ]
+            mask.append(real)
+        negatives = (
+            torch.stack(rows).reshape(len(items), self.k, -1)
+            if self.k
+            else texts.new_zeros(len(items), 0, texts.shape[1])
+        )
+        return PairBatch(
+            images, texts, negatives, torch.tensor(mask, dtype=torch.bool).reshape(len(items), self.k)
+        )
 
 
 class CachedFeatureBatches:
@@ -65,7 +127,11 @@ class CachedFeatureBatches:
     """
 
     def __init__(
-        self, features: dict[str, torch.Tensor], data: ImageTextData, collate: PairCollate, batch_size: int,
+        self,
+        features: dict[str, torch.Tensor],
+        data: ImageTextData,
+        collate: PairCollate | FeatureCollate,
+        batch_size: int,
         seed: int,
     ) -> None:
         self.pairs = [(r.key, c) for r in data.records() if r.key in features for c in r.captions]
@@ -83,11 +149,22 @@ class CachedFeatureBatches:
         self.position += 1
         return self.collate([self._item(int(i)) for i in chosen])
 
+    def all_texts(self) -> list[str]:
+        """Every caption and hard negative this source can hand out (to encode them all up front)."""
+        texts = []
+        for index in range(len(self.pairs)):
+            item = self._item(index)
+            texts += [item["caption"], *item["negatives"]]
+        return texts
+
     def _item(self, index: int) -> dict[str, Any]:
         key, caption = self.pairs[index]
         rng = random.Random(f"{key}:{caption}")  # the same negatives on resume
-        return {"image": self.features[key], "caption": caption,
-                "negatives": text_hard_negatives(caption, self.collate.k, rng)}
+        return {
+            "image": self.features[key],
+            "caption": caption,
+            "negatives": text_hard_negatives(caption, self.collate.k, rng),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position}
@@ -103,18 +180,40 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 @torch.no_grad()
 def cached_retrieval(
-    model: nn.Module, features: dict[str, torch.Tensor], data: ImageTextData, tokenizer: TextTokenizer,
+    model: nn.Module,
+    features: dict[str, torch.Tensor],
+    data: ImageTextData,
+    tokenizer: TextTokenizer,
     batch_size: int = 256,
+    text_table: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Recall@{1,5,10} over held-out images (cached features) and all their captions."""
+    """Recall@{1,5,10} over held-out images (cached features) and all their captions.
+
+    With `text_table` (a frozen text backbone), captions come from cached features too.
+    """
     records = [r for r in data.records() if r.key in features]
-    images = model.project_image_features(torch.stack([features[r.key] for r in records]),  # type: ignore[operator]
-                                          normalize=True)
+    images = model.project_image_features(
+        torch.stack([features[r.key] for r in records]),  # type: ignore[operator]
+        normalize=True,
+    )
     captions = [c for r in records for c in r.captions]
     owner = torch.tensor([i for i, r in enumerate(records) for _ in r.captions])
-    texts = torch.cat([model.encode_text(trim_padding(tokenizer(chunk)), normalize=True)  # type: ignore[operator]
-                       for chunk in _chunks(captions, batch_size)])
+    if text_table is not None:
+        cached = torch.stack([text_table[c] for c in captions])  # [T, D]
+        texts = model.project_text_features(cached, normalize=True)  # type: ignore[operator]
+    else:
+        texts = torch.cat(
+            [
+                model.encode_text(trim_padding(tokenizer(chunk)), normalize=True)  # type: ignore[operator]
+                for chunk in _chunks(captions, batch_size)
+            ]
+        )
     return recall_at_k(images, texts, owner)
+
+
+def caches_text(section: ModelSection) -> bool:
+    """Whether the whole text backbone is frozen and cached (both towers locked: heads-only training)."""
+    return bool(section.feature_cache) and section.lock_text and section.unlocked_text_blocks == 0
 
 
 def trim_padding(tokens: torch.Tensor) -> torch.Tensor:

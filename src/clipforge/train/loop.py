@@ -116,17 +116,25 @@ def encode_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model.encode_image(images, normalize=True)  # type: ignore[operator,no-any-return]
 
 
+def encode_texts(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Token ids [B, L] go through the text tower; cached backbone features [B, D] only through its head."""
+    if tokens.is_floating_point():
+        return model.project_text_features(tokens, normalize=True)  # type: ignore[operator,no-any-return]
+    return model.encode_text(trim_padding(tokens), normalize=True)  # type: ignore[operator,no-any-return]
+
+
 def encode_batch(model: nn.Module, batch: PairBatch) -> PairFeatures:
     """Features of a batch; captions and real hard negatives go through the text tower in one call.
 
     Padding negatives are not encoded (free-text captions often have no spatial phrase to swap): their
     rows stay zero, and the loss masks them out anyway.
     """
-    b, k, length = batch.negative_tokens.shape
+    b, k = batch.negative_mask.shape
     images = encode_images(model, batch.images)
     real = batch.negative_mask.reshape(b * k)  # [B * K]
-    negatives = batch.negative_tokens.reshape(b * k, length)[real]  # [R, L]
-    texts = model.encode_text(trim_padding(torch.cat([batch.tokens, negatives])), normalize=True)  # type: ignore[operator]
+    width = batch.negative_tokens.shape[-1]
+    negatives = batch.negative_tokens.reshape(b * k, width)[real]  # [R, L] ids or [R, D] cached features
+    texts = encode_texts(model, torch.cat([batch.tokens, negatives]))
     scale = model.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)  # type: ignore[operator]
     if k == 0:
         return PairFeatures(images, texts, scale)
@@ -221,8 +229,14 @@ class Trainer:
         return loss
 
     def state(self, step: int, elapsed_s: float) -> TrainingState:
-        return TrainingState(step, self.optimizer.state_dict(), self.scheduler.state_dict(),
-                             self.loss_fn.state_dict(), self.source.state_dict(), elapsed_s)
+        return TrainingState(
+            step,
+            self.optimizer.state_dict(),
+            self.scheduler.state_dict(),
+            self.loss_fn.state_dict(),
+            self.source.state_dict(),
+            elapsed_s,
+        )
 
     def restore(self, checkpoint: Path) -> TrainingState:
         state = load_checkpoint(checkpoint, self.model)
@@ -293,15 +307,21 @@ def _train(
     return _run_steps(trainer, run_dir, start, elapsed, hook, log)
 
 
-def _log_step(trainer: Trainer, step: int, loss: float, lr: float, seconds: float, elapsed: float
-              ) -> dict[str, Any]:
+def _log_step(
+    trainer: Trainer, step: int, loss: float, lr: float, seconds: float, elapsed: float
+) -> dict[str, Any]:
     """One `log.jsonl` line: `lr` is the rate the step used, `logit_scale` the temperature the loss uses."""
     scale = trainer.model.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)  # type: ignore[operator]
     if hasattr(trainer.loss_fn, "logit_bias"):
         scale = trainer.loss_fn.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)  # type: ignore[operator]
-    return {"step": step, "loss": loss, "lr": lr,
-            "samples_per_s": trainer.config.train.batch_size / max(seconds, 1e-9),
-            "logit_scale": float(scale.detach()), "elapsed_s": round(elapsed, 3)}
+    return {
+        "step": step,
+        "loss": loss,
+        "lr": lr,
+        "samples_per_s": trainer.config.train.batch_size / max(seconds, 1e-9),
+        "logit_scale": float(scale.detach()),
+        "elapsed_s": round(elapsed, 3),
+    }
 
 
 def _run_steps(
@@ -354,6 +374,6 @@ def _provenance(trainer: Trainer) -> dict[str, Any]:
     """What `final/config.json` records about the run under ``extra``."""
     extra: dict[str, Any] = {"train": trainer.config.to_dict()}
     if hasattr(trainer.loss_fn, "logit_bias"):
-        extra["siglip"] = {"logit_scale": trainer.loss_fn.logit_scale.item(),  # type: ignore[operator]
-                           "logit_bias": trainer.loss_fn.logit_bias.item()}  # type: ignore[operator]
+        loss_fn: Any = trainer.loss_fn
+        extra["siglip"] = {"logit_scale": loss_fn.logit_scale.item(), "logit_bias": loss_fn.logit_bias.item()}
     return extra

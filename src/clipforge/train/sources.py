@@ -45,12 +45,25 @@ def build_source(config: TrainRunConfig, model: nn.Module, env: DistEnv) -> Batc
     from clipforge.data.loader import ImageTextLoader, LoaderConfig
 
     if config.model.feature_cache:
-        from clipforge.train.lit import CachedFeatureBatches, image_feature_table
+        from clipforge.train.lit import (
+            CachedFeatureBatches,
+            FeatureCollate,
+            caches_text,
+            image_feature_table,
+            text_feature_table,
+        )
 
         pairs = open_data(data.spec(data.source))
-        table = image_feature_table(model, pairs, config.model.feature_cache, config.eval.batch_size,
-                                    data.num_workers)
-        return CachedFeatureBatches(table, pairs, collate, train.batch_size, train.seed)
+        table = image_feature_table(
+            model, pairs, config.model.feature_cache, config.eval.batch_size, data.num_workers
+        )
+        source = CachedFeatureBatches(table, pairs, collate, train.batch_size, train.seed)
+        if caches_text(config.model):
+            texts = text_feature_table(
+                model, source.all_texts(), config.model.feature_cache, config.eval.batch_size
+            )
+            source.collate = FeatureCollate(texts, config.loss.hard_negatives)
+        return source
     loader_config = LoaderConfig("pairs", train.batch_size, data.num_workers, shuffle=True, seed=train.seed)
     loader = ImageTextLoader(open_data(data.spec(data.source)), preprocess, loader_config)
     return LoaderBatches(loader, collate)
@@ -71,8 +84,9 @@ def eval_batches(config: TrainRunConfig, model: nn.Module) -> list[PairBatch]:
     return _real_eval_batches(data.spec(data.eval_source), preprocess, collate, size, data.n_val)
 
 
-def _real_eval_batches(spec: str, preprocess: Preprocess, collate: PairCollate, size: int, limit: int
-                       ) -> list[PairBatch]:
+def _real_eval_batches(
+    spec: str, preprocess: Preprocess, collate: PairCollate, size: int, limit: int
+) -> list[PairBatch]:
     from clipforge.data.datasets import open_data
     from clipforge.data.loader import ImageTextLoader, LoaderConfig
 
@@ -121,10 +135,15 @@ def build_evaluator(config: TrainRunConfig, model: nn.Module) -> EvalHook | None
 
 def _cached_evaluator(config: TrainRunConfig, model: nn.Module) -> EvalHook:
     from clipforge.data.datasets import open_data
-    from clipforge.train.lit import cached_retrieval, image_feature_table
+    from clipforge.train.lit import cached_retrieval, caches_text, image_feature_table, text_feature_table
 
     data = open_data(config.data.spec(config.data.eval_source))
-    table = image_feature_table(model, data, config.model.feature_cache, config.eval.batch_size,
-                                config.data.num_workers)
+    table = image_feature_table(
+        model, data, config.model.feature_cache, config.eval.batch_size, config.data.num_workers
+    )
     tokenizer = get_tokenizer(model.config.tokenizer)  # type: ignore[union-attr,arg-type]
-    return lambda m, step: cached_retrieval(m, table, data, tokenizer, config.eval.batch_size)
+    text_table = None
+    if caches_text(config.model):
+        captions = [c for r in data.records() for c in r.captions]
+        text_table = text_feature_table(model, captions, config.model.feature_cache, config.eval.batch_size)
+    return lambda m, step: cached_retrieval(m, table, data, tokenizer, config.eval.batch_size, text_table)
