@@ -246,17 +246,12 @@ def test_cli_embed_then_search_prints_json(collection, tmp_path: Path) -> None:
     assert out.exit_code != 0 and "exactly one of a TEXT query or --image PATH" in out.output
 
 
-def _flickr8k_model() -> Path:
-    env = os.environ.get("CLIPFORGE_FLICKR8K_MODEL")
-    return Path(env) if env else REPO / "runs" / "flickr8k-lit" / "final"
-
-
 @pytest.mark.flickr8k
 @pytest.mark.slow
-def test_flickr8k_dog_on_the_beach_query_finds_dogs(flickr8k_root: Path, tmp_path: Path) -> None:
-    model_dir = _flickr8k_model()
-    if not (model_dir / "config.json").is_file():
-        pytest.skip(f"trained Flickr8k model not found at {model_dir} (set CLIPFORGE_FLICKR8K_MODEL)")
+def test_flickr8k_dog_on_the_beach_query_finds_dogs(
+    flickr8k_root: Path, flickr8k_lit_model: Path, tmp_path: Path
+) -> None:
+    model_dir = flickr8k_lit_model
     data = f"flickr8k:{flickr8k_root}:test"
     config = EmbedConfig(str(model_dir), tmp_path / "idx", data=data, progress=False)
     assert embed_collection(config).total == 1000

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,33 @@ def image_feature_table(
     cache = FeatureCache(cache_dir, module_hash(backbone), preprocess_hash(preprocess.config))
     was_training = backbone.training
     backbone.eval()
-    extract = model.image_backbone_features
-    features, _ = cached_features(data, extract, preprocess, cache, batch_size, num_workers)  # type: ignore[arg-type]
+    extract: Callable[[torch.Tensor], torch.Tensor] = model.image_backbone_features  # type: ignore[assignment]
+    report = _progress(f"image features of '{data.name}'")
+    features, stats = cached_features(data, extract, preprocess, cache, batch_size, num_workers, report)
+    _say(
+        f"image features of '{data.name}': {stats.images} images, {stats.hits} from the cache, "
+        f"{stats.extracted} extracted in {stats.seconds:.0f}s; {data.bad.summary()}"
+    )
     backbone.train(was_training)
     return features
+
+
+def _say(message: str) -> None:
+    """A progress line on stderr (training runs for minutes; the user should see what it is doing)."""
+    print(f"clipforge: {message}", file=sys.stderr, flush=True)
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    """Reports every tenth of the way through a long extraction."""
+    marks: set[int] = set()
+
+    def report(done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth not in marks:
+            marks.add(tenth)
+            _say(f"{label}: {done}/{total}")
+
+    return report
 
 
 def text_key(text: str) -> str:
@@ -84,11 +108,13 @@ def text_feature_table(
     stored = cache.load()
     missing = sorted({t for t in texts if text_key(t) not in stored})
     tokenizer = get_tokenizer(model.config.tokenizer)  # type: ignore[union-attr,arg-type]
-    for chunk in _chunks(missing, batch_size):
+    report = _progress(f"text features of {len(missing)} new texts")
+    for done, chunk in enumerate(_chunks(missing, batch_size)):
         features = model.text_backbone_features(trim_padding(tokenizer(chunk))).float()  # type: ignore[operator]
         keys = [text_key(t) for t in chunk]
         cache.add(keys, features)
         stored.update(zip(keys, features, strict=True))
+        report(min((done + 1) * batch_size, len(missing)), len(missing))
     return {t: stored[text_key(t)] for t in texts}
 
 
