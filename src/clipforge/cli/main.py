@@ -18,6 +18,7 @@ from clipforge.errors import ClipforgeError
 COMMAND_MODULES = [
     "clipforge.cli.models_cmd",
     "clipforge.cli.eval_cmd",
+    "clipforge.cli.quickstart_cmd",
     "clipforge.cli.convert_cmd",
     "clipforge.cli.train_cmd",
     "clipforge.cli.synth_cmd",

@@ -1,0 +1,126 @@
+"""Evaluating the quickstart's two models on its held-out scenes with the shared eval and probe code."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from clipforge.checkpoint import load
+from clipforge.data.datasets import open_data
+from clipforge.eval.retrieval import recall_at_k
+from clipforge.eval.run import (
+    EvalConfig,
+    RetrievalFeatures,
+    embed_dataset,
+    evaluate_zeroshot,
+    load_labelled_scenes,
+)
+from clipforge.probe import ClipEncoder, ProbeResult, Suite, load_suite, run_probe, summarize
+from clipforge.probe.report import build_report, collect_bad, write_html, write_json
+from clipforge.probe.stats import N_RESAMPLES
+
+if TYPE_CHECKING:
+    from clipforge.quickstart.pipeline import QuickstartConfig
+
+RETRIEVAL_KEYS = ("t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5")
+TOP_CAPTIONS = 3
+PROBE_SEED = 0  # the `clipforge probe` default, so both give the same intervals
+
+
+@dataclass
+class Example:
+    """A test scene for report.html, with each model's top retrieved captions.
+
+    Attributes:
+        key: the scene's record key in the test data.
+        image: path of the scene's PNG.
+        captions: the scene's own captions.
+        top: per model, ``(caption, cosine, is_true)`` of its best-scoring test captions.
+    """
+
+    key: str
+    image: Path
+    captions: list[str]
+    top: dict[str, list[tuple[str, float, bool]]] = field(default_factory=dict)
+
+
+def probe_block(result: ProbeResult, tag: str) -> dict[str, Any]:
+    """``{"accuracy", "n", "ci95", "per_relation"}`` of one probe kind, computed by the probe library."""
+    keep = [i for i, item in enumerate(result.items) if item.tag == tag]
+    sub = ProbeResult([result.items[i] for i in keep], [result.scores[i] for i in keep], [], result.scorer)
+    summary = summarize(sub, n_resamples=N_RESAMPLES, seed=PROBE_SEED)
+    per_relation = {rel: block["accuracy"] for rel, block in summary["per_relation"].items()}
+    return {"accuracy": summary["accuracy"], "n": summary["n"], "ci95": summary["ci95"],
+            "per_relation": per_relation}
+
+
+def top_captions(features: RetrievalFeatures, index: int, k: int = TOP_CAPTIONS
+                 ) -> list[tuple[str, float, bool]]:
+    """The `k` test captions closest to image `index`, marked true when they describe it."""
+    own = {features.captions[j] for j in (features.text_to_image == index).nonzero().flatten().tolist()}
+    scores = features.texts @ features.images[index]  # [M]
+    best = scores.topk(min(k, len(features.captions)))
+    return [(features.captions[j], float(s), features.captions[j] in own)
+            for s, j in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
+
+
+def evaluate_model(name: str, out: Path, suite: Suite, examples: list[Example]
+                   ) -> tuple[dict[str, Any], ProbeResult]:
+    """Retrieval, zero-shot and probe numbers of ``out/name/final``; fills each example's top captions."""
+    model, preprocess, tokenizer = load(out / name / "final")
+    with torch.no_grad():
+        test_data = open_data(f"synthetic:{out / 'data'}")
+        features = embed_dataset(model, preprocess, tokenizer, test_data, EvalConfig())
+        recall = recall_at_k(features.images, features.texts, features.text_to_image, (1, 5))
+        images, labels, _ = load_labelled_scenes(out / "zeroshot")
+        zeroshot = evaluate_zeroshot(model, preprocess, tokenizer, images, labels)
+    result = run_probe(suite.items, ClipEncoder(model, preprocess, tokenizer))
+    for example in examples:
+        example.top[name] = top_captions(features, features.keys.index(example.key))
+    metrics = {
+        "retrieval": {key: recall[key] for key in RETRIEVAL_KEYS},
+        "zeroshot": zeroshot,
+        "probe": {tag: probe_block(result, tag) for tag in sorted({item.tag for item in result.items})},
+    }
+    return metrics, result
+
+
+def first_examples(out: Path, n: int) -> list[Example]:
+    """The first `n` test scenes with their captions (from captions.csv, as retrieval reads them)."""
+    data = open_data(f"synthetic:{out / 'data'}")
+    records = list(itertools.islice(data.records(), n))
+    return [Example(record.key, Path(record.source), list(record.captions)) for record in records]
+
+
+def _pct(probe: dict[str, Any], tag: str) -> str:
+    accuracy = probe.get(tag, {}).get("accuracy")
+    return "-" if accuracy is None else f"{accuracy:.3f}"
+
+
+def evaluate_models(config: QuickstartConfig, out: Path, say: Callable[[str], None]
+                    ) -> tuple[dict[str, Any], list[Example]]:
+    """Evaluates `plain` and `hardneg`; also writes ``out/probe/probe.{json,html}`` for both.
+
+    Returns:
+        The ``models`` section of report.json and the example scenes.
+    """
+    suite = load_suite(f"synthetic:{out / 'data'}")
+    examples = first_examples(out, config.n_examples)
+    models, results = {}, {}
+    for name in ("plain", "hardneg"):
+        models[name], results[name] = evaluate_model(name, out, suite, examples)
+        probe = models[name]["probe"]
+        say(f"  {name}: t2i R@1 {models[name]['retrieval']['t2i_r1']:.3f}, "
+            f"relation_swap {_pct(probe, 'relation_swap')}, attribute_swap {_pct(probe, 'attribute_swap')}")
+    summaries = {name: summarize(result, n_resamples=N_RESAMPLES, seed=PROBE_SEED)
+                 for name, result in results.items()}
+    report = build_report(suite.spec, "cosine", results, summaries, collect_bad(suite.bad, results),
+                          N_RESAMPLES, PROBE_SEED)
+    write_json(report, out / "probe" / "probe.json")
+    write_html(report, results, out / "probe" / "probe.html")
+    return models, examples

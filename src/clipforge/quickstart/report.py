@@ -1,0 +1,197 @@
+"""report.json and a self-contained report.html: plots and scenes are inline base64 PNGs, nothing external."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from clipforge.quickstart.evaluate import Example
+
+MODEL_COLORS = {"plain": "#9c9c9c", "hardneg": "#e15759"}
+THUMBNAIL = 128
+
+
+def write_report(report: dict[str, Any], examples: list[Example], out: Path) -> None:
+    """Writes ``out/report.json`` and ``out/report.html``."""
+    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    (out / "report.html").write_text(render_html(report, examples), encoding="utf-8")
+
+
+def _png(figure: Any) -> str:
+    """A matplotlib figure as an inline <img>; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"<img alt='plot' src='data:image/png;base64,{data}'>"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to memory only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_plot(training: dict[str, Any]) -> str:
+    """Training loss and validation text->image R@1 of both models against the step."""
+    plt = _pyplot()
+    figure, (loss_ax, recall_ax) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name, run in training.items():
+        curve, color = run["curve"], MODEL_COLORS.get(name)
+        loss_ax.plot(curve["step"], curve["loss"], color=color, label=name, linewidth=1)
+        recall_ax.plot(curve["eval_step"], curve["val_t2i_r1"], color=color, label=name, marker="o")
+    loss_ax.set(xlabel="step", ylabel="training loss", title="Loss")
+    recall_ax.set(xlabel="step", ylabel="text->image R@1", title="Validation retrieval", ylim=(0, 1))
+    for axis in (loss_ax, recall_ax):
+        axis.legend()
+        axis.grid(alpha=0.3)
+    return _png(figure)
+
+
+def grouped_bars(groups: list[str], values: dict[str, list[float]],
+                 errors: dict[str, list[list[float]]] | None, ylabel: str, title: str) -> str:
+    """Bars per group for each model, with asymmetric error bars when `errors` holds [lo, hi] per bar."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 2), 3.4))
+    width = 0.8 / max(len(values), 1)
+    for k, (name, heights) in enumerate(values.items()):
+        xs = [i + (k - (len(values) - 1) / 2) * width for i in range(len(groups))]
+        yerr = None
+        if errors is not None:
+            yerr = [[max(h - lo, 0) for h, (lo, _) in zip(heights, errors[name], strict=True)],
+                    [max(hi - h, 0) for h, (_, hi) in zip(heights, errors[name], strict=True)]]
+        axis.bar(xs, heights, width, yerr=yerr, capsize=3, label=name, color=MODEL_COLORS.get(name))
+    axis.set_xticks(range(len(groups)), groups)
+    axis.set(ylabel=ylabel, ylim=(0, 1.05), title=title)
+    axis.axhline(0.5, color="#bbb", linestyle=":", linewidth=1)
+    axis.legend()
+    axis.grid(axis="y", alpha=0.3)
+    return _png(figure)
+
+
+def probe_plots(models: dict[str, Any]) -> str:
+    """Accuracy per probe kind with 95% CIs, then relation-swap accuracy per relation."""
+    tags = sorted({tag for metrics in models.values() for tag in metrics["probe"]})
+    values = {name: [_num(m["probe"].get(tag, {}).get("accuracy")) for tag in tags]
+              for name, m in models.items()}
+    errors = {name: [_ci(m["probe"].get(tag, {})) for tag in tags] for name, m in models.items()}
+    per_tag = grouped_bars(tags, values, errors, "accuracy", "Probe accuracy per kind (95% CI)")
+    swaps = [m["probe"].get("relation_swap", {}).get("per_relation", {}) for m in models.values()]
+    relations = sorted({relation for per_relation in swaps for relation in per_relation})
+    if not relations:
+        return per_tag
+    by_relation = {name: [_num(m["probe"]["relation_swap"]["per_relation"].get(r)) for r in relations]
+                   for name, m in models.items()}
+    return per_tag + grouped_bars(relations, by_relation, None, "accuracy", "Relation swap, per relation")
+
+
+def _num(value: float | None) -> float:
+    return 0.0 if value is None or math.isnan(value) else float(value)
+
+
+def _ci(block: dict[str, Any]) -> list[float]:
+    low, high = block.get("ci95", [None, None])
+    return [_num(low), _num(high)]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def summary_table(models: dict[str, Any]) -> str:
+    """One row per metric, one column per model."""
+    rows: list[tuple[str, list[str]]] = []
+    first = next(iter(models.values()))
+    for key in first["retrieval"]:
+        rows.append((f"retrieval {key}", [_pct(m["retrieval"][key]) for m in models.values()]))
+    for key in first["zeroshot"]:
+        rows.append((f"zero-shot {key}", [_pct(m["zeroshot"][key]) for m in models.values()]))
+    for tag in first["probe"]:
+        cells = []
+        for m in models.values():
+            block = m["probe"][tag]
+            low, high = block["ci95"]
+            interval = f"<small>[{_pct(low)}, {_pct(high)}] n={block['n']}</small>"
+            cells.append(f"{_pct(block['accuracy'])} {interval}")
+        rows.append((f"probe {tag}", cells))
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in models)
+    body = "".join(f"<tr><td>{html.escape(label)}</td>{''.join(f'<td>{c}</td>' for c in cells)}</tr>"
+                   for label, cells in rows)
+    return f"<table><tr><th>metric</th>{head}</tr>{body}</table>"
+
+
+def _thumbnail(path: Path) -> str:
+    with Image.open(path) as image:
+        big = image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"<img alt='scene' src='data:image/png;base64,{data}'>"
+
+
+def example_cards(examples: list[Example]) -> str:
+    """Each example scene with its caption and every model's top retrieved test captions."""
+    cards = []
+    for example in examples:
+        lists = "".join(
+            f"<div><b>{html.escape(name)}</b><ol>"
+            + "".join(f"<li class='{'ok' if hit else 'no'}'>{html.escape(text)} <small>{s:.3f}</small></li>"
+                      for text, s, hit in top)
+            + "</ol></div>"
+            for name, top in example.top.items()
+        )
+        caption = html.escape(" / ".join(example.captions))
+        cards.append(f"<div class='card'>{_thumbnail(example.image)}<div><p><i>{caption}</i></p>"
+                     f"<div class='tops'>{lists}</div></div></div>")
+    return "".join(cards)
+
+
+def render_html(report: dict[str, Any], examples: list[Example]) -> str:
+    """The whole page: summary, curves, probe plots, example scenes, how to reproduce."""
+    dataset, models = report["dataset"], report["models"]
+    intro = (f"<p>Two CLIP models trained from scratch on the same {dataset['n_train']} synthetic scenes "
+             f"with the same budget; <b>plain</b> uses InfoNCE only, <b>hardneg</b> adds hard negatives "
+             f"({html.escape(', '.join(report['config']['negative_kinds']))}). Evaluated on "
+             f"{dataset['n_test']} held-out test scenes ({dataset['probe_items']} probe items) and "
+             f"{dataset['n_zeroshot']} single-object scenes. Total time {report['seconds']:.0f} s; "
+             f"clipforge {html.escape(report['version'])}.</p>")
+    reproduce = "<pre>" + "\n".join((
+        "clipforge probe --suite synthetic:OUT/data --model plain=OUT/plain/final "
+        "--model hardneg=OUT/hardneg/final --out OUT/probe-again",
+        "clipforge eval retrieval --model OUT/hardneg/final --data synthetic:OUT/data --out r.json",
+        "clipforge eval zeroshot --model OUT/hardneg/final --data synthetic:OUT/zeroshot --out z.json",
+    )) + "</pre>"
+    sections = [
+        "<h1>clipforge quickstart: hard negatives vs plain InfoNCE</h1>", intro,
+        "<h2>Results on held-out scenes (95% CIs for probes)</h2>", summary_table(models),
+        "<h2>Training curves</h2>", curves_plot(report["training"]),
+        "<h2>Probe accuracy</h2>", probe_plots(models),
+        "<h2>Example test scenes and their top retrieved captions</h2>",
+        "<p>Green: a caption of the scene itself.</p>", example_cards(examples),
+        "<h2>Reproduce the numbers</h2>", reproduce,
+        "<p>Per-item probe details: <code>probe/probe.html</code>.</p>",
+    ]
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipforge quickstart</title>{_STYLE}"
+            f"</head><body>{''.join(sections)}</body></html>\n")
+
+
+_STYLE = """<style>
+body{font-family:sans-serif;margin:24px;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
+th{background:#f4f4f4}
+.card{display:flex;gap:14px;margin:10px 0;border-bottom:1px solid #eee;padding-bottom:8px}
+.card img{image-rendering:pixelated;width:128px;height:128px}.tops{display:flex;gap:24px;font-size:13px}
+.ok{color:#2a7}.no{color:#c33}pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}
+</style>"""

@@ -1,0 +1,116 @@
+"""The quickstart in a micro budget: report schema, self-contained HTML, probe numbers = `clipforge probe`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from clipforge.cli.main import main
+from clipforge.errors import ClipforgeError, ConfigError
+from clipforge.quickstart import QuickstartConfig, run_quickstart
+
+RELATIONS = ("left of", "right of", "above", "below")
+TAGS = ("relation_swap", "argument_swap", "attribute_swap", "object_swap", "count")
+MICRO = QuickstartConfig(model="tiny-convnet", steps=6, batch_size=16, warmup_steps=2, n_train=200, n_val=32,
+                         n_test=40, n_zeroshot=24, eval_every=3, n_examples=3)
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("quickstart") / "out"
+    lines: list[str] = []
+    report = run_quickstart(MICRO, out, say=lines.append)
+    assert any(line.startswith("[3/3]") for line in lines) and any("left" in line for line in lines)
+    return out, report
+
+
+def _fraction(value: Any) -> bool:
+    return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+@pytest.mark.slow
+def test_micro_quickstart_writes_a_schema_valid_report(micro_run: tuple[Path, dict[str, Any]]) -> None:
+    out, report = micro_run
+    assert json.loads((out / "report.json").read_text()) == report
+    assert set(report) >= {"models", "dataset", "seconds", "version"}
+    assert set(report["models"]) == {"plain", "hardneg"}
+    assert report["dataset"]["n_test"] == 40 and report["seconds"] > 0 and report["version"]
+    for metrics in report["models"].values():
+        assert set(metrics["retrieval"]) == {"t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5"}
+        assert set(metrics["zeroshot"]) == {"shape", "color"}
+        assert set(metrics["probe"]) == set(TAGS)
+        assert all(_fraction(v) for v in [*metrics["retrieval"].values(), *metrics["zeroshot"].values()])
+        for block in metrics["probe"].values():
+            low, high = block["ci95"]
+            assert block["n"] > 0 and _fraction(block["accuracy"]) and low <= block["accuracy"] <= high
+            assert all(_fraction(v) for v in block["per_relation"].values())
+        assert set(metrics["probe"]["relation_swap"]["per_relation"]) <= set(RELATIONS)
+    for name in ("plain", "hardneg"):
+        assert (out / name / "final" / "model.safetensors").is_file()
+        curve = report["training"][name]["curve"]
+        assert curve["step"] == list(range(1, 7)) and curve["eval_step"] == [3, 6]
+
+
+@pytest.mark.slow
+def test_report_html_is_self_contained(micro_run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = micro_run
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 + 3  # plots + example scenes
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "relation_swap" in page and "hardneg" in page
+
+
+@pytest.mark.slow
+def test_probe_cli_gives_the_quickstart_numbers(micro_run: tuple[Path, dict[str, Any]],
+                                                tmp_path: Path) -> None:
+    out, report = micro_run
+    args = ["probe", "--suite", f"synthetic:{out / 'data'}", "--model", f"plain={out / 'plain' / 'final'}",
+            "--model", f"hardneg={out / 'hardneg' / 'final'}", "--out", str(tmp_path / "probe")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    probed = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    for name in ("plain", "hardneg"):
+        for tag in TAGS:
+            ours, theirs = report["models"][name]["probe"][tag], probed["models"][name]["per_tag"][tag]
+            assert ours["accuracy"] == theirs["accuracy"] and ours["n"] == theirs["n"]
+            assert ours["ci95"] == theirs["ci95"]
+
+
+def test_existing_quickstart_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(ClipforgeError, match="already holds a quickstart"):
+        run_quickstart(MICRO, tmp_path, say=lambda line: None)
+
+
+def test_bad_budget_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="steps"):
+        QuickstartConfig(steps=0)
+    with pytest.raises(ConfigError, match="negative_kinds"):
+        QuickstartConfig(negative_kinds=("colour_swap",))
+
+
+def test_cli_unwritable_out_is_one_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(main, ["quickstart", "--out", str(blocker / "run"), "--quick"])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1
+    assert "cannot write" in result.output and str(blocker) in result.output
+
+
+@pytest.mark.slow
+def test_eval_cli_gives_the_quickstart_numbers(micro_run: tuple[Path, dict[str, Any]],
+                                               tmp_path: Path) -> None:
+    out, report = micro_run
+    model, written = str(out / "hardneg" / "final"), tmp_path / "e.json"
+    cases = (("retrieval", "data", ("t2i_r1", "i2t_r5")), ("zeroshot", "zeroshot", ("shape", "color")))
+    for kind, data, keys in cases:
+        args = ["eval", kind, "--model", model, "--data", f"synthetic:{out / data}", "--out", str(written)]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        numbers, section = json.loads(written.read_text()), report["models"]["hardneg"][kind]
+        assert all(numbers[key] == pytest.approx(section[key], abs=1e-6) for key in keys)
