@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -34,4 +35,8 @@ def train_command(
         if config_path is None or out_dir is None:
             raise ConfigError("give CONFIG.toml and --out DIR, or --resume DIR")
         result = train(load_config(config_path, overrides), out_dir)
-    click.echo(f"trained {result.steps} steps, final loss {result.loss:.4f}: {result.final_dir}")
+    best = result.run_dir / "best" / "config.json"
+    chosen = ""
+    if best.is_file():
+        chosen = f" (the best evaluation's model, step {json.loads(best.read_text())['extra']['step']})"
+    click.echo(f"trained {result.steps} steps, last loss {result.loss:.4f}: {result.final_dir}{chosen}")

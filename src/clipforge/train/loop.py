@@ -335,6 +335,7 @@ def _run_steps(
     selector = BestSelector(run_dir, cfg.eval) if cfg.eval.select_best and env.is_main else None
     if cfg.eval.patience and env.world_size > 1:
         raise ConfigError("eval.patience (early stopping) runs in a single process only")
+    step = start
     for step in range(start + 1, cfg.train.steps + 1):
         began = time.perf_counter()
         lr = float(trainer.scheduler.get_last_lr()[0])
@@ -362,7 +363,7 @@ def _run_steps(
         promote(run_dir, "best")
     elif env.is_main:
         save_final(run_dir, trainer.model, _provenance(trainer))
-    return TrainResult(run_dir, final, cfg.train.steps, loss, rate, evals)
+    return TrainResult(run_dir, final, step, loss, rate, evals)
 
 
 def _eval_due(step: int, config: TrainRunConfig) -> bool:
