@@ -178,8 +178,8 @@ def selection_score(metrics: dict[str, Any]) -> float:
 class BestSelector:
     """Keeps the best-scoring model in ``run_dir/best`` and counts evaluations without improvement."""
 
-    def __init__(self, run_dir: Path, config: EvalSection) -> None:
-        self.run_dir, self.config = run_dir, config
+    def __init__(self, run_dir: Path, config: EvalSection, provenance: dict[str, Any]) -> None:
+        self.run_dir, self.config, self.provenance = run_dir, config, provenance
         self.best, self.stale = -math.inf, 0
         saved = run_dir / "best" / "config.json"
         if saved.is_file():  # resuming: the best so far survives the interruption
@@ -190,7 +190,7 @@ class BestSelector:
         score = selection_score(metrics)
         if score > self.best:
             self.best, self.stale = score, 0
-            extra = {"step": step, "score": score, "stale": 0, "metrics": metrics}
+            extra = {**self.provenance, "step": step, "score": score, "stale": 0, "metrics": metrics}
             save_final(self.run_dir, model, extra, "best")
         else:
             self.stale += 1
@@ -332,7 +332,9 @@ def _run_steps(
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not show, unit="step")
     loss, rate = math.nan, 0.0
     evals: list[dict[str, Any]] = []
-    selector = BestSelector(run_dir, cfg.eval) if cfg.eval.select_best and env.is_main else None
+    selector = None
+    if cfg.eval.select_best and env.is_main:
+        selector = BestSelector(run_dir, cfg.eval, _provenance(trainer))
     if cfg.eval.patience and env.world_size > 1:
         raise ConfigError("eval.patience (early stopping) runs in a single process only")
     step = start
