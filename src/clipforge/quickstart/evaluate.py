@@ -50,13 +50,14 @@ class Example:
 
 
 def probe_block(result: ProbeResult, tag: str) -> dict[str, Any]:
-    """``{"accuracy", "n", "ci95", "per_relation"}`` of one probe kind, computed by the probe library."""
+    """``{"accuracy", "n", "ci95", "per_relation", "per_relation_ci95"}`` of one probe kind."""
     keep = [i for i, item in enumerate(result.items) if item.tag == tag]
     sub = ProbeResult([result.items[i] for i in keep], [result.scores[i] for i in keep], [], result.scorer)
     summary = summarize(sub, n_resamples=N_RESAMPLES, seed=PROBE_SEED)
     per_relation = {rel: block["accuracy"] for rel, block in summary["per_relation"].items()}
+    per_relation_ci = {rel: block["ci95"] for rel, block in summary["per_relation"].items()}
     return {"accuracy": summary["accuracy"], "n": summary["n"], "ci95": summary["ci95"],
-            "per_relation": per_relation}
+            "per_relation": per_relation, "per_relation_ci95": per_relation_ci}
 
 
 def top_captions(features: RetrievalFeatures, index: int, k: int = TOP_CAPTIONS

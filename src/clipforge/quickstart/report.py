@@ -94,7 +94,9 @@ def probe_plots(models: dict[str, Any]) -> str:
         return per_tag
     by_relation = {name: [_num(m["probe"]["relation_swap"]["per_relation"].get(r)) for r in relations]
                    for name, m in models.items()}
-    return per_tag + grouped_bars(relations, by_relation, None, "accuracy", "Relation swap, per relation")
+    cis = {name: [_ci({"ci95": _relation_ci(m, r)}) for r in relations] for name, m in models.items()}
+    title = "Relation swap, per relation (95% CI)"
+    return per_tag + grouped_bars(relations, by_relation, cis, "accuracy", title)
 
 
 def _num(value: float | None) -> float:
@@ -102,8 +104,12 @@ def _num(value: float | None) -> float:
 
 
 def _ci(block: dict[str, Any]) -> list[float]:
-    low, high = block.get("ci95", [None, None])
+    low, high = block.get("ci95") or [None, None]
     return [_num(low), _num(high)]
+
+
+def _relation_ci(metrics: dict[str, Any], relation: str) -> list[float] | None:
+    return metrics["probe"]["relation_swap"].get("per_relation_ci95", {}).get(relation)  # type: ignore[no-any-return]
 
 
 def _pct(value: float | None) -> str:
