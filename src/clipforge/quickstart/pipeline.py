@@ -30,8 +30,7 @@ from torch import nn
 from clipforge.data.synthetic import SceneConfig, write_synthetic
 from clipforge.data.synthetic_text import NEGATIVE_KINDS
 from clipforge.errors import ClipforgeError, ConfigError
-from clipforge.models.config import TextTransformerConfig
-from clipforge.models.registry import get_model_config, register_model
+from clipforge.models.registry import get_model_config
 from clipforge.train.config import (
     DataSection,
     EvalSection,
@@ -44,20 +43,11 @@ from clipforge.train.config import (
 Say = Callable[[str], None]
 MODELS = ("plain", "hardneg")
 PROBE_TAGS = NEGATIVE_KINDS
-QUICKSTART_MODEL = "quickstart-48px"
-
-
-def _register_quickstart_model() -> None:
-    """ConvNet-64px shrunk for a CPU budget: 48-px scenes, and a 2-layer, 64-wide text tower with a
-    24-token context (the longest scene caption takes 21). The text tower runs on every hard negative,
-    so it dominates the cost of a step; the small vocabulary of the scenes needs little width."""
-    base = get_model_config("ConvNet-64px")
-    vision = dataclasses.replace(base.vision, image_size=48)
-    preprocess = dataclasses.replace(base.preprocess, image_size=48)
-    text = TextTransformerConfig(context_length=24, width=64, heads=2, layers=2)
-    tokenizer = dataclasses.replace(base.tokenizer, context_length=24)
-    model = dataclasses.replace(base, vision=vision, text=text, preprocess=preprocess, tokenizer=tokenizer)
-    register_model(QUICKSTART_MODEL, model)
+# The quickstart architecture (registry JSON): ConvNet-64px shrunk for a CPU budget, with 48-px scenes and a
+# 2-layer, 64-wide text tower with a 24-token context (the longest scene caption takes 21). The text tower
+# runs on every hard negative, so it dominates the cost of a step; the scenes' small vocabulary needs little
+# width.
+QUICKSTART_MODEL = "ConvNet-48px"
 
 
 @dataclass(frozen=True)
@@ -195,8 +185,6 @@ def train_one(config: QuickstartConfig, out_dir: Path, name: str, say: Say) -> d
 
 def _train_worker(config: QuickstartConfig, out_dir: Path, name: str, messages: Any) -> None:
     """Child process: trains one model, sending progress lines and then its result (or error) back."""
-    if config.model == QUICKSTART_MODEL:
-        _register_quickstart_model()  # a spawned child starts with an empty registry
     try:
         messages.put(("result", name, train_one(config, out_dir, name, messages.put)))
     except Exception as err:  # any failure must reach the parent, which would otherwise wait forever
@@ -276,8 +264,6 @@ def run_quickstart(config: QuickstartConfig, out_dir: str | Path, say: Say = pri
     from clipforge.quickstart.report import write_report
 
     out = Path(out_dir)
-    if config.model == QUICKSTART_MODEL:
-        _register_quickstart_model()
     prepare_out(out)
     began = time.perf_counter()
     say(f"[1/3] writing {config.n_test} held-out test scenes and {config.n_zeroshot} zero-shot scenes")
