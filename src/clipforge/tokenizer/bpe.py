@@ -19,7 +19,7 @@ import ftfy
 import regex
 import torch
 
-from clipforge.errors import ClipforgeError, ConfigError
+from clipforge.tokenizer.rows import check_context_length, fit, pack
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 SOT = "<|startoftext|>"
@@ -32,10 +32,6 @@ WORD_PATTERN = regex.compile(
     regex.IGNORECASE,
 )
 MAX_CACHED_WORDS = 200_000
-
-
-class TokenizerError(ClipforgeError, ValueError):
-    """A text does not fit the context and truncation was not allowed."""
 
 
 @functools.cache
@@ -129,7 +125,7 @@ class ClipTokenizer:
     """
 
     def __init__(self, context_length: int = 77) -> None:
-        _check_context_length(context_length)
+        check_context_length(context_length)
         self.context_length = context_length
         self._vocab = load_vocab()
         self._byte_map = byte_to_unicode()
@@ -189,31 +185,12 @@ class ClipTokenizer:
                 not fit raises TokenizerError.
         """
         length = self.context_length if context_length is None else context_length
-        _check_context_length(length)
+        check_context_length(length)
         batch = [texts] if isinstance(texts, str) else texts
-        rows = []
-        for text in batch:
-            ids = self._fit(self.encode(text), text, length, truncate)
-            rows.append(ids + [0] * (length - len(ids)))
-        # One tensor build for the whole batch is much cheaper than a copy per row.
-        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), length)  # [N, L]
-
-    def _fit(self, ids: list[int], text: str, length: int, truncate: bool) -> list[int]:
-        """Adds the start/end ids and applies OpenAI's truncation rule (or refuses)."""
-        ids = [self.sot_token_id, *ids, self.eot_token_id]
-        if len(ids) <= length:
-            return ids
-        if not truncate:
-            short = text if len(text) <= 60 else text[:57] + "..."
-            raise TokenizerError(
-                f"text {short!r} has {len(ids)} tokens with start/end, more than context_length {length}"
-            )
-        return [*ids[: length - 1], self.eot_token_id]
-
-
-def _check_context_length(length: int) -> None:
-    if not isinstance(length, int) or isinstance(length, bool) or length < 2:
-        raise ConfigError(f"context_length must be an int >= 2 (room for start and end ids), got {length!r}")
+        sot, eot = self.sot_token_id, self.eot_token_id
+        rows = [fit([sot, *self.encode(text), eot], eot, text, length, truncate, "start/end")
+                for text in batch]
+        return pack(rows, length)
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from clipforge.errors import ConfigError, MissingExtraError
-from clipforge.tokenizer.bpe import TokenizerError, _check_context_length
+from clipforge.tokenizer.rows import check_context_length, fit, pack
 
 
 class WordPieceTokenizer:
@@ -30,7 +30,7 @@ class WordPieceTokenizer:
             raise MissingExtraError("tokenizers", "towers") from err
         from clipforge.models.minilm import model_dir
 
-        _check_context_length(context_length)
+        check_context_length(context_length)
         self.context_length = context_length
         self._tokenizer = Tokenizer.from_file(str(path or model_dir() / "tokenizer.json"))
         # The file pins padding and truncation at 128; we pad and cut ourselves to the requested length.
@@ -58,19 +58,9 @@ class WordPieceTokenizer:
                 raises TokenizerError.
         """
         length = self.context_length if context_length is None else context_length
-        _check_context_length(length)
+        check_context_length(length)
         batch = [texts] if isinstance(texts, str) else list(texts)
-        rows = []
-        for text, encoding in zip(batch, self._tokenizer.encode_batch(batch), strict=True):
-            ids = self._fit(encoding.ids, text, length, truncate)
-            rows.append(ids + [0] * (length - len(ids)))
-        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), length)  # [N, L]
-
-    def _fit(self, ids: list[int], text: str, length: int, truncate: bool) -> list[int]:
-        if len(ids) <= length:
-            return ids
-        if not truncate:
-            short = text if len(text) <= 60 else text[:57] + "..."
-            raise TokenizerError(f"text {short!r} has {len(ids)} tokens with [CLS]/[SEP], more than "
-                                 f"context_length {length}")
-        return [*ids[: length - 1], self.sep_token_id]
+        encodings = self._tokenizer.encode_batch(batch)
+        rows = [fit(e.ids, self.sep_token_id, text, length, truncate, "[CLS]/[SEP]")
+                for text, e in zip(batch, encodings, strict=True)]
+        return pack(rows, length)
