@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import DataError
+from clipforge.eval.retrieval import recall_at_k
 from clipforge.models.config import ModelConfig
 from clipforge.tokenizer import get_tokenizer
 from clipforge.train.config import TrainRunConfig
@@ -107,13 +108,9 @@ def retrieval_recall(model: nn.Module, batches: list[PairBatch]) -> dict[str, fl
     """Recall@1 of image->text and text->image retrieval among all held-out pairs."""
     images = torch.cat([model.encode_image(b.images, normalize=True) for b in batches])  # type: ignore[operator]
     texts = torch.cat([model.encode_text(b.tokens, normalize=True) for b in batches])  # type: ignore[operator]
-    similarity = images @ texts.t()  # [N, N]
-    truth = torch.arange(similarity.shape[0])
-    return {
-        "image_to_text_r1": float((similarity.argmax(dim=1) == truth).float().mean()),
-        "text_to_image_r1": float((similarity.argmax(dim=0) == truth).float().mean()),
-        "n": float(similarity.shape[0]),
-    }
+    recall = recall_at_k(images, texts, torch.arange(images.shape[0]), ks=(1,))  # one caption per image
+    n = float(images.shape[0])
+    return {"image_to_text_r1": recall["i2t_r1"], "text_to_image_r1": recall["t2i_r1"], "n": n}
 
 
 EvalHook = Callable[[nn.Module, int], dict[str, Any]]
