@@ -14,7 +14,7 @@ from functools import partial
 import click
 import torch
 
-from clipforge.data.synthetic import SceneConfig, SyntheticScenes, generate_scene, render_scene
+from clipforge.synthetic.dataset import SceneConfig, SyntheticScenes, generate_scene, render_scene
 
 
 def _metadata(config: SceneConfig, index: int) -> object:

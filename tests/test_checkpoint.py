@@ -15,7 +15,9 @@ from torch import nn
 
 import clipforge
 from clipforge.checkpoint import detect_format, load_model, save
-from clipforge.checkpoint.convert import convert, infer_openai_config, save_hf
+from clipforge.checkpoint.convert import convert
+from clipforge.checkpoint.hf import save_hf
+from clipforge.checkpoint.openai import infer_openai_config
 from clipforge.cli.main import main
 from clipforge.errors import CheckpointError, ConfigError
 from clipforge.models import ModelConfig, create_model

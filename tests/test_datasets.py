@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipforge.data.datasets import open_data, parse_spec
 from clipforge.data.loader import ImageTextLoader, LoaderConfig
+from clipforge.data.specs import open_data, parse_spec
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import ConfigError, DataError
 from clipforge.models.config import PreprocessConfig

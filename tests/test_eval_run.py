@@ -13,12 +13,12 @@ from PIL import Image
 from torch import nn
 
 from clipforge.cli.main import main
-from clipforge.data.datasets import open_data
-from clipforge.data.synthetic import SceneConfig, render_scene, single_object_scenes, write_synthetic
-from clipforge.data.synthetic_scene import PALETTE
+from clipforge.data.specs import open_data
 from clipforge.data.transforms import pil_to_tensor
 from clipforge.errors import DataError
 from clipforge.eval.run import EvalConfig, embed_dataset, evaluate_retrieval, evaluate_zeroshot
+from clipforge.synthetic.dataset import SceneConfig, render_scene, single_object_scenes, write_synthetic
+from clipforge.synthetic.scene import PALETTE
 
 METRICS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
 COLOURS = [(250, 10, 10), (10, 250, 10), (10, 10, 250), (250, 250, 10), (10, 250, 250)]

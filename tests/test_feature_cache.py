@@ -1,7 +1,7 @@
 import torch
 from PIL import Image
 
-from clipforge.data.datasets import open_data
+from clipforge.data.specs import open_data
 from clipforge.data.transforms import Preprocess
 from clipforge.models.config import PreprocessConfig
 from clipforge.train.feature_cache import FeatureCache, cached_features, module_hash, preprocess_hash

@@ -11,7 +11,7 @@ from torch import nn
 
 import clipforge
 from clipforge.checkpoint import detect_format, load_model
-from clipforge.checkpoint.convert import hf_config_to_model_config, save_hf
+from clipforge.checkpoint.hf import hf_config_to_model_config, save_hf
 from clipforge.errors import CheckpointError, ConfigError
 from clipforge.models import create_model
 

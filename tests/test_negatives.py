@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from clipforge.train.negatives import spatial_swaps, swap_all, text_hard_negatives
+from clipforge.data.negatives import spatial_swaps, swap_all, text_hard_negatives
 
 
 @pytest.mark.parametrize(

@@ -249,7 +249,7 @@ def test_cli_rejects_a_bad_suite_in_one_line(tmp_path: Path) -> None:
 
 
 def test_in_memory_synthetic_probe_equals_the_suite_on_disk(tmp_path: Path) -> None:
-    from clipforge.data.synthetic import SceneConfig, synthetic_probe_items, write_synthetic
+    from clipforge.synthetic.dataset import SceneConfig, synthetic_probe_items, write_synthetic
 
     write_synthetic(tmp_path / "syn", 6, seed=0, split="test")
     encoder = ClipEncoder.load("tiny-vit")

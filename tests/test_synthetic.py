@@ -15,7 +15,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from clipforge.data.synthetic import (
+from clipforge.errors import ConfigError, DataError
+from clipforge.synthetic.dataset import (
     SyntheticScenes,
     load_probe_items,
     load_scenes,
@@ -23,7 +24,7 @@ from clipforge.data.synthetic import (
     synthetic_probe_items,
     write_synthetic,
 )
-from clipforge.data.synthetic_scene import (
+from clipforge.synthetic.scene import (
     PALETTE,
     Scene,
     SceneConfig,
@@ -33,8 +34,7 @@ from clipforge.data.synthetic_scene import (
     object_mask,
     render_scene,
 )
-from clipforge.data.synthetic_text import Caption, Phrase, count_caption, hard_negative, is_false, is_true
-from clipforge.errors import ConfigError, DataError
+from clipforge.synthetic.text import Caption, Phrase, count_caption, hard_negative, is_false, is_true
 
 CONFIG = SceneConfig()
 

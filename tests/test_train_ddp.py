@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipforge.train.batches import PairBatch
 from clipforge.train.config import LossSection
-from clipforge.train.data import PairBatch
 from clipforge.train.distributed import DistEnv
 from clipforge.train.loop import backward_step, seed_everything
 from clipforge.train.loss import build_loss

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.errors import ConfigError
+from clipforge.train.batches import pad_negatives
 from clipforge.train.config import TrainRunConfig, TrainSection, apply_overrides, load_config, parse_override
-from clipforge.train.data import pad_negatives
 from clipforge.train.loss import InfoNCELoss, PairFeatures, SigLipLoss
 from clipforge.train.optim import build_optimizer, lr_factor
 

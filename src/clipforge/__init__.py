@@ -1,12 +1,5 @@
 """clipforge: train, use, search with and probe CLIP-style image-text models, offline on a CPU."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("clipforge")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+src"
-
 from clipforge.checkpoint import load, save
 from clipforge.eval.zeroshot import classify, zero_shot_classifier
 from clipforge.models import (
@@ -19,6 +12,7 @@ from clipforge.models import (
     register_model,
 )
 from clipforge.tokenizer import tokenize
+from clipforge.version import __version__
 
 __all__ = [
     "CLIP",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from clipforge.eval.run import EvalConfig, check_writable, retrieval_report, write_json, zeroshot_report
+from clipforge.eval.run import EvalConfig, retrieval_report, zeroshot_report
+from clipforge.fileio import check_writable, write_json
 
 
 def register(group: click.Group) -> None:

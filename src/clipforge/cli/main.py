@@ -11,12 +11,13 @@ import sys
 
 import click
 
-from clipforge import __version__
 from clipforge.errors import ClipforgeError
+from clipforge.version import __version__
 
 # One module per command group; each defines `register(group)`.
 COMMAND_MODULES = [
     "clipforge.cli.models_cmd",
+    "clipforge.cli.classify_cmd",
     "clipforge.cli.eval_cmd",
     "clipforge.cli.quickstart_cmd",
     "clipforge.cli.convert_cmd",

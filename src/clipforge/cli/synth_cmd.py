@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clipforge.data.synthetic import SPLITS, SceneConfig, write_synthetic
+from clipforge.synthetic.dataset import SPLITS, SceneConfig, write_synthetic
 
 
 def register(group: click.Group) -> None:

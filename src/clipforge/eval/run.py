@@ -7,7 +7,6 @@ memory; the `*_report` functions load a model spec and a data spec and add what 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipforge.data.datasets import ImageTextData, open_data
 from clipforge.data.loader import ImageTextLoader, LoaderConfig
-from clipforge.errors import ClipforgeError, DataError
+from clipforge.data.specs import ImageTextData, open_data
+from clipforge.errors import DataError
 from clipforge.eval.retrieval import recall_at_k
 from clipforge.eval.zeroshot import classify, zero_shot_classifier
+from clipforge.synthetic.zeroshot import ATTRIBUTES, attribute_prompts, load_labelled_scenes
+from clipforge.version import __version__
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -117,60 +118,7 @@ def retrieval_report(model_spec: str, data_spec: str, config: EvalConfig = EvalC
 
 def provenance(model_spec: str, data_spec: str) -> dict[str, str]:
     """What produced a set of numbers: the model and data specs and the clipforge version."""
-    from clipforge import __version__
-
     return {"model": model_spec, "data": data_spec, "version": __version__}
-
-
-def check_writable(path: str | Path) -> Path:
-    """Fails early, before a long evaluation, when `path` cannot be written (its folder is created).
-
-    Raises:
-        ClipforgeError: the file or its folder cannot be written.
-    """
-    out = Path(path)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("a"):
-            pass
-    except OSError as err:
-        raise ClipforgeError(f"cannot write {out}: {err.strerror or err}") from err
-    return out
-
-
-def write_json(report: dict[str, Any], path: str | Path) -> Path:
-    """Writes `report` as indented JSON, creating the parent folder.
-
-    Raises:
-        ClipforgeError: the file or its folder cannot be written.
-    """
-    out = Path(path)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-    except OSError as err:
-        raise ClipforgeError(f"cannot write {out}: {err.strerror or err}") from err
-    return out
-
-
-# Zero-shot attribute classification on synthetic scenes -------------------------------------------------
-
-ATTRIBUTES = ("shape", "color")
-
-
-def attribute_prompts(attribute: str) -> tuple[list[str], list[str]]:
-    """Class names and prompt templates for one synthetic attribute.
-
-    The prompts name both attributes, as the training captions do, and the ensemble runs over the
-    other attribute: shape "circle" is the mean of "a red circle", "a green circle", ...
-    """
-    from clipforge.data.synthetic_scene import COLORS, SHAPES
-
-    if attribute == "shape":
-        return list(SHAPES), [f"a {color} {{}}" for color in COLORS]
-    if attribute == "color":
-        return list(COLORS), [f"a {{}} {shape}" for shape in SHAPES]
-    raise DataError(f"unknown zero-shot attribute '{attribute}' (known: {', '.join(ATTRIBUTES)})")
 
 
 @torch.no_grad()
@@ -203,38 +151,6 @@ def evaluate_zeroshot(
     return {attribute: hits[attribute] / len(images) for attribute in ATTRIBUTES}
 
 
-@dataclass(frozen=True)
-class LabelledScene:
-    """A single-object synthetic scene on disk and its attribute labels."""
-
-    image: Path
-    labels: dict[str, str]
-
-
-def read_single_object_scenes(root: Path, split: str | None = None) -> list[LabelledScene]:
-    """The single-object scenes listed in ``root/scenes.jsonl`` (of `split`, when given).
-
-    Raises:
-        DataError: ``scenes.jsonl`` is missing or a line is not a JSON object.
-    """
-    from clipforge.data.synthetic_text import image_name
-
-    path = root / "scenes.jsonl"
-    if not path.is_file():
-        raise DataError(f"synthetic scenes file not found: {path}")
-    scenes = []
-    for line_no, line in enumerate(path.read_text().splitlines()):
-        try:
-            scene = json.loads(line)
-            objects = scene["objects"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"{path}:{line_no + 1}: not a scene record ({err})") from err
-        if len(objects) == 1 and split in (None, scene.get("split")):
-            labels = {a: str(objects[0][a]) for a in ATTRIBUTES}
-            scenes.append(LabelledScene(root / str(scene.get("image", image_name(line_no))), labels))
-    return scenes
-
-
 def zeroshot_report(model_spec: str, data_spec: str, config: EvalConfig = EvalConfig()) -> dict[str, Any]:
     """Loads `model_spec` and measures zero-shot shape and colour accuracy on ``synthetic:DIR[:split]``.
 
@@ -244,7 +160,7 @@ def zeroshot_report(model_spec: str, data_spec: str, config: EvalConfig = EvalCo
         DataError: the spec is not a synthetic one, or it has no readable single-object scene.
     """
     from clipforge.checkpoint import load
-    from clipforge.data.datasets import parse_spec
+    from clipforge.data.specs import parse_spec
 
     spec = parse_spec(data_spec)
     if spec.kind != "synthetic":
@@ -255,19 +171,3 @@ def zeroshot_report(model_spec: str, data_spec: str, config: EvalConfig = EvalCo
     model, preprocess, tokenizer = load(model_spec)
     accuracy = evaluate_zeroshot(model, preprocess, tokenizer, images, labels, config)
     return {**accuracy, **provenance(model_spec, data_spec), "images": len(images), "bad_images": bad}
-
-
-def load_labelled_scenes(root: Path, split: str | None = None
-                         ) -> tuple[list[Image.Image], list[dict[str, str]], int]:
-    """Images and labels of the single-object scenes under `root`, and how many images were unreadable."""
-    from clipforge.data.transforms import load_image
-    from clipforge.errors import ImageError
-
-    images, labels, bad = [], [], 0
-    for scene in read_single_object_scenes(root, split):
-        try:
-            images.append(load_image(scene.image))
-            labels.append(scene.labels)
-        except ImageError:
-            bad += 1
-    return images, labels, bad

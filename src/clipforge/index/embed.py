@@ -127,7 +127,7 @@ def list_images(root: Path) -> Iterator[Source]:
 
 def list_records(spec: str) -> tuple[list[Source], Callable[[str], bytes], BadSampleCounter]:
     """Sources of a `--data` spec, a reader of their bytes, and the reader's bad-sample counter."""
-    from clipforge.data.datasets import open_data
+    from clipforge.data.specs import open_data
 
     data = open_data(spec)
     records = {record.source: record for record in data.records()}

@@ -6,81 +6,14 @@ picks its dataclass, so a ViT config cannot silently carry ResNet fields.
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from clipforge.errors import ConfigError
-
-T = TypeVar("T")
+from clipforge.typed import check_value, parse_dataclass, to_dict
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _check_value(name: str, value: Any, hint: Any, where: str) -> Any:
-    """Checks one field against its annotation; lists become tuples so configs stay hashable."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(hint):
-            try:
-                return _check_value(name, value, arm, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: '{name}' has the wrong type ({type(value).__name__}: {value!r})")
-    if hint is type(None):
-        if value is not None:
-            raise ConfigError(f"{where}: '{name}' must be null")
-        return None
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: '{name}' must be a list, got {value!r}")
-        arm = typing.get_args(hint)[0]
-        return tuple(_check_value(name, v, arm, where) for v in value)
-    if dataclasses.is_dataclass(hint):
-        return value if isinstance(value, hint) else parse_dataclass(hint, value, f"{where}.{name}")  # type: ignore[arg-type]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and (type(value) is not hint):
-        raise ConfigError(f"{where}: '{name}' must be {hint.__name__}, got {value!r}")
-    return value
-
-
-def parse_dataclass(cls: type[T], data: Any, where: str) -> T:
-    """Builds dataclass `cls` from a dict, rejecting unknown keys and wrong types.
-
-    Args:
-        cls: the dataclass to build.
-        data: a mapping of field names to values.
-        where: where the data came from, used in error messages (e.g. ``ViT-B-32.json:vision``).
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown config key '{unknown[0]}' (allowed: {', '.join(sorted(names))})")
-    values = {k: _check_value(k, v, hints[k], where) for k, v in data.items()}
-    try:
-        return cls(**values)
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from err
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """Turns a config dataclass back into JSON-ready data (tuples become lists)."""
-    return typing.cast(dict[str, Any], _jsonable(dataclasses.asdict(config)))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True)
@@ -234,8 +167,8 @@ class ModelConfig:
         tokenizer = parse_dataclass(
             TokenizerConfig, {**default_tok, **data.get("tokenizer", {})}, f"{where}:tokenizer"
         )
-        embed_dim = _check_value("embed_dim", data["embed_dim"], int, where)
-        scale = _check_value(
+        embed_dim = check_value("embed_dim", data["embed_dim"], int, where)
+        scale = check_value(
             "init_logit_scale", data.get("init_logit_scale", 2.659260036932778), float, where
         )
         return cls(embed_dim, vision, text, preprocess, tokenizer, scale)

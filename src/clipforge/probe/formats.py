@@ -124,7 +124,7 @@ def items_from_records(records: Iterable[Any], images: Path | None = None, name:
 
 
 def items_from_synthetic(probes: Iterable[tuple[Any, Image.Image]]) -> Loaded:
-    """Items from `clipforge.data.synthetic.synthetic_probe_items` (probe, rendered image) pairs.
+    """Items from `clipforge.synthetic.dataset.synthetic_probe_items` (probe, rendered image) pairs.
 
     They score exactly like ``synthetic:DIR`` on the same scenes: the PNGs on disk are lossless.
     """

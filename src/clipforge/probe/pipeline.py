@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from clipforge.errors import ConfigError
-from clipforge.probe.report import build_report, collect_bad, write_html, write_json
+from clipforge.fileio import write_json
+from clipforge.probe.report import build_report, collect_bad, write_html
 from clipforge.probe.run import ClipEncoder, ProbeResult, run_probe
 from clipforge.probe.scorers import check_scorer
 from clipforge.probe.stats import N_RESAMPLES, summarize

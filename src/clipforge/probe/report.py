@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clipforge.errors import ImageError
+from clipforge.fileio import write_text_atomic
 from clipforge.probe.items import BadItem, ProbeItem, load_item_image
 from clipforge.probe.run import ProbeResult
 from clipforge.probe.stats import LEVEL, MIN_BOOTSTRAP_N
@@ -66,13 +66,6 @@ def _image_name(item: ProbeItem) -> str:
     return str(item.image) if isinstance(item.image, str | Path) else item.image_key
 
 
-def write_json(report: dict[str, Any], path: Path) -> Path:
-    """Writes probe.json (NaN-free: missing numbers are null)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return path
-
-
 def write_html(report: dict[str, Any], results: dict[str, ProbeResult], path: Path) -> Path:
     """Writes probe.html: overview, per-tag bars with CIs, margins, confusion heatmaps, hardest items."""
     names = list(report["models"])
@@ -92,7 +85,7 @@ def write_html(report: dict[str, Any], results: dict[str, ProbeResult], path: Pa
     ]
     page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipforge probe</title>{_STYLE}</head>"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page + "<body>" + "\n".join(sections) + "</body></html>\n", encoding="utf-8")
+    write_text_atomic(path, page + "<body>" + "\n".join(sections) + "</body></html>\n")
     return path
 
 

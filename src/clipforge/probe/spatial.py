@@ -1,7 +1,7 @@
 """Finding relation phrases in a sentence: confusion-table labels and clause boundaries.
 
 The edits themselves (a phrase swapped for its antonym in free text) live in
-`clipforge.train.negatives`, shared with training; this module only *finds* relations.
+`clipforge.data.negatives`, shared with training; this module only *finds* relations.
 """
 
 from __future__ import annotations

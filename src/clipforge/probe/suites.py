@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipforge.data.negatives import SpatialSwap, spatial_swaps
 from clipforge.errors import DataError
 from clipforge.probe import formats
 from clipforge.probe.items import BadItem, ProbeItem
 from clipforge.probe.spatial import canonical_relation
-from clipforge.train.negatives import SpatialSwap, spatial_swaps
 
 _READERS: dict[str, Callable[[Path, Path], formats.Loaded]] = {
     "pairs": formats.read_pairs,
@@ -97,15 +97,15 @@ def _limited(items: list[ProbeItem], limit: int | None) -> list[ProbeItem]:
 def preposition_swap_items(data_spec: str, limit: int | None = None) -> tuple[list[ProbeItem], list[BadItem]]:
     """Items from every caption with a spatial phrase: its first phrase swapped for the antonym.
 
-    The swaps are `clipforge.train.negatives.spatial_swaps`, the edits training uses for its negatives;
+    The swaps are `clipforge.data.negatives.spatial_swaps`, the edits training uses for its negatives;
     the tag is the relation the phrase expresses ("to the left of" and "on the left side of" -> "left of").
 
     Args:
         data_spec: a ``--data`` spec, e.g. ``flickr8k:ROOT:test``.
         limit: stop after this many items.
     """
-    from clipforge.data.datasets import open_data
     from clipforge.data.readers import WebDatasetData
+    from clipforge.data.specs import open_data
 
     data = open_data(data_spec)
     items: list[ProbeItem] = []

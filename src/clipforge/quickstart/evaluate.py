@@ -6,26 +6,25 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from clipforge.checkpoint import load
-from clipforge.data.datasets import open_data
+from clipforge.data.specs import open_data
 from clipforge.eval.retrieval import recall_at_k
 from clipforge.eval.run import (
     EvalConfig,
     RetrievalFeatures,
     embed_dataset,
     evaluate_zeroshot,
-    load_labelled_scenes,
 )
+from clipforge.fileio import write_json
 from clipforge.probe import ClipEncoder, ProbeResult, Suite, load_suite, run_probe, summarize
-from clipforge.probe.report import build_report, collect_bad, write_html, write_json
+from clipforge.probe.report import build_report, collect_bad, write_html
 from clipforge.probe.stats import N_RESAMPLES
-
-if TYPE_CHECKING:
-    from clipforge.quickstart.pipeline import QuickstartConfig
+from clipforge.quickstart.config import QuickstartConfig
+from clipforge.synthetic.zeroshot import load_labelled_scenes
 
 RETRIEVAL_KEYS = ("t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5")
 TOP_CAPTIONS = 3

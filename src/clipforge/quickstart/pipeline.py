@@ -21,16 +21,18 @@ import multiprocessing
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from clipforge.data.synthetic import SceneConfig, write_synthetic
-from clipforge.data.synthetic_text import NEGATIVE_KINDS
-from clipforge.errors import ClipforgeError, ConfigError
+from clipforge.errors import ClipforgeError
 from clipforge.models.registry import get_model_config
+from clipforge.quickstart.config import MODELS, QuickstartConfig
+from clipforge.quickstart.evaluate import evaluate_models
+from clipforge.quickstart.report import write_report
+from clipforge.synthetic.dataset import SceneConfig, write_synthetic
+from clipforge.synthetic.text import NEGATIVE_KINDS
 from clipforge.train.config import (
     DataSection,
     EvalSection,
@@ -39,66 +41,10 @@ from clipforge.train.config import (
     TrainRunConfig,
     TrainSection,
 )
+from clipforge.version import __version__
 
 Say = Callable[[str], None]
-MODELS = ("plain", "hardneg")
 PROBE_TAGS = NEGATIVE_KINDS
-# The quickstart architecture (registry JSON): ConvNet-64px shrunk for a CPU budget, with 48-px scenes and a
-# 2-layer, 64-wide text tower with a 24-token context (the longest scene caption takes 21). The text tower
-# runs on every hard negative, so it dominates the cost of a step; the scenes' small vocabulary needs little
-# width.
-QUICKSTART_MODEL = "ConvNet-48px"
-
-
-@dataclass(frozen=True)
-class QuickstartConfig:
-    """The data, training budget and evaluation sizes of the quickstart; both models share all of it.
-
-    Attributes:
-        model: registry architecture trained from scratch (its input size sets the scene size).
-        steps: optimizer steps per model.
-        batch_size: scenes per step.
-        lr: peak learning rate (cosine schedule after `warmup_steps`).
-        warmup_steps: linear warm-up steps.
-        n_train: distinct training scenes (rendered on the fly).
-        n_val: validation scenes for the training curves.
-        n_test: held-out test scenes for retrieval and probes.
-        n_zeroshot: held-out single-object scenes for zero-shot accuracy.
-        negative_kinds: hard-negative captions per scene for `hardneg`, one per kind.
-        eval_every: steps between points of the validation curve.
-        seed: seed of the data and of the training runs.
-        n_examples: example scenes shown in report.html.
-    """
-
-    model: str = QUICKSTART_MODEL
-    steps: int = 1800
-    batch_size: int = 128
-    lr: float = 2e-3
-    warmup_steps: int = 50
-    n_train: int = 60_000
-    n_val: int = 256
-    n_test: int = 1000
-    n_zeroshot: int = 300
-    negative_kinds: tuple[str, ...] = ("relation_swap", "attribute_swap")
-    eval_every: int = 150
-    seed: int = 0
-    n_examples: int = 8
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "n_train", "n_val", "n_test", "n_zeroshot", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"quickstart: {name} must be >= 1, got {getattr(self, name)}")
-        unknown = [k for k in self.negative_kinds if k not in NEGATIVE_KINDS]
-        if unknown or not self.negative_kinds:
-            raise ConfigError(f"quickstart: negative_kinds must be a non-empty subset of {NEGATIVE_KINDS}, "
-                              f"got {self.negative_kinds}")
-
-    @classmethod
-    def quick(cls) -> QuickstartConfig:
-        """A smoke-test budget (`--quick`): same pipeline, a fraction of the steps and scenes."""
-        return cls(steps=300, n_train=20_000, n_val=128, n_test=300, n_zeroshot=120, eval_every=100)
-
-
 def train_config(config: QuickstartConfig, hard_negatives: bool) -> TrainRunConfig:
     """The training run of one model; the two runs differ only in their hard negatives."""
     kinds = config.negative_kinds if hard_negatives else ()
@@ -259,9 +205,6 @@ def run_quickstart(config: QuickstartConfig, out_dir: str | Path, say: Say = pri
     Returns:
         The content of report.json.
     """
-    from clipforge import __version__
-    from clipforge.quickstart.evaluate import evaluate_models
-    from clipforge.quickstart.report import write_report
 
     out = Path(out_dir)
     prepare_out(out)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from clipforge.fileio import write_json, write_text_atomic
 from clipforge.quickstart.evaluate import Example
 
 MODEL_COLORS = {"plain": "#9c9c9c", "hardneg": "#e15759"}
@@ -20,8 +20,8 @@ THUMBNAIL = 128
 
 def write_report(report: dict[str, Any], examples: list[Example], out: Path) -> None:
     """Writes ``out/report.json`` and ``out/report.html``."""
-    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    (out / "report.html").write_text(render_html(report, examples), encoding="utf-8")
+    write_json(report, out / "report.json")
+    write_text_atomic(out / "report.html", render_html(report, examples))
 
 
 def _png(figure: Any) -> str:

@@ -87,7 +87,7 @@ def create_app(index: str | Path, model: str | None = None) -> FastAPI:
 
 
 def _version() -> str:
-    from clipforge import __version__
+    from clipforge.version import __version__
 
     return __version__
 

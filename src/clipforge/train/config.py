@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clipforge.errors import ConfigError
-from clipforge.models.config import parse_dataclass, to_dict
+from clipforge.typed import parse_dataclass, to_dict
 
 LOSSES = ("infonce", "siglip")
 SCHEDULES = ("cosine", "constant")

@@ -22,7 +22,8 @@ from torch import nn
 
 from clipforge.data.loader import ImageTextLoader, LoaderConfig, Transform
 from clipforge.data.readers import BadSample, ImageTextData, Record
-from clipforge.models.config import PreprocessConfig, to_dict
+from clipforge.models.config import PreprocessConfig
+from clipforge.typed import to_dict
 
 
 def module_hash(module: nn.Module) -> str:

@@ -19,16 +19,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from clipforge.data.negatives import text_hard_negatives
 from clipforge.data.readers import ImageTextData
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import ConfigError, DataError
 from clipforge.eval.retrieval import recall_at_k
-from clipforge.models.config import to_dict
 from clipforge.tokenizer import TextTokenizer, get_tokenizer
+from clipforge.train.batches import PairBatch, PairCollate, epoch_permutation, pad_negatives
 from clipforge.train.config import ModelSection
-from clipforge.train.data import PairBatch, PairCollate, epoch_permutation, pad_negatives
 from clipforge.train.feature_cache import FeatureCache, cached_features, module_hash, preprocess_hash
-from clipforge.train.negatives import text_hard_negatives
+from clipforge.typed import to_dict
 
 
 def apply_locks(model: nn.Module, section: ModelSection) -> None:

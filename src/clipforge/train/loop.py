@@ -28,8 +28,8 @@ from clipforge.checkpoint import load_model
 from clipforge.errors import ConfigError
 from clipforge.models.clip import LOGIT_SCALE_MAX
 from clipforge.models.registry import create_model
+from clipforge.train.batches import BatchSource, PairBatch
 from clipforge.train.config import EvalSection, TrainRunConfig, TrainSection
-from clipforge.train.data import BatchSource, PairBatch
 from clipforge.train.distributed import DistEnv, average_gradients, init_from_env, mean_over_ranks, shutdown
 from clipforge.train.lit import apply_locks, trim_padding
 from clipforge.train.loss import PairFeatures, build_loss

@@ -14,8 +14,8 @@ from clipforge.errors import DataError
 from clipforge.eval.retrieval import recall_at_k
 from clipforge.models.config import ModelConfig
 from clipforge.tokenizer import get_tokenizer
+from clipforge.train.batches import BatchSource, LoaderBatches, MapBatches, PairBatch, PairCollate
 from clipforge.train.config import TrainRunConfig
-from clipforge.train.data import BatchSource, LoaderBatches, MapBatches, PairBatch, PairCollate
 from clipforge.train.distributed import DistEnv
 
 SYNTHETIC = "synthetic"
@@ -23,9 +23,9 @@ SYNTHETIC = "synthetic"
 
 def synthetic_dataset(config: TrainRunConfig, split: str, size: int, image_size: int) -> Dataset:
     """The synthetic scenes of `split`, rendered on the fly at the model's input size."""
-    from clipforge.data.synthetic import SyntheticScenes
-    from clipforge.data.synthetic_scene import SceneConfig
-    from clipforge.data.synthetic_text import NEGATIVE_KINDS
+    from clipforge.synthetic.dataset import SyntheticScenes
+    from clipforge.synthetic.scene import SceneConfig
+    from clipforge.synthetic.text import NEGATIVE_KINDS
 
     loss = config.loss
     kinds = (loss.negative_kinds or NEGATIVE_KINDS) if loss.hard_negatives and split == "train" else ()
@@ -42,8 +42,8 @@ def build_source(config: TrainRunConfig, model: nn.Module, env: DistEnv) -> Batc
     if data.source == SYNTHETIC:
         dataset = synthetic_dataset(config, "train", data.n_train, model_config.preprocess.image_size)
         return MapBatches(dataset, collate, train.batch_size, train.seed, data.num_workers)
-    from clipforge.data.datasets import open_data
     from clipforge.data.loader import ImageTextLoader, LoaderConfig
+    from clipforge.data.specs import open_data
 
     if config.model.feature_cache:
         from clipforge.train.lit import (
@@ -88,8 +88,8 @@ def eval_batches(config: TrainRunConfig, model: nn.Module) -> list[PairBatch]:
 def _real_eval_batches(
     spec: str, preprocess: Preprocess, collate: PairCollate, size: int, limit: int
 ) -> list[PairBatch]:
-    from clipforge.data.datasets import open_data
     from clipforge.data.loader import ImageTextLoader, LoaderConfig
+    from clipforge.data.specs import open_data
 
     loader = ImageTextLoader(open_data(spec), preprocess, LoaderConfig("images", size))
     items: list[dict[str, Any]] = []
@@ -131,7 +131,7 @@ def build_evaluator(config: TrainRunConfig, model: nn.Module) -> EvalHook | None
 
 
 def _cached_evaluator(config: TrainRunConfig, model: nn.Module) -> EvalHook:
-    from clipforge.data.datasets import open_data
+    from clipforge.data.specs import open_data
     from clipforge.train.lit import cached_retrieval, caches_text, image_feature_table, text_feature_table
 
     data = open_data(config.data.spec(config.data.eval_source))

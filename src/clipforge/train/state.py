@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from clipforge.checkpoint import save as save_model
-from clipforge.checkpoint.io import WEIGHTS_NAME, load_safetensors, load_state_dict_strict
+from clipforge.checkpoint.files import WEIGHTS_NAME, load_safetensors, load_state_dict_strict
 from clipforge.errors import CheckpointError, ConfigError
 from clipforge.train.config import TrainRunConfig, apply_overrides, read_config_file
 

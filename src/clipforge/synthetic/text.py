@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any
 
-from clipforge.data.synthetic_scene import (
+from clipforge.errors import ConfigError, DataError
+from clipforge.synthetic.scene import (
     COLORS,
     OPPOSITE,
     SHAPES,
@@ -33,7 +34,6 @@ from clipforge.data.synthetic_scene import (
     relation_plausible,
     scene_rng,
 )
-from clipforge.errors import ConfigError, DataError
 
 CAPTION_KINDS = ("relation", "attribute", "count")
 NEGATIVE_KINDS = ("relation_swap", "argument_swap", "attribute_swap", "object_swap", "count")

@@ -179,7 +179,7 @@ class LoaderBatches:
         raise DataError(f"no usable samples in '{self.loader.data.name}'")
 
     def _to_pairs(self, batch: Any) -> PairBatch:
-        from clipforge.train.negatives import text_hard_negatives
+        from clipforge.data.negatives import text_hard_negatives
 
         items = []
         for key, image, (caption,) in zip(batch.keys, batch.images, batch.captions, strict=True):

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clipforge.data.synthetic_render import PALETTE, SHAPES, Box, background, draw_shape, shape_mask
 from clipforge.errors import ConfigError, DataError
+from clipforge.synthetic.render import PALETTE, SHAPES, Box, background, draw_shape, shape_mask
 
 COLORS = tuple(PALETTE)
 SIZES = ("small", "large")

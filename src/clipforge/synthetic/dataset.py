@@ -1,7 +1,7 @@
 """Exact-truth synthetic spatial scenes: an in-memory training dataset, probe items and an on-disk layout.
 
-Scenes of 1-4 coloured shapes are drawn with PIL from exact metadata (`synthetic_scene`); captions, hard
-negatives and probe items are built from that metadata and checked against it (`synthetic_text`).
+Scenes of 1-4 coloured shapes are drawn with PIL from exact metadata (`scene`); captions, hard
+negatives and probe items are built from that metadata and checked against it (`text`).
 Everything is a pure function of ``(config, seed, split, index)``.
 
 Splits: ``train``, ``val`` and ``test`` never show the held-out (colour, shape) objects nor the held-out
@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from clipforge.data.synthetic_scene import (
+from clipforge.errors import ConfigError, DataError
+from clipforge.synthetic.scene import (
     COLORS,
     SHAPES,
     SPLITS,
@@ -42,7 +43,7 @@ from clipforge.data.synthetic_scene import (
     render_scene,
     scene_rng,
 )
-from clipforge.data.synthetic_text import (
+from clipforge.synthetic.text import (
     NEGATIVE_KINDS,
     Caption,
     ProbeItem,
@@ -54,7 +55,6 @@ from clipforge.data.synthetic_text import (
     probe_items,
     scene_caption,
 )
-from clipforge.errors import ConfigError, DataError
 
 __all__ = [
     "COLORS",

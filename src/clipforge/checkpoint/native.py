@@ -1,0 +1,62 @@
+"""clipforge's own format: a folder with `config.json` (architecture, preprocessing, tokenizer) and
+`model.safetensors`, so the input pipeline always travels with the weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+from torch import nn
+
+from clipforge.checkpoint.files import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_safetensors,
+    load_state_dict_strict,
+    read_config,
+)
+from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
+from clipforge.models.registry import create_model
+from clipforge.version import __version__
+
+FORMAT_NAME = "clipforge"
+
+
+def save(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Writes `model` as a clipforge folder (`config.json` + `model.safetensors`).
+
+    Args:
+        model: a model built by `create_model` (it carries its `config`).
+        path: the folder to write; created if needed.
+        extra: JSON-ready provenance stored under `"extra"` in config.json.
+    """
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    config: ModelConfig = model.config  # type: ignore[assignment]
+    meta = {"format": FORMAT_NAME, "version": __version__, "model": config.to_dict(), "extra": extra or {}}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(folder / WEIGHTS_NAME))
+    (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def load_clipforge_folder(folder: Path) -> nn.Module:
+    """Builds the architecture in `folder/config.json` and loads its weights strictly."""
+    meta = read_config(folder)
+    config = ModelConfig.from_dict(meta.get("model"), where=str(folder / CONFIG_NAME))
+    model = create_model(_without_pretrained_init(config))
+    load_state_dict_strict(model, load_safetensors(folder / WEIGHTS_NAME), str(folder))
+    return model
+
+
+def _without_pretrained_init(config: ModelConfig) -> ModelConfig:
+    """Tower models would read their package weights first; our checkpoint overwrites them anyway."""
+    vision, text = config.vision, config.text
+    if isinstance(vision, EfficientNetConfig):
+        vision = dataclasses.replace(vision, weights="none")
+    if isinstance(text, MiniLMConfig):
+        text = dataclasses.replace(text, weights="none")
+    return dataclasses.replace(config, vision=vision, text=text)

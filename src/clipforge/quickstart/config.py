@@ -1,0 +1,64 @@
+"""`QuickstartConfig`: the data, training budget and evaluation sizes of the main job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clipforge.errors import ConfigError
+from clipforge.synthetic.text import NEGATIVE_KINDS
+
+MODELS = ("plain", "hardneg")
+# The quickstart architecture (registry JSON): ConvNet-64px shrunk for a CPU budget, with 48-px scenes and a
+# 2-layer, 64-wide text tower with a 24-token context (the longest scene caption takes 21). The text tower
+# runs on every hard negative, so it dominates the cost of a step; the scenes' small vocabulary needs little
+# width.
+QUICKSTART_MODEL = "ConvNet-48px"
+
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """The data, training budget and evaluation sizes of the quickstart; both models share all of it.
+
+    Attributes:
+        model: registry architecture trained from scratch (its input size sets the scene size).
+        steps: optimizer steps per model.
+        batch_size: scenes per step.
+        lr: peak learning rate (cosine schedule after `warmup_steps`).
+        warmup_steps: linear warm-up steps.
+        n_train: distinct training scenes (rendered on the fly).
+        n_val: validation scenes for the training curves.
+        n_test: held-out test scenes for retrieval and probes.
+        n_zeroshot: held-out single-object scenes for zero-shot accuracy.
+        negative_kinds: hard-negative captions per scene for `hardneg`, one per kind.
+        eval_every: steps between points of the validation curve.
+        seed: seed of the data and of the training runs.
+        n_examples: example scenes shown in report.html.
+    """
+
+    model: str = QUICKSTART_MODEL
+    steps: int = 1800
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    n_train: int = 60_000
+    n_val: int = 256
+    n_test: int = 1000
+    n_zeroshot: int = 300
+    negative_kinds: tuple[str, ...] = ("relation_swap", "attribute_swap")
+    eval_every: int = 150
+    seed: int = 0
+    n_examples: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "n_train", "n_val", "n_test", "n_zeroshot", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"quickstart: {name} must be >= 1, got {getattr(self, name)}")
+        unknown = [k for k in self.negative_kinds if k not in NEGATIVE_KINDS]
+        if unknown or not self.negative_kinds:
+            raise ConfigError(f"quickstart: negative_kinds must be a non-empty subset of {NEGATIVE_KINDS}, "
+                              f"got {self.negative_kinds}")
+
+    @classmethod
+    def quick(cls) -> QuickstartConfig:
+        """A smoke-test budget (`--quick`): same pipeline, a fraction of the steps and scenes."""
+        return cls(steps=300, n_train=20_000, n_val=128, n_test=300, n_zeroshot=120, eval_every=100)
