@@ -64,15 +64,34 @@ def assert_bit_exact(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(value, state_b[key]), key
 
 
-@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
-def test_hf_folder_matches_transformers(tmp_path: Path, act: str) -> None:
-    theirs = hf_model(tmp_path / "hf", {**TINY_TEXT, "hidden_act": act}, {**TINY_VISION, "hidden_act": act})
+# The settings real checkpoints use (issue 9, item 12): both activations, MLP ratios other than 4 (ViT-bigG's
+# is 8192 / 1664 = 4.9231), LayerNorm eps other than 1e-5, a projection_dim unlike either width.
+HF_VARIANTS = {
+    "quick_gelu": ({"hidden_act": "quick_gelu"}, {"hidden_act": "quick_gelu"}, 16),
+    "gelu": ({"hidden_act": "gelu"}, {"hidden_act": "gelu"}, 16),
+    "mlp-ratio": ({"intermediate_size": 100, "hidden_act": "gelu"}, {"intermediate_size": 236}, 16),
+    "layer-norm-eps": ({"layer_norm_eps": 1e-3}, {"layer_norm_eps": 1e-6}, 16),
+    "projection-dim": ({}, {}, 24),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(HF_VARIANTS))
+def test_hf_folder_matches_transformers(tmp_path: Path, variant: str) -> None:
+    """Fails on main for mlp-ratio (ConfigError: must be 4 x hidden_size) and layer-norm-eps (only 1e-5)."""
+    text, vision, projection_dim = HF_VARIANTS[variant]
+    theirs = hf_model(tmp_path / "hf", {**TINY_TEXT, **text}, {**TINY_VISION, **vision}, projection_dim)
     assert detect_format(tmp_path / "hf") == "hf"
     ours, preprocess, tokenizer = clipforge.load(tmp_path / "hf")
-    assert ours.config.vision.heads == 3 and ours.config.vision.mlp_ratio == 2.0
-    assert ours.config.text.act == act
+    assert ours.config.vision.heads == 3 and ours.config.embed_dim == projection_dim
+    assert ours.config.text.act == text.get("hidden_act", "quick_gelu")
+    assert ours.config.text.eps == text.get("layer_norm_eps", 1e-5)
+    assert ours.config.vision.eps == vision.get("layer_norm_eps", 1e-5)
+    assert round(32 * ours.config.text.mlp_ratio) == text.get("intermediate_size", 128)
+    assert round(48 * ours.config.vision.mlp_ratio) == vision.get("intermediate_size", 96)
     assert tokenizer.context_length == 16 and preprocess.config.image_size == 32
     assert_parity(ours, theirs)
+    save_hf(ours, tmp_path / "back")  # and back: the exported config reproduces the same settings
+    assert_bit_exact(ours, load_model(tmp_path / "back"))
 
 
 def test_round_trip_ours_hf_ours_is_bit_exact(tmp_path: Path) -> None:
@@ -99,8 +118,11 @@ def test_hf_config_our_model_cannot_express() -> None:
     meta = {"text_config": {**TINY_TEXT, "hidden_act": "gelu_new"}, "vision_config": TINY_VISION}
     with pytest.raises(ConfigError, match="text_config.hidden_act='gelu_new'"):
         hf_config_to_model_config(meta, where="cfg.json")
-    meta = {"text_config": {**TINY_TEXT, "intermediate_size": 100}, "vision_config": TINY_VISION}
-    with pytest.raises(ConfigError, match="text_config.intermediate_size=100"):
+    meta = {"text_config": {**TINY_TEXT, "intermediate_size": 0}, "vision_config": TINY_VISION}
+    with pytest.raises(ConfigError, match="text_config.intermediate_size=0"):
+        hf_config_to_model_config(meta, where="cfg.json")
+    meta = {"text_config": {**TINY_TEXT, "layer_norm_eps": 0.0}, "vision_config": TINY_VISION}
+    with pytest.raises(ConfigError, match="eps=0.0 must be between 0 and 1"):
         hf_config_to_model_config(meta, where="cfg.json")
     meta = {"projection_dim": "16", "text_config": TINY_TEXT, "vision_config": TINY_VISION}
     with pytest.raises(ConfigError, match="'embed_dim' must be int"):

@@ -1,19 +1,146 @@
-"""Writing files so that nothing is lost: every file a run writes is written atomically.
+"""Reading and writing files safely: bounded reads of regular files only, atomic writes.
 
 A writer that is killed half-way leaves the previous version (or nothing), never a torn file: the
 bytes go to a temporary file in the same folder, are flushed to disk, and replace the target in one
 `os.replace`.
+
+A reader never blocks on a FIFO or device, never reads a directory, and never reads more than the caller's
+cap (so `/dev/zero` or a huge file given as a config fails fast with one line naming it). JSON is read with
+a size cap and a nesting-depth guard.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from clipforge.errors import ClipforgeError
+
+MAX_JSON_BYTES = 16 * 2**20  # configs, preprocessor files and shard indexes are kilobytes
+MAX_JSON_DEPTH = 64
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def read_regular_file(
+    path: str | Path, limit: int, error: type[ClipforgeError] = ClipforgeError, what: str = "file"
+) -> bytes:
+    """The bytes of the regular file `path` (symlinks followed), at most `limit` of them.
+
+    The file is opened non-blocking and checked on the open descriptor, so a FIFO or a device is refused
+    without waiting on it and the check cannot race with a rename.
+
+    Args:
+        path: the file.
+        limit: the largest size accepted, in bytes.
+        error: the ClipforgeError subclass raised (so each caller keeps its own error type).
+        what: how to name the file in errors, e.g. "image file".
+
+    Raises:
+        error: the file is missing, not a regular file, unreadable or larger than `limit`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as err:
+        raise error(f"{what} not found: {path}") from err
+    except OSError as err:
+        raise error(f"cannot read {what} ({err.strerror or err}): {path}") from err
+    with os.fdopen(fd, "rb") as handle:
+        _refuse_special(os.fstat(fd).st_mode, path, error, what)
+        try:
+            data = handle.read(limit + 1)
+        except OSError as err:
+            raise error(f"cannot read {what} ({err.strerror or err}): {path}") from err
+    if len(data) > limit:
+        raise error(f"{what} is larger than the {_size(limit)} allowed: {path}")
+    return data
+
+
+def check_regular_file(
+    path: str | Path, error: type[ClipforgeError] = ClipforgeError, what: str = "file"
+) -> int:
+    """The size of the regular file `path` (symlinks followed), for readers that open it themselves.
+
+    Raises:
+        error: the file is missing, unreadable, or a directory, FIFO, device or socket.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError as err:
+        raise error(f"{what} not found: {path}") from err
+    except OSError as err:
+        raise error(f"cannot read {what} ({err.strerror or err}): {path}") from err
+    _refuse_special(info.st_mode, path, error, what)
+    return info.st_size
+
+
+def _refuse_special(mode: int, path: str | Path, error: type[ClipforgeError], what: str) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+        raise error(f"{what} is {kind}, not a regular file: {path}")
+
+
+def read_json(
+    path: str | Path, error: type[ClipforgeError] = ClipforgeError, limit: int = MAX_JSON_BYTES
+) -> Any:
+    """Parses the JSON file `path`, refusing files over `limit` bytes or nested over MAX_JSON_DEPTH levels.
+
+    Raises:
+        error: the file is missing, not a regular file, too large, not UTF-8, not JSON or nested too deeply.
+    """
+    raw = read_regular_file(path, limit, error, "JSON file")
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 text (byte {err.start})") from err
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+    except RecursionError as err:
+        raise error(f"{path}: JSON nested more than {MAX_JSON_DEPTH} levels deep") from err
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise error(f"{path}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    return data
+
+
+def read_json_object(
+    path: str | Path, error: type[ClipforgeError] = ClipforgeError, limit: int = MAX_JSON_BYTES
+) -> dict[str, Any]:
+    """`read_json` for files that must hold one JSON object (not a list, a string or a number)."""
+    data = read_json(path, error, limit)
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, found a JSON {_json_kind(data)}")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion (a deep document must not overflow the stack)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _json_kind(data: Any) -> str:
+    kinds = ((list, "list"), (str, "string"), (bool, "boolean"), (int | float, "number"))
+    return next((name for kind, name in kinds if isinstance(data, kind)), "null")
+
+
+def _size(limit: int) -> str:
+    return f"{limit / 2**20:.0f} MiB" if limit >= 2**20 else f"{limit} bytes"
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

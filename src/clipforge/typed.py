@@ -62,7 +62,7 @@ def parse_dataclass(cls: type[T], data: Any, where: str) -> T:
     values = {k: check_value(k, v, hints[k], where) for k, v in data.items()}
     try:
         return cls(**values)
-    except TypeError as err:
+    except (TypeError, ConfigError) as err:  # a missing field, or a value its __post_init__ rejects
         raise ConfigError(f"{where}: {err}") from err
 
 

@@ -7,12 +7,11 @@ permutation of the same numbers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from clipforge.checkpoint.files import (
@@ -25,6 +24,7 @@ from clipforge.checkpoint.files import (
     read_json_if_any,
 )
 from clipforge.errors import CheckpointError, ConfigError
+from clipforge.fileio import write_bytes_atomic, write_json
 from clipforge.models.config import ModelConfig, PreprocessConfig, TextTransformerConfig, ViTConfig
 from clipforge.models.registry import create_model
 
@@ -129,8 +129,11 @@ def from_hf_state(keys: list[str], hf_state: dict[str, torch.Tensor], source: st
         missing = [n for n in names if n not in hf_state]
         if missing:
             raise CheckpointError(f"{source}: missing tensor '{missing[0]}'")
-        tensor = torch.cat([hf_state[n] for n in names]) if len(names) == 3 else hf_state[names[0]]
-        state[key] = tensor.t() if key in _HF_TRANSPOSED else tensor
+        try:
+            tensor = torch.cat([hf_state[n] for n in names]) if len(names) == 3 else hf_state[names[0]]
+            state[key] = tensor.t() if key in _HF_TRANSPOSED else tensor
+        except RuntimeError as err:  # q/k/v of different shapes, a projection that is not a matrix
+            raise CheckpointError(f"{source}: tensor '{names[0]}' has the wrong shape ({err})") from err
         used.update(names)
     # position_ids are index buffers older transformers versions saved; they hold no weights.
     extra = sorted(k for k in set(hf_state) - used if not k.endswith("position_ids"))
@@ -174,13 +177,10 @@ def hf_config_to_model_config(
     Raises:
         ConfigError: an HF setting our model cannot reproduce (activation, LayerNorm eps, MLP ratio...).
     """
-    text = {**_HF_TEXT_DEFAULTS, **(meta.get("text_config") or {})}
-    vision = {**_HF_VISION_DEFAULTS, **(meta.get("vision_config") or {})}
+    text = {**_HF_TEXT_DEFAULTS, **_hf_section(meta, "text_config", where)}
+    vision = {**_HF_VISION_DEFAULTS, **_hf_section(meta, "vision_config", where)}
     _check_hf_tower(text, "text_config", where)
     _check_hf_tower(vision, "vision_config", where)
-    if text["intermediate_size"] != 4 * text["hidden_size"]:
-        size = text["intermediate_size"]
-        raise ConfigError(f"{where}: text_config.intermediate_size={size} must be 4 x hidden_size")
     if vision["num_channels"] != 3:
         raise ConfigError(f"{where}: vision_config.num_channels={vision['num_channels']} (only RGB works)")
     data = {
@@ -193,12 +193,22 @@ def hf_config_to_model_config(
     return ModelConfig.from_dict(data, where=where)
 
 
+def _hf_section(meta: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    section = meta.get(key) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: '{key}' must be an object, got {type(section).__name__}")
+    return section
+
+
 def _check_hf_tower(tower: dict[str, Any], name: str, where: str) -> None:
-    if tower["hidden_act"] not in _HF_ACTS:
-        act = tower["hidden_act"]
+    """Refuses what our towers cannot reproduce (other activations) and sizes a ratio cannot be taken of."""
+    act = tower["hidden_act"]
+    if not isinstance(act, str) or act not in _HF_ACTS:
         raise ConfigError(f"{where}: {name}.hidden_act={act!r} (supported: {', '.join(_HF_ACTS)})")
-    if abs(float(tower["layer_norm_eps"]) - 1e-5) > 1e-12:
-        raise ConfigError(f"{where}: {name}.layer_norm_eps={tower['layer_norm_eps']} (only 1e-5 works)")
+    for key in ("hidden_size", "intermediate_size"):
+        value = tower[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{where}: {name}.{key}={value!r} must be an int >= 1")
 
 
 def _hf_vision_to_dict(vision: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +221,7 @@ def _hf_vision_to_dict(vision: dict[str, Any]) -> dict[str, Any]:
         "heads": vision["num_attention_heads"],
         "mlp_ratio": vision["intermediate_size"] / vision["hidden_size"],
         "act": vision["hidden_act"],
+        "eps": vision["layer_norm_eps"],
     }
 
 
@@ -222,7 +233,9 @@ def _hf_text_to_dict(text: dict[str, Any]) -> dict[str, Any]:
         "width": text["hidden_size"],
         "heads": text["num_attention_heads"],
         "layers": text["num_hidden_layers"],
+        "mlp_ratio": text["intermediate_size"] / text["hidden_size"],
         "act": text["hidden_act"],
+        "eps": text["layer_norm_eps"],
     }
 
 
@@ -231,7 +244,7 @@ def _hf_preprocess_to_dict(processor: dict[str, Any], where: str) -> dict[str, A
     crop = processor.get("crop_size", processor.get("size", 224))
     size = crop.get("height", crop.get("shortest_edge")) if isinstance(crop, dict) else crop
     resample = processor.get("resample", 3)
-    if resample not in _HF_RESAMPLE:
+    if not isinstance(resample, int) or resample not in _HF_RESAMPLE:
         raise ConfigError(f"{where}: preprocessor resample={resample!r} (supported: {sorted(_HF_RESAMPLE)})")
     return {
         "image_size": size,
@@ -254,10 +267,10 @@ def save_hf(model: nn.Module, path: str | Path) -> Path:
             "transformers' CLIPModel needs a 'vit' image tower and a 'transformer' text tower"
         )
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(to_hf_state(model.state_dict()), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    (folder / CONFIG_NAME).write_text(json.dumps(model_config_to_hf(config), indent=2) + "\n")
-    (folder / PREPROCESSOR_NAME).write_text(json.dumps(preprocess_to_hf(config.preprocess), indent=2) + "\n")
+    weights = save_safetensors(to_hf_state(model.state_dict()), metadata={"format": "pt"})
+    write_bytes_atomic(folder / WEIGHTS_NAME, weights)
+    write_json(preprocess_to_hf(config.preprocess), folder / PREPROCESSOR_NAME)
+    write_json(model_config_to_hf(config), folder / CONFIG_NAME)
     return folder
 
 
@@ -265,7 +278,7 @@ def model_config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """A `CLIPConfig.to_dict()`-style dict for a ViT CLIP."""
     vision, text = config.vision, config.text
     assert isinstance(vision, ViTConfig) and isinstance(text, TextTransformerConfig)
-    shared = {"layer_norm_eps": 1e-5, "projection_dim": config.embed_dim, "initializer_factor": 1.0}
+    shared = {"projection_dim": config.embed_dim, "initializer_factor": 1.0}
     return {
         "architectures": ["CLIPModel"],
         "model_type": "clip",
@@ -276,12 +289,13 @@ def model_config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "text_config": {
             "model_type": "clip_text_model",
             "hidden_size": text.width,
-            "intermediate_size": 4 * text.width,
+            "intermediate_size": round(text.width * text.mlp_ratio),
             "num_hidden_layers": text.layers,
             "num_attention_heads": text.heads,
             "max_position_embeddings": text.context_length,
             "vocab_size": text.vocab_size,
             "hidden_act": text.act,
+            "layer_norm_eps": text.eps,
             # Our tokenizer's ids: HF pools the first end-of-text token, we pool the largest id, the same one.
             "bos_token_id": 49406,
             "eos_token_id": 49407,
@@ -291,13 +305,14 @@ def model_config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "vision_config": {
             "model_type": "clip_vision_model",
             "hidden_size": vision.width,
-            "intermediate_size": int(vision.width * vision.mlp_ratio),
+            "intermediate_size": round(vision.width * vision.mlp_ratio),
             "num_hidden_layers": vision.layers,
             "num_attention_heads": vision.heads,
             "image_size": vision.image_size,
             "patch_size": vision.patch_size,
             "num_channels": 3,
             "hidden_act": vision.act,
+            "layer_norm_eps": vision.eps,
             **shared,
         },
     }

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from clipforge.checkpoint.files import (
@@ -18,6 +18,7 @@ from clipforge.checkpoint.files import (
     load_state_dict_strict,
     read_config,
 )
+from clipforge.fileio import write_bytes_atomic, write_text_atomic
 from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
 from clipforge.models.registry import create_model
 from clipforge.version import __version__
@@ -34,12 +35,12 @@ def save(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None
         extra: JSON-ready provenance stored under `"extra"` in config.json.
     """
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
     config: ModelConfig = model.config  # type: ignore[assignment]
     meta = {"format": FORMAT_NAME, "version": __version__, "model": config.to_dict(), "extra": extra or {}}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(folder / WEIGHTS_NAME))
-    (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    # Weights first, config last: a folder whose config.json exists holds complete weights.
+    write_bytes_atomic(folder / WEIGHTS_NAME, save_safetensors(tensors))
+    write_text_atomic(folder / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
     return folder
 
 

@@ -18,8 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from clipforge.checkpoint.files import load_plain_state_dict, load_state_dict_strict
-from clipforge.errors import CheckpointError
+from clipforge.checkpoint.files import (
+    check_tensor_count,
+    check_torch_archive,
+    load_plain_state_dict,
+    load_state_dict_strict,
+)
+from clipforge.errors import CheckpointError, ClipforgeError
 from clipforge.models.config import (
     ModelConfig,
     PreprocessConfig,
@@ -32,6 +37,8 @@ from clipforge.models.registry import create_model
 
 # OpenAI's JIT archives carry these scalars next to the weights; the shapes already say the same.
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# Module trees deeper than this are not CLIP models (OpenAI's is 6 levels deep).
+MAX_MODULE_DEPTH = 32
 
 
 def load_openai_checkpoint(path: Path) -> nn.Module:
@@ -52,8 +59,7 @@ def load_openai_checkpoint(path: Path) -> nn.Module:
 
 def read_openai_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The flat state dict of an OpenAI `.pt` file, without the scalar extras of JIT archives."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    check_torch_archive(path)  # a regular file, and a zip only of entries the file can back
     state = read_torchscript_tensors(path) if _is_torchscript(path) else load_plain_state_dict(path)
     return {k: v for k, v in state.items() if k not in OPENAI_EXTRA_KEYS and isinstance(v, torch.Tensor)}
 
@@ -62,8 +68,11 @@ def _is_torchscript(path: Path) -> bool:
     """TorchScript archives are zips with `constants.pkl` (and `code/`); `torch.save` zips have neither."""
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise CheckpointError(f"cannot read checkpoint (truncated or corrupt?): {path}: {err}") from err
 
 
 def read_torchscript_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -75,12 +84,16 @@ def read_torchscript_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         with zipfile.ZipFile(path) as archive:
             root = _ScriptUnpickler(archive, path).load()
-    except (zipfile.BadZipFile, KeyError, EOFError, pickle.UnpicklingError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read TorchScript file (truncated or corrupt?): {path}: {err}") from err
+    except CheckpointError:
+        raise
+    except Exception as err:  # hostile bytes can make the unpickler raise anything; all mean "unreadable"
+        detail = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        why = f"cannot read TorchScript file (truncated or corrupt?): {path}: {detail}"
+        raise CheckpointError(why) from err
     if not isinstance(root, _ScriptObject):
         raise CheckpointError(f"{path}: the TorchScript archive does not hold a module")
-    state: dict[str, torch.Tensor] = {}
-    _flatten_module(root, "", state)
+    state = _flatten_module(root, path)
+    check_tensor_count(sum(t.numel() for t in state.values()), path)
     return state
 
 
@@ -118,7 +131,15 @@ _STORAGE_DTYPES = {
 def _rebuild_tensor(
     storage: torch.Tensor, offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_unused: Any
 ) -> torch.Tensor:
-    """Stands in for `torch._utils._rebuild_tensor_v2`: a strided view of a flat storage."""
+    """Stands in for `torch._utils._rebuild_tensor_v2`: a strided view of a flat storage, inside it."""
+    numbers = (offset, *size, *stride)
+    if not isinstance(storage, torch.Tensor) or not all(isinstance(n, int) and n >= 0 for n in numbers):
+        raise CheckpointError("malformed tensor record (not a storage, or negative sizes)")
+    if len(size) != len(stride):
+        raise CheckpointError(f"malformed tensor record (size {list(size)} and stride {list(stride)} differ)")
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True))
+    if 0 not in size and last >= storage.numel():
+        raise CheckpointError(f"tensor of size {list(size)} reaches past its storage of {storage.numel()}")
     return storage.as_strided(size, stride, offset)
 
 
@@ -157,23 +178,44 @@ class _ScriptUnpickler(pickle.Unpickler):
         raise CheckpointError(f"{self.path}: refusing to unpickle '{module}.{name}' (not a module or tensor)")
 
     def persistent_load(self, pid: Any) -> torch.Tensor:
+        if not isinstance(pid, tuple) or len(pid) != 5:
+            raise CheckpointError(f"{self.path}: unexpected persistent id {str(pid)[:80]}")
         kind, storage_type, key, _location, _numel = pid
-        if kind != "storage" or not isinstance(storage_type, _StorageType):
-            raise CheckpointError(f"{self.path}: unexpected persistent id {pid!r}")
+        if kind != "storage" or not isinstance(storage_type, _StorageType) or not isinstance(key, str):
+            raise CheckpointError(f"{self.path}: unexpected persistent id {str(pid)[:80]}")
         if key not in self.storages:
-            raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
-            dtype = storage_type.dtype
-            self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+            self.storages[key] = self._read_storage(f"{self.prefix}data/{key}", storage_type.dtype)
         return self.storages[key]
 
+    def _read_storage(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """One storage entry, read once into its own buffer (its size is capped by `check_torch_archive`)."""
+        info = self.archive.getinfo(name)
+        raw = bytearray(info.file_size)
+        with self.archive.open(info) as handle:
+            if handle.readinto(raw) != len(raw):
+                raise CheckpointError(f"{self.path}: storage '{name}' is cut short")
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if len(raw) % itemsize:
+            raise CheckpointError(f"{self.path}: storage '{name}' is not a whole number of {dtype} values")
+        return torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
 
-def _flatten_module(module: _ScriptObject, prefix: str, state: dict[str, torch.Tensor]) -> None:
-    """Walks the module tree into dotted names, the way `state_dict()` would."""
-    for name, value in module.attributes.items():
-        if isinstance(value, torch.Tensor):
-            state[prefix + name] = value
-        elif isinstance(value, _ScriptObject):
-            _flatten_module(value, f"{prefix}{name}.", state)
+
+def _flatten_module(root: _ScriptObject, path: Path) -> dict[str, torch.Tensor]:
+    """Walks the module tree into dotted names, the way `state_dict()` would (depth-bounded, cycle-safe)."""
+    state: dict[str, torch.Tensor] = {}
+    stack: list[tuple[_ScriptObject, str, int]] = [(root, "", 0)]
+    seen: set[int] = set()
+    while stack:
+        module, prefix, depth = stack.pop()
+        if id(module) in seen or depth > MAX_MODULE_DEPTH:
+            raise CheckpointError(f"{path}: module tree cyclic or deeper than {MAX_MODULE_DEPTH} levels")
+        seen.add(id(module))
+        for name, value in module.attributes.items():
+            if isinstance(value, torch.Tensor):
+                state[f"{prefix}{name}"] = value
+            elif isinstance(value, _ScriptObject):
+                stack.append((value, f"{prefix}{name}.", depth + 1))
+    return state
 
 
 def _shape(state: dict[str, torch.Tensor], key: str, source: str) -> torch.Size:
@@ -188,7 +230,21 @@ def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
 
 
 def infer_openai_config(state: dict[str, torch.Tensor], source: str = "checkpoint") -> ModelConfig:
-    """Reads the architecture off an OpenAI-layout state dict (OpenAI's convention: 64-wide heads)."""
+    """Reads the architecture off an OpenAI-layout state dict (OpenAI's convention: 64-wide heads).
+
+    Raises:
+        CheckpointError: a tensor the architecture is read from is missing or has the wrong number of axes.
+    """
+    try:
+        return _infer_config(state, source)
+    except (IndexError, ValueError, TypeError, ZeroDivisionError) as err:
+        if isinstance(err, ClipforgeError):
+            raise
+        why = f"{source}: not an OpenAI CLIP state dict (tensor shapes do not fit: {err})"
+        raise CheckpointError(why) from err
+
+
+def _infer_config(state: dict[str, torch.Tensor], source: str) -> ModelConfig:
     vision = _infer_vit(state, source) if "visual.proj" in state else _infer_resnet(state, source)
     width = _shape(state, "ln_final.weight", source)[0]
     text = TextTransformerConfig(

@@ -7,6 +7,7 @@ cannot be used here, so the steps are written out; the crop offsets round like t
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -15,10 +16,15 @@ import torch
 from PIL import Image, ImageFile
 
 from clipforge.errors import ImageError
+from clipforge.fileio import read_regular_file
 from clipforge.models.config import PreprocessConfig
 
 # Refuse images above ~89 Mpx (PIL's default warning level) as decompression bombs instead of warning.
 MAX_IMAGE_PIXELS = 89_478_485
+# Encoded files above this are refused before they are read (an uncompressed 89 Mpx RGBA image fits).
+MAX_IMAGE_BYTES = 512 * 2**20
+# A 2,000,000 x 1 image passes the pixel count but asks a resize for gigabytes: refuse strips this thin.
+MAX_ASPECT_RATIO = 100
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -38,7 +44,10 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         ImageError: the file is missing, empty, not an image, truncated or too large.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
-    data = _read_bytes(source, label)
+    if isinstance(source, bytes):
+        data = source
+    else:  # only regular files: a FIFO or a device given as an image must not hang or fill memory
+        data = read_regular_file(source, MAX_IMAGE_BYTES, ImageError, "image file")
     if not data:
         raise ImageError(f"empty image file: {label}")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -46,27 +55,38 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise ImageError(f"image too large ({image.width}x{image.height}): {label}")
+            check_image_size(image.width, image.height, label)
             image.load()
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"image too large (decompression bomb): {label}") from err
+    except Image.UnidentifiedImageError as err:
+        raise ImageError(f"not a readable image (unknown or unsupported format): {label}") from err
     except Exception as err:  # PIL raises many types for bad data; all mean "not a usable image"
-        raise ImageError(f"not a readable image ({type(err).__name__}: {err}): {label}") from err
+        # PIL's messages may name our in-memory stream ("<_io.BytesIO object at 0x...>"): say "the file".
+        detail = _STREAM_REPR.sub("the file", str(err))
+        raise ImageError(f"not a readable image ({type(err).__name__}: {detail}): {label}") from err
     return image
 
 
-def _read_bytes(source: str | Path | bytes, label: str) -> bytes:
-    if isinstance(source, bytes):
-        return source
-    try:
-        return Path(source).read_bytes()
-    except FileNotFoundError as err:
-        raise ImageError(f"image file not found: {label}") from err
-    except OSError as err:
-        raise ImageError(f"cannot read image file ({err.strerror}): {label}") from err
+_STREAM_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def check_image_size(width: int, height: int, label: str) -> None:
+    """Refuses empty images, decompression bombs and strips too thin to resize (all "too large" skips).
+
+    Raises:
+        ImageError: the size is unusable; the message says "too large" so loaders count it as such.
+    """
+    if width < 1 or height < 1:
+        raise ImageError(f"not a readable image (it has no pixels: {width}x{height}): {label}")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(f"image too large ({width}x{height}): {label}")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageError(
+            f"image too large for its shape ({width}x{height}, beyond {MAX_ASPECT_RATIO}:1): {label}"
+        )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -84,11 +104,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_shortest(image: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
-    """Resizes so the shorter side equals `size`, keeping the aspect ratio (torchvision's rounding)."""
+    """Resizes so the shorter side equals `size`, keeping the aspect ratio (torchvision's rounding).
+
+    Raises:
+        ImageError: the image is more than MAX_ASPECT_RATIO times longer than wide, so the output would be
+            too (`load_image` refuses such files already; this bounds images built in memory too).
+    """
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     if short == size:
         return image
+    if short < 1 or long > MAX_ASPECT_RATIO * short:
+        raise ImageError(f"image too large for its shape ({width}x{height}, beyond {MAX_ASPECT_RATIO}:1)")
     new_long = int(size * long / short)
     new_size = (size, new_long) if width <= height else (new_long, size)
     return image.resize(new_size, _RESAMPLE[interpolation])

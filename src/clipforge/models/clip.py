@@ -54,8 +54,10 @@ class CLIP(nn.Module):
         self.visual = build_vision_tower(config.vision, config.embed_dim)
         self.token_embedding = nn.Embedding(text.vocab_size, text.width)
         self.positional_embedding = nn.Parameter(torch.empty(text.context_length, text.width))
-        self.transformer = Transformer(text.width, text.layers, text.heads, act=text.act)
-        self.ln_final = nn.LayerNorm(text.width)
+        self.transformer = Transformer(
+            text.width, text.layers, text.heads, text.mlp_ratio, text.act, text.eps
+        )
+        self.ln_final = nn.LayerNorm(text.width, eps=text.eps)
         self.text_projection = nn.Parameter(torch.empty(text.width, config.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(config.init_logit_scale))
         self.init_weights()

@@ -6,6 +6,7 @@ picks its dataclass, so a ViT config cannot silently carry ResNet fields.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,55 @@ from clipforge.typed import check_value, parse_dataclass, to_dict
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+ACTIVATIONS = ("quick_gelu", "gelu")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+RESIZE_MODES = ("shortest",)
+TOKENIZERS = ("clip-bpe", "wordpiece")
+PRETRAINED_WEIGHTS = ("package", "none")
+PROJECTION_HEADS = ("mlp", "linear")
+CLIP_BPE_VOCAB = 49408
+MINILM_MAX_POSITIONS = 512
+# Semantic bounds: beyond them a config is a typo or an attack, not a model (sizes are also bounded by
+# the parameter ceiling of `models.size`, checked before anything is allocated).
+MAX_IMAGE_SIZE = 4096
+MAX_CONTEXT_LENGTH = 8192
+
+
+def require(ok: bool, message: str) -> None:
+    """Raises ConfigError(`message`) unless `ok`; the parser prefixes where the config came from."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_choice(name: str, value: str, known: tuple[str, ...]) -> None:
+    require(value in known, f"{name}={value!r} is not one of {', '.join(known)}")
+
+
+def _check_range(name: str, value: float, low: float, high: float = math.inf) -> None:
+    require(math.isfinite(value) and low <= value <= high,
+            f"{name}={value!r} must be between {low} and {high}" if high < math.inf
+            else f"{name}={value!r} must be >= {low}")
+
+
+def _check_heads(width: int, heads: int, name: str = "heads") -> None:
+    _check_range(name, heads, 1)
+    require(width % heads == 0, f"{name}={heads} must divide the width {width}")
+
+
+def _check_eps(eps: float) -> None:
+    require(math.isfinite(eps) and 0 < eps < 1, f"eps={eps!r} must be between 0 and 1 (exclusive)")
+
+
+def _check_mlp(width: int, mlp_ratio: float) -> None:
+    require(math.isfinite(mlp_ratio) and mlp_ratio > 0 and round(width * mlp_ratio) >= 1,
+            f"mlp_ratio={mlp_ratio!r} must be > 0 (and width x mlp_ratio >= 1)")
+
+
+def _check_head(weights: str, head: str, dropout: float, unlocked_blocks: int) -> None:
+    _check_choice("weights", weights, PRETRAINED_WEIGHTS)
+    _check_choice("head", head, PROJECTION_HEADS)
+    require(math.isfinite(dropout) and 0 <= dropout < 1, f"dropout={dropout!r} must be in [0, 1)")
+    _check_range("unlocked_blocks", unlocked_blocks, 0)
 
 
 @dataclass(frozen=True)
@@ -28,6 +78,17 @@ class ViTConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     act: str = "quick_gelu"
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _check_range("image_size", self.image_size, 1, MAX_IMAGE_SIZE)
+        _check_range("patch_size", self.patch_size, 1, self.image_size)
+        _check_range("width", self.width, 1)
+        _check_range("layers", self.layers, 0)
+        _check_heads(self.width, self.heads)
+        _check_mlp(self.width, self.mlp_ratio)
+        _check_choice("act", self.act, ACTIVATIONS)
+        _check_eps(self.eps)
 
 
 @dataclass(frozen=True)
@@ -40,6 +101,15 @@ class ResNetConfig:
     width: int = 64
     heads: int = 32
 
+    def __post_init__(self) -> None:
+        _check_range("image_size", self.image_size, 32, MAX_IMAGE_SIZE)
+        require(self.image_size % 32 == 0, f"image_size={self.image_size} must be a multiple of 32")
+        require(len(self.layers) == 4 and all(n >= 1 for n in self.layers),
+                f"layers={list(self.layers)} must be four block counts >= 1")
+        _check_range("width", self.width, 2)
+        require(self.width % 2 == 0, f"width={self.width} must be even (the stem halves it)")
+        _check_heads(self.width * 32, self.heads)
+
 
 @dataclass(frozen=True)
 class ConvNetConfig:
@@ -49,6 +119,15 @@ class ConvNetConfig:
     image_size: int = 64
     channels: tuple[int, ...] = (32, 64, 128)
     hidden: int = 256
+
+    def __post_init__(self) -> None:
+        _check_range("image_size", self.image_size, 1, MAX_IMAGE_SIZE)
+        require(len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
+                f"channels={list(self.channels)} must be one or more counts >= 1")
+        stride = 2 ** len(self.channels)
+        require(self.image_size % stride == 0,
+                f"image_size={self.image_size} must be a multiple of {stride} (2 per conv)")
+        _check_range("hidden", self.hidden, 1)
 
 
 @dataclass(frozen=True)
@@ -62,6 +141,10 @@ class EfficientNetConfig:
     dropout: float = 0.1
     unlocked_blocks: int = 0
 
+    def __post_init__(self) -> None:
+        _check_range("image_size", self.image_size, 32, MAX_IMAGE_SIZE)
+        _check_head(self.weights, self.head, self.dropout, self.unlocked_blocks)
+
 
 @dataclass(frozen=True)
 class TextTransformerConfig:
@@ -74,6 +157,18 @@ class TextTransformerConfig:
     heads: int = 8
     layers: int = 12
     act: str = "quick_gelu"
+    mlp_ratio: float = 4.0
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _check_range("context_length", self.context_length, 2, MAX_CONTEXT_LENGTH)
+        _check_range("vocab_size", self.vocab_size, 1)
+        _check_range("width", self.width, 1)
+        _check_range("layers", self.layers, 0)
+        _check_heads(self.width, self.heads)
+        _check_mlp(self.width, self.mlp_ratio)
+        _check_choice("act", self.act, ACTIVATIONS)
+        _check_eps(self.eps)
 
 
 @dataclass(frozen=True)
@@ -87,6 +182,10 @@ class MiniLMConfig:
     dropout: float = 0.1
     unlocked_blocks: int = 0
 
+    def __post_init__(self) -> None:
+        _check_range("context_length", self.context_length, 2, MINILM_MAX_POSITIONS)
+        _check_head(self.weights, self.head, self.dropout, self.unlocked_blocks)
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -98,6 +197,15 @@ class PreprocessConfig:
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
 
+    def __post_init__(self) -> None:
+        _check_range("image_size", self.image_size, 1, MAX_IMAGE_SIZE)
+        require(len(self.mean) == 3 and all(math.isfinite(m) for m in self.mean),
+                f"mean={list(self.mean)} must hold three finite numbers (R, G, B)")
+        require(len(self.std) == 3 and all(math.isfinite(v) and v > 0 for v in self.std),
+                f"std={list(self.std)} must hold three finite numbers > 0 (R, G, B)")
+        _check_choice("interpolation", self.interpolation, INTERPOLATIONS)
+        _check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -105,6 +213,10 @@ class TokenizerConfig:
 
     type: str = "clip-bpe"
     context_length: int = 77
+
+    def __post_init__(self) -> None:
+        _check_choice("type", self.type, TOKENIZERS)
+        _check_range("context_length", self.context_length, 2, MAX_CONTEXT_LENGTH)
 
 
 VisionConfig = ViTConfig | ResNetConfig | ConvNetConfig | EfficientNetConfig
@@ -139,9 +251,33 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     init_logit_scale: float = 2.659260036932778  # ln(1 / 0.07)
 
+    def __post_init__(self) -> None:
+        _check_range("embed_dim", self.embed_dim, 1)
+        _check_range("init_logit_scale", self.init_logit_scale, -math.inf)
+        text, tokenizer = self.text, self.tokenizer
+        implied = "wordpiece" if isinstance(text, MiniLMConfig) else "clip-bpe"
+        require(tokenizer.type == implied,
+                f"tokenizer type {tokenizer.type!r} does not fit the {text.type} text tower "
+                f"(it needs {implied!r})")
+        require(tokenizer.context_length <= text.context_length,
+                f"tokenizer context_length={tokenizer.context_length} is longer than the text tower's "
+                f"{text.context_length}")
+        if isinstance(text, TextTransformerConfig):
+            require(text.vocab_size >= CLIP_BPE_VOCAB,
+                    f"text vocab_size={text.vocab_size} is smaller than the clip-bpe vocabulary "
+                    f"({CLIP_BPE_VOCAB} ids)")
+        if not isinstance(self.vision, EfficientNetConfig):  # the other towers have a fixed input size
+            require(self.preprocess.image_size == self.vision.image_size,
+                    f"preprocess image_size={self.preprocess.image_size} differs from the "
+                    f"{self.vision.type} tower's {self.vision.image_size}")
+
     @classmethod
     def from_dict(cls, data: Any, where: str = "model config") -> ModelConfig:
-        """Parses a config dict; `preprocess` and `tokenizer` default to what the towers imply."""
+        """Parses a config dict; `preprocess` and `tokenizer` default to what the towers imply.
+
+        Raises:
+            ConfigError: an unknown key, a wrong type or a value that makes no sense, named with `where`.
+        """
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
         known = {"embed_dim", "vision", "text", "preprocess", "tokenizer", "init_logit_scale"}
@@ -157,7 +293,7 @@ class ModelConfig:
         text = _parse_tower(data["text"], TEXT_TYPES, f"{where}:text")
         preprocess = parse_dataclass(
             PreprocessConfig,
-            {"image_size": vision.image_size, **data.get("preprocess", {})},
+            {"image_size": vision.image_size, **_section(data, "preprocess", where)},
             f"{where}:preprocess",
         )
         default_tok = {
@@ -165,14 +301,25 @@ class ModelConfig:
             "context_length": text.context_length,
         }
         tokenizer = parse_dataclass(
-            TokenizerConfig, {**default_tok, **data.get("tokenizer", {})}, f"{where}:tokenizer"
+            TokenizerConfig, {**default_tok, **_section(data, "tokenizer", where)}, f"{where}:tokenizer"
         )
         embed_dim = check_value("embed_dim", data["embed_dim"], int, where)
         scale = check_value(
             "init_logit_scale", data.get("init_logit_scale", 2.659260036932778), float, where
         )
-        return cls(embed_dim, vision, text, preprocess, tokenizer, scale)
+        try:
+            return cls(embed_dim, vision, text, preprocess, tokenizer, scale)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from err
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form that `from_dict` reads back to an equal config."""
         return to_dict(self)
+
+
+def _section(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """An optional sub-object of a config (absent: empty)."""
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: '{key}' must be an object, got {type(value).__name__}")
+    return value

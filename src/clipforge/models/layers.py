@@ -49,11 +49,14 @@ class Attention(nn.Module):
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu") -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu", eps: float = 1e-5
+    ) -> None:
         super().__init__()
-        hidden = int(width * mlp_ratio)
+        # round, not int: HF configs give the ratio as hidden / width, which may land a hair below hidden
+        hidden = round(width * mlp_ratio)
         self.attn = Attention(width, heads)
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
         self.mlp = nn.Sequential(
             OrderedDict(
                 [
@@ -63,7 +66,7 @@ class ResidualAttentionBlock(nn.Module):
                 ]
             )
         )
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal=causal)
@@ -74,13 +77,19 @@ class Transformer(nn.Module):
     """A stack of residual attention blocks over batch-first sequences [B, L, D]."""
 
     def __init__(
-        self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu"
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        act: str = "quick_gelu",
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.width = width
         self.layers = layers
         self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(width, heads, mlp_ratio, act) for _ in range(layers)]
+            [ResidualAttentionBlock(width, heads, mlp_ratio, act, eps) for _ in range(layers)]
         )
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:

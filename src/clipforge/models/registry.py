@@ -10,7 +10,9 @@ from typing import Any
 from torch import nn
 
 from clipforge.errors import ConfigError
+from clipforge.fileio import read_json
 from clipforge.models.config import EfficientNetConfig, ModelConfig
+from clipforge.models.size import check_model_size
 
 _USER_CONFIGS: dict[str, ModelConfig] = {}
 
@@ -43,26 +45,26 @@ def register_model(name: str, config: ModelConfig | dict[str, Any] | str | Path)
     """Registers an architecture under `name` from a config, a dict or a JSON file path."""
     if isinstance(config, str | Path):
         path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"model config file not found: {path}")
-        config = ModelConfig.from_dict(_read_json(path), where=str(path))
+        config = ModelConfig.from_dict(read_json(path, ConfigError), where=str(path))
     elif isinstance(config, dict):
         config = ModelConfig.from_dict(config, where=name)
     _USER_CONFIGS[name] = config
     return config
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+def create_model(config: str | ModelConfig, max_params: int | None = None) -> nn.Module:
+    """Builds a randomly initialized model from a registry name or a config.
 
+    Args:
+        config: a registry name or an architecture.
+        max_params: refuse architectures with more parameters (default: `models.size.max_params()`).
 
-def create_model(config: str | ModelConfig) -> nn.Module:
-    """Builds a randomly initialized model from a registry name or a config."""
+    Raises:
+        ConfigError: an unknown name, or a model over the parameter ceiling (checked before allocating).
+    """
     if isinstance(config, str):
         config = get_model_config(config)
+    check_model_size(config, max_params)
     if isinstance(config.vision, EfficientNetConfig):
         from clipforge.models.towers import TowerCLIP
 

@@ -137,9 +137,11 @@ class VisionTransformer(nn.Module):
         self.conv1 = nn.Conv2d(3, width, config.patch_size, stride=config.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid**2 + 1, width))
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio, config.act)
-        self.ln_post = nn.LayerNorm(width)
+        self.ln_pre = nn.LayerNorm(width, eps=config.eps)
+        self.transformer = Transformer(
+            width, config.layers, config.heads, config.mlp_ratio, config.act, config.eps
+        )
+        self.ln_post = nn.LayerNorm(width, eps=config.eps)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
