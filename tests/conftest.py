@@ -1,5 +1,9 @@
+import importlib
+import importlib.util
 import os
 import random
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +81,37 @@ def _flickr8k_subset(root: Path, split: str, n: int, out: Path) -> Path:
             if row["image"] in keep:
                 writer.writerow([str(root / "images" / row["image"]), row["caption"]])
     return out
+
+
+@pytest.fixture(scope="session")
+def open_clip_ref() -> types.SimpleNamespace:
+    """open_clip's own `model.py` and `modified_resnet.py`, an independent reference implementation.
+
+    The modules are loaded from the installed `open_clip_torch` files under a private package name, so
+    open_clip's `__init__` (which needs torchvision) never runs; the one torchvision name they import
+    (`FrozenBatchNorm2d`, used only to freeze layers for training) is stubbed while they load. CI installs
+    the package with `pip install --no-deps open_clip_torch` (see .ci/run); the tests skip without it.
+    """
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("open_clip_torch is not installed (pip install --no-deps open_clip_torch)")
+    package = types.ModuleType("_open_clip_ref")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["_open_clip_ref"] = package
+    importlib.import_module("_open_clip_ref.hf_model")  # imports transformers, which probes for torchvision
+    names = ("torchvision", "torchvision.ops", "torchvision.ops.misc")
+    stubs = {name: types.ModuleType(name) for name in names}
+    stubs["torchvision.ops.misc"].FrozenBatchNorm2d = torch.nn.BatchNorm2d  # type: ignore[attr-defined]
+    saved = {name: sys.modules.get(name) for name in stubs}
+    sys.modules.update(stubs)
+    try:
+        importlib.import_module("_open_clip_ref.utils")  # the only module that imports torchvision
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    model = importlib.import_module("_open_clip_ref.model")
+    resnet = importlib.import_module("_open_clip_ref.modified_resnet")
+    return types.SimpleNamespace(model=model, modified_resnet=resnet)

@@ -1,11 +1,12 @@
 """Loading any model spec: the format is detected, then the reader of that format is called.
 
-A spec is a registry name (random weights), a clipforge folder, a Hugging Face CLIP folder or an
-OpenAI `.pt` file.
+A spec is a registry name (random weights), a clipforge folder, a Hugging Face CLIP folder, an open_clip
+folder (`open_clip_config.json` + weights) or an OpenAI `.pt` file (or any `torch.save`d CLIP state dict).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch import nn
 from clipforge.checkpoint.files import CONFIG_NAME, read_config
 from clipforge.checkpoint.hf import load_hf_folder
 from clipforge.checkpoint.native import FORMAT_NAME, load_clipforge_folder
+from clipforge.checkpoint.open_clip import OPEN_CLIP_CONFIG, load_open_clip_folder
 from clipforge.checkpoint.openai import load_openai_checkpoint
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import CheckpointError
@@ -23,9 +25,11 @@ from clipforge.tokenizer import get_tokenizer
 
 
 def detect_format(spec: str | Path) -> str:
-    """One of `registry`, `clipforge`, `hf`, `openai` for a load spec."""
+    """One of `registry`, `clipforge`, `hf`, `open_clip`, `openai` for a load spec."""
     path = Path(spec)
     if path.is_dir():
+        if not os.path.lexists(path / CONFIG_NAME) and os.path.lexists(path / OPEN_CLIP_CONFIG):
+            return "open_clip"
         meta = read_config(path)
         if meta.get("format") == FORMAT_NAME:
             return "clipforge"
@@ -48,6 +52,8 @@ def load_model(spec: str | Path) -> nn.Module:
         model = load_clipforge_folder(Path(spec))
     elif kind == "hf":
         model = load_hf_folder(Path(spec))
+    elif kind == "open_clip":
+        model = load_open_clip_folder(Path(spec))
     else:
         model = load_openai_checkpoint(Path(spec))
     return model.eval()
