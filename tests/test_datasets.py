@@ -291,6 +291,7 @@ def test_bad_images_are_skipped_counted_and_reported(bad_folder: Path) -> None:
         "undecodable_caption": 1,
         "missing_file": 1,
         "corrupt_shard": 0,
+        "malformed_row": 0,
     }
     assert data.bad.summary().startswith("skipped 8 bad samples: corrupt_image=2, zero_bytes=1")
     assert loader.position == 8

@@ -28,6 +28,11 @@ class DataError(ClipforgeError):
     """A dataset spec or a dataset file is malformed."""
 
 
+class UnreadableFileError(DataError, OSError):
+    """A data file is missing, unreadable or not a regular file; an OSError too, so loaders that count
+    unreadable files as skipped samples keep doing so."""
+
+
 class MissingExtraError(ClipforgeError, ImportError):
     """An optional dependency is not installed."""
 

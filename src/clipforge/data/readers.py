@@ -3,7 +3,8 @@
 A reader only lists records and hands out the encoded image bytes; decoding happens later, in the
 loader's workers. Listing is lazy, so a large folder or shard set is never held in memory at once.
 Problems found while listing (an empty or undecodable caption, a caption file without its image, a
-broken shard) are recorded in the reader's `bad` counter and the record or caption is left out.
+malformed CSV row or COCO entry, a cut-off shard member) are recorded in the reader's `bad` counter and
+only that record or caption is left out: nothing good is dropped with it, and nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
+import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from clipforge.errors import DataError
+from clipforge.data.transforms import MAX_IMAGE_BYTES
+from clipforge.errors import DataError, UnreadableFileError
+from clipforge.fileio import read_json, read_regular_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 BAD_REASONS = (
@@ -30,7 +34,9 @@ BAD_REASONS = (
     "undecodable_caption",
     "missing_file",
     "corrupt_shard",
+    "malformed_row",
 )
+MAX_TEXT_BYTES = 2**30  # caption files: COCO's largest annotation file is ~90 MB
 # Text files are read with surrogateescape so one bad byte spoils one caption, not the whole file.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
@@ -111,13 +117,10 @@ def clean_caption(raw: str, key: str) -> str | BadSample:
 
 
 def read_text(path: Path) -> str:
-    """Reads a text file as UTF-8, keeping undecodable bytes as surrogates for `clean_caption`."""
-    try:
-        return path.read_text(encoding="utf-8", errors="surrogateescape")
-    except FileNotFoundError as err:
-        raise DataError(f"file not found: {path}") from err
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err.strerror}") from err
+    """Reads a text file as UTF-8 (a leading BOM dropped), keeping undecodable bytes as surrogates for
+    `clean_caption`; only regular files are read, up to MAX_TEXT_BYTES."""
+    raw = read_regular_file(path, MAX_TEXT_BYTES, DataError, "file")
+    return raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
 
 
 class ImageTextData:
@@ -145,12 +148,13 @@ class ImageTextData:
         self._length = count
 
     def read_bytes(self, record: Record) -> bytes:
-        """The encoded image of `record`.
+        """The encoded image of `record` (regular files only: a FIFO or a device is refused, not read).
 
         Raises:
-            OSError: the file is missing or unreadable (the loader counts it as ``missing_file``).
+            UnreadableFileError: the file is missing, unreadable or not a regular file (an OSError: the
+                loader counts it as ``missing_file``).
         """
-        return Path(record.source).read_bytes()
+        return read_regular_file(record.source, MAX_IMAGE_BYTES, UnreadableFileError, "image file")
 
     def __len__(self) -> int:
         """Number of usable records (lists the data once when not yet known)."""
@@ -185,20 +189,66 @@ def grouped_entries(groups: dict[str, list[str | BadSample]], root: Path) -> Ite
             yield Record(image, str(root / image), good)
 
 
-def read_csv_rows(path: Path, sep: str | None = None) -> tuple[list[str], Iterator[list[str]]]:
-    """Header and rows of a CSV/TSV file; the separator is a tab when the header has one."""
-    text = read_text(path)
-    lines = io.StringIO(text, newline="")
-    header_line = lines.readline()
+def read_csv_rows(path: Path, sep: str | None = None) -> tuple[list[str], Iterator[list[str] | BadSample]]:
+    """Header and rows of a CSV/TSV file; the separator is a tab when the header has one.
+
+    Rows are read line by line (see `csv_rows`): a malformed row becomes a `BadSample`, never a raw
+    `csv.Error`, and an unbalanced quote cannot swallow the rows after it.
+    """
+    lines = io.StringIO(read_text(path), newline="").readlines()
+    header_line = lines[0] if lines else ""
     delimiter = sep or ("\t" if "\t" in header_line else ",")
     header = next(csv.reader([header_line], delimiter=delimiter), [])
-    return [h.strip() for h in header], csv.reader(lines, delimiter=delimiter)
+    return [h.strip() for h in header], csv_rows(lines[1:], delimiter, path, first_line=2)
 
 
-def complete_rows(rows: Iterator[list[str]], width: int, path: Path) -> Iterator[list[str] | BadSample]:
+def csv_rows(
+    lines: list[str], delimiter: str, path: Path, first_line: int = 1
+) -> Iterator[list[str] | BadSample]:
+    """Parses physical `lines` into rows; malformed rows become `malformed_row` BadSamples.
+
+    A row that spans several lines is what an unterminated quote makes of the lines after it (captions
+    hold no line breaks), so its lines are parsed again one by one: the line with the stray quote is
+    counted as malformed and the lines it had swallowed come back as rows of their own.
+    """
+    reader = csv.reader(iter(lines), delimiter=delimiter)
+    start = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:  # e.g. a field over csv.field_size_limit() (128 KiB)
+            yield _bad_row(path, first_line + start, str(err))
+            start = reader.line_num
+            continue
+        end = reader.line_num
+        if end - start > 1:
+            yield from (_line_row(line, delimiter, path, first_line + start + i)
+                        for i, line in enumerate(lines[start:end]))
+        else:
+            yield row
+        start = end
+
+
+def _line_row(line: str, delimiter: str, path: Path, number: int) -> list[str] | BadSample:
+    """One physical line as a row on its own; a quote left open at its end makes it malformed."""
+    try:
+        return next(csv.reader([line], delimiter=delimiter, strict=True), [])
+    except csv.Error as err:
+        return _bad_row(path, number, f"{err} (unterminated quote?)")
+
+
+def _bad_row(path: Path, number: int, why: str) -> BadSample:
+    return BadSample(f"{path.name}:line{number}", "malformed_row", f"malformed CSV row: {why}")
+
+
+def complete_rows(
+    rows: Iterator[list[str] | BadSample], width: int, path: Path
+) -> Iterator[list[str] | BadSample]:
     """Rows with at least `width` fields; blank lines are skipped and short rows become `BadSample`s."""
     for number, row in enumerate(rows, start=1):
-        if len(row) >= width:
+        if isinstance(row, BadSample) or len(row) >= width:
             yield row
         elif any(value.strip() for value in row):
             yield BadSample(
@@ -244,6 +294,9 @@ class Flickr8kData(ImageTextData):
         yield from grouped_entries(groups, self.root / "images")
 
 
+_COCO_LISTS = ("images", "annotations")
+
+
 class CocoData(ImageTextData):
     """COCO captions: a JSON with ``images`` (id, file_name) and ``annotations`` (image_id, caption)."""
 
@@ -257,17 +310,54 @@ class CocoData(ImageTextData):
         self.image_dir = image_dir
 
     def _entries(self) -> Iterator[Record | BadSample]:
-        try:
-            data = json.loads(read_text(self.captions_json))
-            files = {image["id"]: image["file_name"] for image in data["images"]}
-            rows = [(files[a["image_id"]], a["caption"]) for a in data["annotations"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            why = f"{type(err).__name__}: {err}"
-            raise DataError(f"{self.captions_json}: not a COCO captions file ({why})") from err
+        path = self.captions_json
+        data = read_json(path, DataError, limit=MAX_TEXT_BYTES)
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in _COCO_LISTS):
+            raise DataError(f"{path}: not a COCO captions file (it needs 'images' and 'annotations' lists)")
+        files: dict[int | str, str] = {}
+        for index, image in enumerate(data["images"]):
+            entry = _coco_image(image, index)
+            if isinstance(entry, BadSample):
+                yield entry
+            else:
+                files.setdefault(*entry)
+        rows = []
+        for index, annotation in enumerate(data["annotations"]):
+            row = _coco_caption(annotation, index, files)
+            if isinstance(row, BadSample):
+                yield row
+            else:
+                rows.append(row)
         # Records follow the order of the "images" list, not of the annotations.
         order = {name: i for i, name in enumerate(files.values())}
         groups = group_captions(sorted(rows, key=lambda row: order[row[0]]))
         yield from grouped_entries(groups, self.image_dir)
+
+
+def _coco_image(image: Any, index: int) -> tuple[int | str, str] | BadSample:
+    """(id, file name) of one entry of COCO's "images" list, or why it is unusable."""
+    key = f"images[{index}]"
+    if not isinstance(image, dict) or not isinstance(image.get("id"), int | str):
+        return BadSample(key, "malformed_row", "image entry without an integer or string 'id'")
+    name = image.get("file_name")
+    if not isinstance(name, str) or not name.strip():
+        return BadSample(key, "malformed_row", f"image {image['id']!r} has no file_name ({name!r})")
+    return image["id"], name
+
+
+def _coco_caption(annotation: Any, index: int, files: dict[int | str, str]) -> tuple[str, str] | BadSample:
+    """(file name, caption) of one entry of COCO's "annotations" list, or why it is unusable."""
+    key = f"annotations[{index}]"
+    image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
+    if not isinstance(image_id, int | str) or image_id not in files:
+        return BadSample(key, "malformed_row", f"image_id {image_id!r} is not in the 'images' list")
+    caption = annotation.get("caption")
+    if caption is None:
+        return BadSample(f"{files[image_id]}#{key}", "empty_caption", "caption is null")
+    if not isinstance(caption, str):
+        kind = type(caption).__name__
+        return BadSample(f"{files[image_id]}#{key}", "malformed_row", f"caption is a {kind}, not text")
+    return files[image_id], caption
 
 
 class CsvData(ImageTextData):
@@ -378,27 +468,32 @@ class WebDatasetData(ImageTextData):
             yield from self._shard_entries(shard)
 
     def _shard_entries(self, shard: str) -> Iterator[Record | BadSample]:
+        """Every complete sample of one shard; a cut-off member or a broken tail is counted, not fatal."""
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+        texts: dict[str, str | BadSample] = {}
+        size = os.path.getsize(shard)
         try:
             with tarfile.open(shard, "r:") as tar:
-                for info in tar:
-                    if info.isfile():
-                        # webdataset keys end at the first dot of the base name: "d/k.seg.jpg" -> "d/k"
-                        folder, slash, base = info.name.rpartition("/")
-                        stem, _, ext = base.partition(".")
-                        samples.setdefault(folder + slash + stem, {})[ext.rpartition(".")[2].lower()] = info
+                broken = _list_members(tar, shard, size, samples)
                 # Captions are tiny: read them now, while the shard is open.
-                texts = {k: _read_member(tar, m["txt"]) for k, m in samples.items() if "txt" in m}
+                texts = {
+                    k: _read_caption(tar, m["txt"], f"{shard}:{k}") for k, m in samples.items() if "txt" in m
+                }
         except (tarfile.TarError, OSError) as err:
             yield BadSample(shard, "corrupt_shard", f"unreadable tar shard ({err})")
             return
+        if broken is not None:
+            yield broken
         for key, members in samples.items():
             yield from self._sample_entry(shard, key, members, texts.get(key))
 
     def _sample_entry(
-        self, shard: str, key: str, members: dict[str, tarfile.TarInfo], text: str | None
+        self, shard: str, key: str, members: dict[str, tarfile.TarInfo], text: str | BadSample | None
     ) -> Iterator[Record | BadSample]:
         image = next((members[e] for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
+        if isinstance(text, BadSample):
+            yield text
+            return
         if image is None or text is None:
             missing = "image" if image is None else "caption (.txt)"
             yield BadSample(f"{shard}:{key}", "missing_file", f"sample has no {missing}")
@@ -419,9 +514,48 @@ class WebDatasetData(ImageTextData):
             return f.read(member.size)
 
 
-def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str:
-    handle = tar.extractfile(info)
-    data = b"" if handle is None else handle.read()
+def _list_members(
+    tar: tarfile.TarFile, shard: str, size: int, samples: dict[str, dict[str, tarfile.TarInfo]]
+) -> BadSample | None:
+    """Groups the shard's complete file members by sample key into `samples`; says where it breaks off.
+
+    tarfile stops quietly at a cut-off header and lists a member whose data the file does not hold, so
+    both are checked here: a member reaching past the end of the file is left out (its sample then lacks
+    it and is counted), and bytes after the last readable header that are not end-of-archive zeros mean
+    the shard broke off there.
+    """
+    try:
+        for info in tar:
+            if info.isfile() and info.offset_data + info.size <= size:
+                # webdataset keys end at the first dot of the base name: "d/k.seg.jpg" -> "d/k"
+                folder, slash, base = info.name.rpartition("/")
+                stem, _, ext = base.partition(".")
+                samples.setdefault(folder + slash + stem, {})[ext.rpartition(".")[2].lower()] = info
+            elif info.isfile():
+                return BadSample(f"{shard}:{info.name}", "truncated", "member cut off at the shard's end")
+    except (tarfile.TarError, OSError) as err:
+        return BadSample(shard, "corrupt_shard", f"shard breaks off after byte {tar.offset} ({err})")
+    if _has_data_after(shard, tar.offset):
+        return BadSample(shard, "corrupt_shard", f"unreadable data after byte {tar.offset} (cut-off member?)")
+    return None
+
+
+def _has_data_after(path: str, offset: int) -> bool:
+    """Whether anything but zero padding follows `offset` in the file."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while chunk := f.read(2**20):
+            if chunk.strip(b"\0"):
+                return True
+    return False
+
+
+def _read_caption(tar: tarfile.TarFile, info: tarfile.TarInfo, key: str) -> str | BadSample:
+    try:
+        handle = tar.extractfile(info)
+        data = b"" if handle is None else handle.read()
+    except (tarfile.TarError, OSError) as err:
+        return BadSample(key, "truncated", f"caption member unreadable ({err})")
     return data.decode("utf-8", errors="surrogateescape")
 
 

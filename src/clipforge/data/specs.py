@@ -97,6 +97,7 @@ def open_data(
     """
     parsed = parse_spec(spec)
     location = Path(parsed.location).expanduser()
+    _check_split_name(spec, parsed, location)
     if parsed.kind == "flickr8k":
         return Flickr8kData(spec, location, parsed.split)
     if parsed.kind == "coco":
@@ -110,6 +111,13 @@ def open_data(
     if parsed.kind == "folder":
         return FolderData(spec, location)
     return WebDatasetData(spec, parsed.location)
+
+
+def _check_split_name(spec: str, parsed: DataSpec, location: Path) -> None:
+    """`flickr8k:ROOT:testing`: a misspelt split reads as part of the path; name the allowed splits."""
+    head, colon, tail = parsed.location.rpartition(":")
+    if parsed.kind in _SPLIT_KINDS and colon and not location.exists() and Path(head).expanduser().exists():
+        raise DataError(f"unknown split '{tail}' in '{spec}' (splits: {', '.join(SPLITS)})")
 
 
 def _open_coco(spec: str, location: str) -> ImageTextData:
