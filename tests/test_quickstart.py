@@ -114,3 +114,23 @@ def test_eval_cli_gives_the_quickstart_numbers(micro_run: tuple[Path, dict[str, 
         assert result.exit_code == 0, result.output
         numbers, section = json.loads(written.read_text()), report["models"]["hardneg"][kind]
         assert all(numbers[key] == pytest.approx(section[key], abs=1e-6) for key in keys)
+
+
+def _probe(accuracy: float, low: float, high: float) -> dict:
+    return {"probe": {"relation_swap": {"accuracy": accuracy, "ci95": [low, high], "n": 100}}}
+
+
+def test_conclusion_is_computed_from_the_numbers() -> None:
+    """Issue 9 item 18 (main's report had no conclusion and no smoke-run notice)."""
+    from clipforge.quickstart.report import conclusion
+
+    raised = {"plain": _probe(0.53, 0.50, 0.56), "hardneg": _probe(0.95, 0.93, 0.97)}
+    assert conclusion(raised, 1800, 1800) == (
+        "Hard negatives raised relation-swap accuracy from 0.53 to 0.95 "
+        "(95% CIs [0.50, 0.56] and [0.93, 0.97], disjoint)."
+    )
+    overlap = {"plain": _probe(0.50, 0.44, 0.56), "hardneg": _probe(0.54, 0.48, 0.59)}
+    assert conclusion(overlap, 1800, 1800).startswith("No effect of hard negatives was shown")
+    smoke = conclusion(raised, 300, 1800)
+    assert smoke.startswith("Smoke run (300 of the default 1800 steps), too short to show the effect")
+    assert smoke.count(".") >= 1 and "raised" in smoke

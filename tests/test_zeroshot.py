@@ -53,18 +53,20 @@ def test_bad_labels_are_clear_errors() -> None:
 def test_classify_cli_prints_a_table_and_names_bad_files(tmp_path) -> None:
     Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "red.png")
     (tmp_path / "notes.txt").write_text("not an image")
+    clipforge.save(clipforge.create_model("tiny-vit"), tmp_path / "model")  # a saved model: no warning
+    model = str(tmp_path / "model")
     runner = CliRunner()
     ok = runner.invoke(
-        main, ["classify", "--model", "tiny-vit", "--labels", "cat,dog,car", str(tmp_path / "red.png")]
+        main, ["classify", "--model", model, "--labels", "cat,dog,car", str(tmp_path / "red.png")]
     )
     assert ok.exit_code == 0, ok.output
     row = ok.output.strip().splitlines()[0].split()
     assert row[0].endswith("red.png") and {row[1], row[3], row[5]} == {"cat", "dog", "car"}
     bad = runner.invoke(
-        main, ["classify", "--model", "tiny-vit", "--labels", "cat", str(tmp_path / "notes.txt")]
+        main, ["classify", "--model", model, "--labels", "cat", str(tmp_path / "notes.txt")]
     )
     assert bad.exit_code == 1 and "not a readable image" in bad.output and "notes.txt" in bad.output
     empty = runner.invoke(
-        main, ["classify", "--model", "tiny-vit", "--labels", " , ", str(tmp_path / "red.png")]
+        main, ["classify", "--model", model, "--labels", " , ", str(tmp_path / "red.png")]
     )
     assert empty.exit_code == 1 and empty.output.count("\n") == 1 and "label list is empty" in empty.output

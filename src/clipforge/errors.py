@@ -33,6 +33,14 @@ class UnreadableFileError(DataError, OSError):
     unreadable files as skipped samples keep doing so."""
 
 
+class ModelInputError(ClipforgeError, ValueError):
+    """Inputs that do not fit the model, e.g. token ids from another model's tokenizer."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """A model was loaded for use with random weights (a registry architecture, not a checkpoint)."""
+
+
 class MissingExtraError(ClipforgeError, ImportError):
     """An optional dependency is not installed."""
 

@@ -54,8 +54,12 @@ def read_regular_file(
         raise error(f"{what} not found: {path}") from err
     except OSError as err:
         raise error(f"cannot read {what} ({err.strerror or err}): {path}") from err
-    with os.fdopen(fd, "rb") as handle:
+    try:
         _refuse_special(os.fstat(fd).st_mode, path, error, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
         try:
             data = handle.read(limit + 1)
         except OSError as err:

@@ -7,6 +7,7 @@ folder (`open_clip_config.json` + weights) or an OpenAI `.pt` file (or any `torc
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from clipforge.checkpoint.native import FORMAT_NAME, load_clipforge_folder
 from clipforge.checkpoint.open_clip import OPEN_CLIP_CONFIG, load_open_clip_folder
 from clipforge.checkpoint.openai import load_openai_checkpoint
 from clipforge.data.transforms import Preprocess
-from clipforge.errors import CheckpointError
+from clipforge.device import resolve_device
+from clipforge.errors import CheckpointError, RandomWeightsWarning
 from clipforge.models.config import ModelConfig
 from clipforge.models.registry import create_model, list_models
 from clipforge.tokenizer import get_tokenizer
@@ -36,17 +38,34 @@ def detect_format(spec: str | Path) -> str:
         if "text_config" in meta and "vision_config" in meta:
             return "hf"
         raise CheckpointError(f"{path / CONFIG_NAME}: neither a clipforge nor a Hugging Face CLIP config")
-    if path.is_file():
+    if path.exists():  # a file, or something that is not one (a FIFO...): the reader names the problem
         return "openai"
     if isinstance(spec, str) and spec in list_models():
         return "registry"
-    raise CheckpointError(f"no such model: '{spec}' is not a file, a folder or a registered architecture")
+    raise CheckpointError(
+        f"no such model: '{spec}' is not a file, a folder or a registered architecture "
+        "(see `clipforge models`)"
+    )
 
 
-def load_model(spec: str | Path) -> nn.Module:
-    """Loads only the model (weights in eval mode) from any supported spec."""
+def load_model(spec: str | Path, device: str = "cpu") -> nn.Module:
+    """Loads only the model (weights in eval mode, on `device`) from any supported spec.
+
+    A registry name gives random weights: a RandomWeightsWarning says so, since its outputs mean nothing.
+
+    Args:
+        spec: see `load`.
+        device: ``cpu`` (default), ``cuda`` or ``auto`` (see `clipforge.device.resolve_device`).
+    """
+    target = resolve_device(device)
     kind = detect_format(spec)
     if kind == "registry":
+        warnings.warn(
+            f"'{spec}' is a registry architecture with RANDOM weights: its outputs mean nothing. "
+            "Pass a trained model (a model folder or a .pt file) for real predictions.",
+            RandomWeightsWarning,
+            stacklevel=2,
+        )
         model = create_model(str(spec))
     elif kind == "clipforge":
         model = load_clipforge_folder(Path(spec))
@@ -56,16 +75,20 @@ def load_model(spec: str | Path) -> nn.Module:
         model = load_open_clip_folder(Path(spec))
     else:
         model = load_openai_checkpoint(Path(spec))
-    return model.eval()
+    return model.eval().to(target)
 
 
-def load(spec: str | Path) -> tuple[nn.Module, Preprocess, Any]:
+def load(spec: str | Path, device: str = "cpu") -> tuple[nn.Module, Preprocess, Any]:
     """Loads `(model, preprocess, tokenizer)`; the format is detected from `spec`.
 
+    The tokenizer is the one the model was trained with (its type and context length travel with the
+    weights): encode text for this model with it, not with another model's.
+
     Args:
-        spec: a registry name (random init), a clipforge folder, a Hugging Face CLIP folder, or an OpenAI
-            `.pt` file (TorchScript archive or plain state dict).
+        spec: a registry name (random init), a clipforge folder, a Hugging Face CLIP folder, an open_clip
+            folder, or an OpenAI `.pt` file (TorchScript archive or plain state dict).
+        device: ``cpu`` (default), ``cuda`` or ``auto``.
     """
-    model = load_model(spec)
+    model = load_model(spec, device)
     config: ModelConfig = model.config  # type: ignore[assignment]
     return model, Preprocess(config.preprocess), get_tokenizer(config.tokenizer)

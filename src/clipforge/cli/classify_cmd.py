@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
 
+from clipforge.cli.output import one_line, quote_path, runtime_options
 from clipforge.eval.templates import get_templates
-from clipforge.eval.zeroshot import classify_files
+from clipforge.eval.zeroshot import Prediction, classify_files
 
 
 def register(group: click.Group) -> None:
@@ -23,18 +25,41 @@ def register(group: click.Group) -> None:
     show_default=True,
     help="Prompt ensemble: simple, openai_imagenet_7 or openai_imagenet.",
 )
-@click.option("--top", "top_k", default=3, show_default=True, help="Labels shown per image.")
+@click.option("--top", "top_k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Labels shown per image.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (errors included).")
+@runtime_options
 @click.argument("images", nargs=-1, required=True)
-def classify(spec: str, labels: str, templates: str, top_k: int, images: tuple[str, ...]) -> None:
-    """Zero-shot classify IMAGES with a prompt ensemble and print the top labels."""
+def classify(spec: str, labels: str, templates: str, top_k: int, batch_size: int, as_json: bool, device: str,
+             images: tuple[str, ...]) -> None:
+    """Zero-shot classify IMAGES (files, or folders searched recursively) and print the top labels.
+
+    Unreadable files are reported and the others still classified; the exit status is then 1.
+    """
     names = [name.strip() for name in labels.split(",") if name.strip()]
-    predictions = classify_files(spec, list(images), names, get_templates(templates), top_k)
-    width = max(len(p.image) for p in predictions)
-    for pred in predictions:
-        if pred.error:
-            click.echo(f"error: {pred.error}", err=True)
-            continue
-        ranked = "  ".join(f"{label} {prob:.3f}" for label, prob in pred.labels)
-        click.echo(f"{pred.image:<{width}}  {ranked}")
+    prompts = get_templates(templates)
+    predictions = classify_files(spec, list(images), names, prompts, top_k, batch_size, device)
+    if as_json:
+        click.echo(json.dumps({"results": [_as_dict(p) for p in predictions]}, indent=2))
+    else:
+        _print_table(predictions)
     if any(p.error for p in predictions):
         sys.exit(1)
+
+
+def _as_dict(pred: Prediction) -> dict[str, object]:
+    labels = [{"label": label, "probability": prob} for label, prob in pred.labels]
+    return {"image": pred.image, "labels": labels, "error": pred.error}
+
+
+def _print_table(predictions: list[Prediction]) -> None:
+    shown = [quote_path(p.image) for p in predictions]
+    width = max(len(s) for s in shown)
+    for pred, name in zip(predictions, shown, strict=True):
+        if pred.error:
+            click.echo(f"error: {one_line(pred.error)}", err=True)
+            continue
+        ranked = "  ".join(f"{label} {prob:.3f}" for label, prob in pred.labels)
+        click.echo(f"{name:<{width}}  {ranked}")

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
+from typing import Any
 
 import click
 
-from clipforge.errors import ClipforgeError
+from clipforge.cli.output import one_line
+from clipforge.errors import ClipforgeError, RandomWeightsWarning
 from clipforge.version import __version__
 
 # One module per command group; each defines `register(group)`.
@@ -31,13 +34,26 @@ COMMAND_MODULES = [
 
 
 class _Group(click.Group):
-    """Turns clipforge errors into one-line messages instead of tracebacks."""
+    """Turns clipforge errors into one-line messages instead of tracebacks, and warnings into lines."""
 
     def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except ClipforgeError as err:
-            raise click.ClickException(str(err)) from err
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", RandomWeightsWarning)
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except ClipforgeError as err:
+                raise click.ClickException(one_line(str(err))) from err
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, *_rest: Any
+) -> None:
+    """Our warnings as one `warning: ...` line on stderr (others keep Python's format)."""
+    if issubclass(category, RandomWeightsWarning):
+        click.echo(f"warning: {one_line(str(message))}", err=True)
+    else:
+        click.echo(warnings.formatwarning(message, category, filename, lineno).rstrip(), err=True)
 
 
 @click.group(cls=_Group)

@@ -13,6 +13,9 @@ def register(group: click.Group) -> None:
 
 @click.command()
 def models() -> None:
-    """List registered architectures, one per line, name first."""
+    """List registered architectures, one per line, name first. They carry no trained weights."""
+    click.echo("registered architectures: a name loads with untrained weights (to train from scratch); for "
+               "predictions pass a trained model (a model folder, an HF or open_clip folder, a .pt file)",
+               err=True)
     for line in describe_models():
         click.echo(line)

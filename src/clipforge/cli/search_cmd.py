@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from clipforge.cli.output import one_line, quote_path
 from clipforge.errors import ConfigError
 
 
@@ -41,4 +42,4 @@ def search(
         return
     for rank, hit in enumerate(hits, start=1):
         caption = f"  {hit.item.caption}" if hit.item.caption else ""
-        click.echo(f"{rank:>3}  {hit.score:.4f}  {hit.item.path}{caption}")
+        click.echo(f"{rank:>3}  {hit.score:.4f}  {quote_path(hit.item.path)}{one_line(caption)}")

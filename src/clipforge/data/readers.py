@@ -418,6 +418,25 @@ class FolderData(ImageTextData):
             yield from _record_from_text(key, str(path), read_text(text_file))
 
 
+def image_files(paths: Iterable[str]) -> list[str]:
+    """The files `paths` name: a folder gives its image files (by extension, recursively, sorted), a file
+    itself (whatever its extension: the decoder judges it).
+
+    Raises:
+        DataError: a folder holds no image file.
+    """
+    files: list[str] = []
+    for path in paths:
+        if not Path(path).is_dir():
+            files.append(path)
+            continue
+        found = sorted(str(p) for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder: {path}")
+        files += found
+    return files
+
+
 def _record_from_text(key: str, source: str, text: str) -> Iterator[Record | BadSample]:
     """One record from a caption text (one caption per line), or the reason it has none."""
     lines = [line for line in text.splitlines() if line.strip()] or [""]

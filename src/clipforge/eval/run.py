@@ -36,10 +36,12 @@ class EvalConfig:
     Attributes:
         batch_size: images encoded per forward pass (their captions go in the same pass).
         num_workers: DataLoader workers decoding images (0: in this process).
+        device: where a model loaded from a spec runs: ``cpu``, ``cuda`` or ``auto``.
     """
 
     batch_size: int = 64
     num_workers: int = 0
+    device: str = "cpu"
 
 
 @dataclass
@@ -108,7 +110,7 @@ def retrieval_report(model_spec: str, data_spec: str, config: EvalConfig = EvalC
     """
     from clipforge.checkpoint import load
 
-    model, preprocess, tokenizer = load(model_spec)
+    model, preprocess, tokenizer = load(model_spec, config.device)
     data = open_data(data_spec)
     features = embed_dataset(model, preprocess, tokenizer, data, config)
     metrics = recall_at_k(features.images, features.texts, features.text_to_image, RETRIEVAL_KS)
@@ -168,6 +170,6 @@ def zeroshot_report(model_spec: str, data_spec: str, config: EvalConfig = EvalCo
     images, labels, bad = load_labelled_scenes(Path(spec.location), spec.split)
     if not images:
         raise DataError(f"no readable single-object scenes in '{data_spec}' to classify")
-    model, preprocess, tokenizer = load(model_spec)
+    model, preprocess, tokenizer = load(model_spec, config.device)
     accuracy = evaluate_zeroshot(model, preprocess, tokenizer, images, labels, config)
     return {**accuracy, **provenance(model_spec, data_spec), "images": len(images), "bad_images": bad}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,32 +81,60 @@ def classify_files(
     labels: Sequence[str],
     templates: Sequence[str],
     top_k: int = 3,
+    batch_size: int = 32,
+    device: str = "cpu",
 ) -> list[Prediction]:
-    """Zero-shot classifies image files with a model loaded from `spec`; unreadable files get an error entry.
+    """Zero-shot classifies image files with a model loaded from `spec`; unreadable files get an error entry
+    and the others keep their results.
 
     Args:
         spec: anything `clipforge.load` accepts.
-        images: image file paths.
+        images: image files, or folders searched recursively for image files.
         labels: class names.
         templates: prompt templates (ensembled).
         top_k: how many labels to keep per image.
+        batch_size: images per forward pass.
+        device: ``cpu``, ``cuda`` or ``auto``.
     """
     from clipforge.checkpoint import load
+    from clipforge.data.readers import image_files
+
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    paths = image_files(images)
+    model, preprocess, tokenizer = load(spec, device)
+    classifier = zero_shot_classifier(model, tokenizer, labels, templates)
+    results: list[Prediction] = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        results += _classify_batch(model, preprocess, classifier, chunk, labels, top_k)
+    return results
+
+
+def _classify_batch(
+    model: nn.Module,
+    preprocess: Callable[[Any], torch.Tensor],
+    classifier: torch.Tensor,
+    paths: Sequence[str],
+    labels: Sequence[str],
+    top_k: int,
+) -> list[Prediction]:
+    """Predictions for one batch of files, in order; a file that cannot be read gets its error."""
     from clipforge.data.transforms import load_image
 
-    model, preprocess, tokenizer = load(spec)
-    classifier = zero_shot_classifier(model, tokenizer, labels, templates)
-    results = []
-    for path in images:
+    pixels: dict[str, torch.Tensor] = {}
+    errors: dict[str, str] = {}
+    for path in paths:
         try:
-            pixels = preprocess(load_image(path)).unsqueeze(0)  # [1, 3, S, S]
-        except ImageError as err:
-            results.append(Prediction(path, error=str(err)))
-            continue
-        probs = classify(model, pixels, classifier)[0]
-        top = probs.topk(min(top_k, len(labels)))
-        ranked = tuple(
-            (labels[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-        )
-        results.append(Prediction(path, ranked))
-    return results
+            pixels[path] = preprocess(load_image(path))  # [3, S, S]
+        except (ImageError, OSError, ValueError) as err:  # PIL may still fail converting exotic modes
+            errors[path] = str(err) if isinstance(err, ImageError) else f"cannot convert {path} ({err})"
+    probs = classify(model, torch.stack(list(pixels.values())), classifier) if pixels else torch.empty(0)
+    ranked = dict(zip(pixels, (_top(p, labels, top_k) for p in probs), strict=True))
+    return [Prediction(path, ranked.get(path, ()), errors.get(path)) for path in paths]
+
+
+def _top(probs: torch.Tensor, labels: Sequence[str], top_k: int) -> tuple[tuple[str, float], ...]:
+    top = probs.topk(min(top_k, len(labels)))
+    pairs = zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    return tuple((labels[i], float(p)) for p, i in pairs)

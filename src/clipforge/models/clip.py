@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.models.config import ConvNetConfig, ModelConfig, ResNetConfig, TextTransformerConfig, ViTConfig
+from clipforge.models.inputs import check_tokens
 from clipforge.models.layers import Transformer
 from clipforge.models.vision import ModifiedResNet, build_vision_tower
 
@@ -80,11 +81,13 @@ class CLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embeds preprocessed images [B, 3, S, S] into [B, E]."""
-        features = self.visual(images.to(self.dtype))
+        features = self.visual(images.to(self.text_projection.device, self.dtype))
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embeds token ids [B, L] (zero-padded, end-of-text has the highest id) into [B, E]."""
+        vocab = self.token_embedding.num_embeddings
+        tokens = check_tokens(tokens, self.context_length, vocab, "clip-bpe").to(self.text_projection.device)
         length = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:length].to(self.dtype)  # [B, L, D]
         x = self.ln_final(self.transformer(x, causal=True))

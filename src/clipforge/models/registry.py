@@ -75,12 +75,13 @@ def create_model(config: str | ModelConfig, max_params: int | None = None) -> nn
 
 
 def describe_models() -> list[str]:
-    """One line per architecture: name, towers, embedding size, input size."""
+    """One line per architecture: name, towers, embedding size, input size, and what weights a name gives
+    (random, or pretrained backbones with random projection heads: never a trained CLIP)."""
     lines = []
     for name in list_models():
         config = get_model_config(name)
         towers = f"{config.vision.type}+{config.text.type}"
-        lines.append(
-            f"{name:<20} {towers:<26} embed={config.embed_dim:<5} image={config.vision.image_size}px"
-        )
+        weights = "backbones-only" if isinstance(config.vision, EfficientNetConfig) else "random"
+        size = f"{config.vision.image_size}px"
+        lines.append(f"{name:<20} {towers:<26} embed={config.embed_dim:<5} image={size:<6} weights={weights}")
     return lines

@@ -18,6 +18,7 @@ from clipforge.errors import ConfigError
 from clipforge.models import efficientnet, minilm
 from clipforge.models.clip import CLIPOutput, contrastive_output
 from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
+from clipforge.models.inputs import check_tokens
 
 WEIGHTS = ("package", "none")
 HEADS = ("mlp", "linear")
@@ -107,7 +108,7 @@ class TowerCLIP(nn.Module):
 
     def image_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled EfficientNet features [B, 1280] of images [B, 3, S, S]; worth caching when frozen."""
-        return self.visual.backbone(images)
+        return self.visual.backbone(images.to(self.logit_scale.device))
 
     def project_image_features(self, features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Joint-space embeddings [B, E] of backbone features [B, 1280]."""
@@ -120,7 +121,9 @@ class TowerCLIP(nn.Module):
 
     def text_backbone_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean-pooled MiniLM features [B, 384] of WordPiece ids [B, L]; worth caching when frozen."""
-        return self.text.backbone(tokens)
+        backbone = self.text.backbone
+        vocab, positions = backbone.token_embedding.num_embeddings, backbone.position_embedding.num_embeddings
+        return backbone(check_tokens(tokens, positions, vocab, "wordpiece").to(self.logit_scale.device))
 
     def project_text_features(self, features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Joint-space embeddings [B, E] of text backbone features [B, 384]."""

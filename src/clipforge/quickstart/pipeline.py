@@ -30,7 +30,7 @@ from clipforge.errors import ClipforgeError
 from clipforge.models.registry import get_model_config
 from clipforge.quickstart.config import MODELS, QuickstartConfig
 from clipforge.quickstart.evaluate import evaluate_models
-from clipforge.quickstart.report import write_report
+from clipforge.quickstart.report import conclusion, write_report
 from clipforge.synthetic.dataset import SceneConfig, write_synthetic
 from clipforge.synthetic.text import NEGATIVE_KINDS
 from clipforge.train.config import (
@@ -217,9 +217,11 @@ def run_quickstart(config: QuickstartConfig, out_dir: str | Path, say: Say = pri
     training = train_both(config, out, say)
     say("[3/3] evaluating both models on the held-out scenes (retrieval, zero-shot, probes)")
     models, examples = evaluate_models(config, out, say)
-    report = {"models": models, "dataset": dataset, "seconds": round(time.perf_counter() - began, 1),
-              "version": __version__, "config": _jsonable(config), "training": training}
+    report = {"conclusion": conclusion(models, config.steps, QuickstartConfig.steps), "models": models,
+              "dataset": dataset, "seconds": round(time.perf_counter() - began, 1), "version": __version__,
+              "config": _jsonable(config), "training": training}
     write_report(report, examples, out)
+    say(report["conclusion"])
     say(f"done in {report['seconds']:.0f} s: {out / 'report.json'}, {out / 'report.html'}")
     return report
 

@@ -24,6 +24,31 @@ def write_report(report: dict[str, Any], examples: list[Example], out: Path) -> 
     write_text_atomic(out / "report.html", render_html(report, examples))
 
 
+def conclusion(models: dict[str, Any], steps: int, full_steps: int) -> str:
+    """The report's one-sentence finding, computed from the relation-swap probe and its 95% CIs.
+
+    Args:
+        models: the report's per-model metrics (``plain`` and ``hardneg``).
+        steps: the training steps the models had.
+        full_steps: the default budget; fewer steps make this a smoke run, and the sentence says so.
+    """
+    plain, hard = (models[name]["probe"]["relation_swap"] for name in ("plain", "hardneg"))
+    (p_low, p_high), (h_low, h_high) = plain["ci95"], hard["ci95"]
+    numbers = f"{plain['accuracy']:.2f} to {hard['accuracy']:.2f}"
+    cis = f"95% CIs [{p_low:.2f}, {p_high:.2f}] and [{h_low:.2f}, {h_high:.2f}]"
+    if h_low > p_high:
+        finding = f"hard negatives raised relation-swap accuracy from {numbers} ({cis}, disjoint)"
+    elif h_high < p_low:
+        finding = f"hard negatives lowered relation-swap accuracy from {numbers} ({cis}, disjoint)"
+    else:
+        both = f"{plain['accuracy']:.2f} for plain, {hard['accuracy']:.2f} for hardneg"
+        finding = f"no effect of hard negatives was shown: relation-swap accuracy {both} ({cis} overlap)"
+    if steps < full_steps:
+        return (f"Smoke run ({steps} of the default {full_steps} steps), too short to show the effect of "
+                f"hard negatives: {finding}.")
+    return finding[0].upper() + finding[1:] + "."
+
+
 def _png(figure: Any) -> str:
     """A matplotlib figure as an inline <img>; the figure is closed."""
     import matplotlib.pyplot as plt
@@ -180,7 +205,8 @@ def render_html(report: dict[str, Any], examples: list[Example]) -> str:
         "clipforge eval zeroshot --model OUT/hardneg/final --data synthetic:OUT/zeroshot --out z.json",
     )) + "</pre>"
     sections = [
-        "<h1>clipforge quickstart: hard negatives vs plain InfoNCE</h1>", intro,
+        "<h1>clipforge quickstart: hard negatives vs plain InfoNCE</h1>",
+        f"<p class='conclusion'><b>{html.escape(report['conclusion'])}</b></p>", intro,
         "<h2>Results on held-out scenes (95% CIs for probes)</h2>", summary_table(models),
         "<h2>Training curves</h2>", curves_plot(report["training"]),
         "<h2>Probe accuracy</h2>", probe_plots(models),

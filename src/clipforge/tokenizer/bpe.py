@@ -202,6 +202,10 @@ def default_tokenizer() -> ClipTokenizer:
 def tokenize(texts: str | Sequence[str], context_length: int = 77, truncate: bool = True) -> torch.Tensor:
     """Tokenizes texts with OpenAI CLIP's BPE into a zero-padded LongTensor [N, context_length].
 
+    This fits OpenAI-layout models (77 tokens). For any loaded model use the tokenizer `clipforge.load`
+    returns instead: models trained here may read fewer tokens or WordPiece ids, and their `encode_text`
+    refuses rows that do not fit (a one-line ModelInputError).
+
     Example: ``tokenize("a photo of a cat")[0, :7]`` is ``[49406, 320, 1125, 539, 320, 2368, 49407]``.
     """
     return default_tokenizer()(texts, context_length=context_length, truncate=truncate)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clipforge.errors import ConfigError
+from clipforge.fileio import MAX_JSON_BYTES, read_regular_file
 from clipforge.typed import parse_dataclass, to_dict
 
 LOSSES = ("infonce", "siglip")
@@ -256,16 +257,35 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
     if path is not None:
         data = read_config_file(Path(path))
     where = str(path) if path is not None else "train config"
-    return TrainRunConfig.from_dict(apply_overrides(data, overrides), where=where)
+    return config_with_overrides(data, overrides, where)
+
+
+def config_with_overrides(data: dict[str, Any], overrides: Sequence[str], where: str) -> TrainRunConfig:
+    """Parses `data` with `overrides` applied; an error an override causes is reported against that flag.
+
+    Raises:
+        ConfigError: naming `where` when the data itself is invalid, else the first ``--set`` that breaks it.
+    """
+    if not overrides:
+        return TrainRunConfig.from_dict(data, where=where)
+    TrainRunConfig.from_dict(data, where=where)  # the file alone: its own mistakes are its own
+    for count, item in enumerate(overrides, start=1):
+        try:
+            config = TrainRunConfig.from_dict(apply_overrides(data, overrides[:count]), where="config")
+        except ConfigError as err:
+            detail = str(err).removeprefix("config").lstrip(".:").strip()
+            raise ConfigError(f"--set {item}: {detail}") from err
+    return config
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """The raw nested dict of a `.toml` or `.json` config file."""
+    """The raw nested dict of a `.toml` or `.json` config file (a regular file of at most 16 MiB)."""
+    raw = read_regular_file(path, MAX_JSON_BYTES, ConfigError, "config file")
     try:
-        text = path.read_text()
-    except FileNotFoundError as err:
-        raise ConfigError(f"config file not found: {path}") from err
-    try:
-        return dict(json.loads(text)) if path.suffix == ".json" else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        text = raw.decode("utf-8-sig")
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ConfigError(f"{path}: not a valid config file ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of sections, found a {type(data).__name__}")
+    return data

@@ -28,7 +28,7 @@ from torch import nn
 from clipforge.checkpoint import save as save_model
 from clipforge.checkpoint.files import WEIGHTS_NAME, load_safetensors, load_state_dict_strict
 from clipforge.errors import CheckpointError, ConfigError
-from clipforge.train.config import TrainRunConfig, apply_overrides, read_config_file
+from clipforge.train.config import TrainRunConfig, config_with_overrides, read_config_file
 
 RUN_CONFIG = "config.json"
 STATE_NAME = "state.pt"
@@ -69,7 +69,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
     """
     check_run_dir(run_dir)
     path = run_dir / RUN_CONFIG
-    return TrainRunConfig.from_dict(apply_overrides(read_config_file(path), overrides), where=str(path))
+    return config_with_overrides(read_config_file(path), overrides, where=str(path))
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,0 +1,48 @@
+"""What every command shares: printing file names safely on one line, and the model-runtime options.
+
+A file name may hold a newline, a tab, an escape sequence or bytes that are not UTF-8 (kept as lone
+surrogates); printed raw it would break line-oriented output (one result per line) or crash the print.
+`quote_path` prints such names as Python string literals, the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from clipforge.device import DEVICES, set_threads
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def quote_path(name: str) -> str:
+    """`name` as is when it is plain printable text, else quoted with escapes (e.g. ``'a\\nb.jpg'``).
+
+    Names that start with a quote are quoted too, so a quoted name never reads as another plain one.
+    """
+    if name.isprintable() and not name.startswith(("'", '"')):
+        return name
+    return repr(name)
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters and undecodable bytes escaped, so a message stays on one line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+def runtime_options(command: F) -> F:
+    """Adds ``--device auto|cpu|cuda`` and ``--threads N`` to a command that runs a model.
+
+    ``--threads`` is applied here (torch's intra-op threads are process-wide); the command passes
+    ``device`` on to the library call that loads the model.
+    """
+    command = click.option(
+        "--threads", type=click.IntRange(min=0), default=0, show_default=True, expose_value=False,
+        callback=lambda _ctx, _param, value: set_threads(value), help="CPU threads for torch (0: default).",
+    )(command)
+    return click.option(
+        "--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+        help="Where the model runs: cpu, cuda, or auto (cuda when available).",
+    )(command)
