@@ -115,7 +115,7 @@ def load_plain_state_dict(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # hostile bytes can make the unpickler raise anything; all mean "unreadable"
-        detail = " ".join(str(err).split())[:300]
+        detail = " ".join(f"{type(err).__name__}: {err}".split())[:300]
         raise CheckpointError(f"cannot read checkpoint (truncated or corrupt?): {path}: {detail}") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

@@ -192,8 +192,12 @@ class _ScriptUnpickler(pickle.Unpickler):
         info = self.archive.getinfo(name)
         raw = bytearray(info.file_size)
         with self.archive.open(info) as handle:
-            if handle.readinto(raw) != len(raw):
-                raise CheckpointError(f"{self.path}: storage '{name}' is cut short")
+            view, filled = memoryview(raw), 0
+            while filled < len(raw) and (chunk := handle.read(min(len(raw) - filled, 2**24))):
+                view[filled : filled + len(chunk)] = chunk
+                filled += len(chunk)
+        if filled != len(raw):
+            raise CheckpointError(f"{self.path}: storage '{name}' is cut short")
         itemsize = torch.empty(0, dtype=dtype).element_size()
         if len(raw) % itemsize:
             raise CheckpointError(f"{self.path}: storage '{name}' is not a whole number of {dtype} values")

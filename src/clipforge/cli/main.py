@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
-from typing import Any
+from typing import TextIO
 
 import click
 
@@ -47,13 +47,18 @@ class _Group(click.Group):
 
 
 def _show_warning(
-    message: Warning | str, category: type[Warning], filename: str, lineno: int, *_rest: Any
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
 ) -> None:
     """Our warnings as one `warning: ...` line on stderr (others keep Python's format)."""
     if issubclass(category, RandomWeightsWarning):
         click.echo(f"warning: {one_line(str(message))}", err=True)
     else:
-        click.echo(warnings.formatwarning(message, category, filename, lineno).rstrip(), err=True)
+        click.echo(warnings.formatwarning(message, category, filename, lineno, line).rstrip(), err=True)
 
 
 @click.group(cls=_Group)

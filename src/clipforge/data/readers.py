@@ -223,7 +223,7 @@ def csv_rows(
             start = reader.line_num
             continue
         end = reader.line_num
-        if end - start > 1:
+        if end - start > 1 or any("\n" in value or "\r" in value for value in row):  # a quote left open
             yield from (_line_row(line, delimiter, path, first_line + start + i)
                         for i, line in enumerate(lines[start:end]))
         else:

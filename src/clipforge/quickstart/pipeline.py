@@ -221,7 +221,7 @@ def run_quickstart(config: QuickstartConfig, out_dir: str | Path, say: Say = pri
               "dataset": dataset, "seconds": round(time.perf_counter() - began, 1), "version": __version__,
               "config": _jsonable(config), "training": training}
     write_report(report, examples, out)
-    say(report["conclusion"])
+    say(str(report["conclusion"]))
     say(f"done in {report['seconds']:.0f} s: {out / 'report.json'}, {out / 'report.html'}")
     return report
 
