@@ -72,7 +72,7 @@ def test_semantic_validation_names_the_value() -> None:
 
 
 def test_convert_loads_what_it_wrote(tmp_path: Path) -> None:
-    """An MLP ratio like ViT-bigG's (4.9231) survives `convert --to hf` and back, checked before DST appears."""
+    """A ViT-bigG-like MLP ratio (4.9231) survives `convert --to hf` and back, checked before DST appears."""
     config = get_model_config("tiny-vit")
     vision = dataclasses.replace(config.vision, width=48, heads=3, mlp_ratio=4.9231)
     model = create_model(dataclasses.replace(config, vision=vision))
