@@ -217,7 +217,7 @@ def test_towerclip_forward_contract(tiny_model):
 def test_towerclip_linear_heads_and_bad_configs():
     model = TowerCLIP(tiny_config(head="linear"))
     assert isinstance(model.visual.head, torch.nn.Linear) and model.text.head.weight.shape == (32, 384)
-    with pytest.raises(ConfigError, match="weights 'imagenet'"):
+    with pytest.raises(ConfigError, match="weights='imagenet' is not one of package, none"):
         TowerCLIP(tiny_config(weights="imagenet"))
     vit = ModelConfig.from_dict({"embed_dim": 8, "vision": {"type": "vit"}, "text": {"type": "minilm"}})
     with pytest.raises(ConfigError, match="got 'vit'"):

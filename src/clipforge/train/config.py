@@ -264,18 +264,26 @@ def config_with_overrides(data: dict[str, Any], overrides: Sequence[str], where:
     """Parses `data` with `overrides` applied; an error an override causes is reported against that flag.
 
     Raises:
-        ConfigError: naming `where` when the data itself is invalid, else the first ``--set`` that breaks it.
+        ConfigError: naming the ``--set`` whose key the error is about, else `where` (the file).
     """
     if not overrides:
         return TrainRunConfig.from_dict(data, where=where)
-    TrainRunConfig.from_dict(data, where=where)  # the file alone: its own mistakes are its own
-    for count, item in enumerate(overrides, start=1):
-        try:
-            config = TrainRunConfig.from_dict(apply_overrides(data, overrides[:count]), where="config")
-        except ConfigError as err:
-            detail = str(err).removeprefix("config").lstrip(".:").strip()
-            raise ConfigError(f"--set {item}: {detail}") from err
-    return config
+    try:
+        return TrainRunConfig.from_dict(apply_overrides(data, overrides), where="config")
+    except ConfigError as err:
+        message = str(err).removeprefix("config").lstrip(".:").strip()
+        culprit = next((item for item in reversed(overrides) if _is_about(item, message)), None)
+        if culprit is not None:
+            raise ConfigError(f"--set {culprit}: {message}") from err
+        TrainRunConfig.from_dict(data, where=where)  # the file's own mistake is reported against the file
+        raise ConfigError(f"{where} with {' '.join(f'--set {o}' for o in overrides)}: {message}") from err
+
+
+def _is_about(override: str, message: str) -> bool:
+    """Whether a config error names the key of `override` (``train.lr`` or ``train: 'lr'``)."""
+    key = override.partition("=")[0].strip()
+    section, _, leaf = key.rpartition(".")
+    return key in message or (f"'{leaf}'" in message and f"{section.rpartition('.')[2]}:" in message)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
