@@ -11,26 +11,18 @@ import pytest
 import clipforge
 from clipforge.checkpoint import load_model
 from clipforge.checkpoint.convert import convert
+from clipforge.checkpoint.native import without_pretrained_init
 from clipforge.errors import CheckpointError, ConfigError
 from clipforge.models import create_model, get_model_config, list_models
-from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
+from clipforge.models.config import ModelConfig
 from clipforge.models.size import MAX_PARAMS_ENV, check_model_size, count_parameters
 
 SMALL = [name for name in list_models() if name.startswith(("tiny", "ConvNet", "ViT-T", "effnet"))]
 
 
-def _no_package_weights(config: ModelConfig) -> ModelConfig:
-    vision, text = config.vision, config.text
-    if isinstance(vision, EfficientNetConfig):
-        vision = dataclasses.replace(vision, weights="none")
-    if isinstance(text, MiniLMConfig):
-        text = dataclasses.replace(text, weights="none")
-    return dataclasses.replace(config, vision=vision, text=text)
-
-
 @pytest.mark.parametrize("name", SMALL)
 def test_count_is_exact(name: str) -> None:
-    config = _no_package_weights(get_model_config(name))
+    config = without_pretrained_init(get_model_config(name))
     model = create_model(config)
     assert count_parameters(config) == sum(p.numel() for p in model.parameters())
 

@@ -48,12 +48,12 @@ def load_clipforge_folder(folder: Path) -> nn.Module:
     """Builds the architecture in `folder/config.json` and loads its weights strictly."""
     meta = read_config(folder)
     config = ModelConfig.from_dict(meta.get("model"), where=str(folder / CONFIG_NAME))
-    model = create_model(_without_pretrained_init(config))
+    model = create_model(without_pretrained_init(config))
     load_state_dict_strict(model, load_safetensors(folder / WEIGHTS_NAME), str(folder))
     return model
 
 
-def _without_pretrained_init(config: ModelConfig) -> ModelConfig:
+def without_pretrained_init(config: ModelConfig) -> ModelConfig:
     """Tower models would read their package weights first; our checkpoint overwrites them anyway."""
     vision, text = config.vision, config.text
     if isinstance(vision, EfficientNetConfig):

@@ -59,6 +59,16 @@ def _check_mlp(width: int, mlp_ratio: float) -> None:
             f"mlp_ratio={mlp_ratio!r} must be > 0 (and width x mlp_ratio >= 1)")
 
 
+def _check_transformer(width: int, layers: int, heads: int, mlp_ratio: float, act: str, eps: float) -> None:
+    """The settings both transformer towers share."""
+    _check_range("width", width, 1)
+    _check_range("layers", layers, 0)
+    _check_heads(width, heads)
+    _check_mlp(width, mlp_ratio)
+    _check_choice("act", act, ACTIVATIONS)
+    _check_eps(eps)
+
+
 def _check_head(weights: str, head: str, dropout: float, unlocked_blocks: int) -> None:
     _check_choice("weights", weights, PRETRAINED_WEIGHTS)
     _check_choice("head", head, PROJECTION_HEADS)
@@ -83,12 +93,7 @@ class ViTConfig:
     def __post_init__(self) -> None:
         _check_range("image_size", self.image_size, 1, MAX_IMAGE_SIZE)
         _check_range("patch_size", self.patch_size, 1, self.image_size)
-        _check_range("width", self.width, 1)
-        _check_range("layers", self.layers, 0)
-        _check_heads(self.width, self.heads)
-        _check_mlp(self.width, self.mlp_ratio)
-        _check_choice("act", self.act, ACTIVATIONS)
-        _check_eps(self.eps)
+        _check_transformer(self.width, self.layers, self.heads, self.mlp_ratio, self.act, self.eps)
 
 
 @dataclass(frozen=True)
@@ -163,12 +168,7 @@ class TextTransformerConfig:
     def __post_init__(self) -> None:
         _check_range("context_length", self.context_length, 2, MAX_CONTEXT_LENGTH)
         _check_range("vocab_size", self.vocab_size, 1)
-        _check_range("width", self.width, 1)
-        _check_range("layers", self.layers, 0)
-        _check_heads(self.width, self.heads)
-        _check_mlp(self.width, self.mlp_ratio)
-        _check_choice("act", self.act, ACTIVATIONS)
-        _check_eps(self.eps)
+        _check_transformer(self.width, self.layers, self.heads, self.mlp_ratio, self.act, self.eps)
 
 
 @dataclass(frozen=True)
