@@ -20,7 +20,8 @@ from clipforge.cli.main import main
 from clipforge.data.transforms import load_image
 from clipforge.errors import ConfigError, DataError
 from clipforge.index import EmbedConfig, EmbeddingStore, Searcher, build_index, choose_kind, embed_collection
-from clipforge.index.ann import ANN_NAME, EXACT_LIMIT, FaissIndex
+from clipforge.index.ann import EXACT_LIMIT, HNSW_AUTO_LIMIT, FaissIndex
+from clipforge.index.annfile import read_ann
 from clipforge.index.embed import model_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def test_embed_stores_normalized_float16_vectors_equal_to_the_model(collection, 
     model_dir, images, paths = collection
     report = run_embed(model_dir, images, tmp_path / "idx")
     assert (report.added, report.total, report.index_kind) == (12, 12, "exact")
-    assert report.bad.report()["corrupt_image"] == 1 and report.bad.report()["zero_bytes"] == 1
+    assert report.bad.report()["truncated"] == 1 and report.bad.report()["zero_bytes"] == 1
 
     store = EmbeddingStore(tmp_path / "idx")
     ids, vectors = store.embeddings()
@@ -166,10 +167,10 @@ def test_ivf_probing_every_list_is_exact_and_supports_add_remove() -> None:
     vectors, queries = unit_vectors(2000, 32), unit_vectors(20, 32, seed=1)
     ids = np.arange(2000, dtype=np.int64)
     index = build_index("ivf", ids[:1500], vectors[:1500])
-    assert isinstance(index, FaissIndex) and index.index.nlist == 38
+    assert isinstance(index, FaissIndex) and index.index.nlist == 34  # sqrt(N) lists, 39+ points each
     index.add(ids[1500:], vectors[1500:])
     index.remove(ids[:100])
-    index.nprobe = index.index.nlist
+    index.effort = index.index.nlist
     _, found = index.search(queries, 10)
     np.testing.assert_array_equal(found, naive_top_k(vectors[100:], queries, 10) + 100)
 
@@ -185,8 +186,9 @@ def test_hnsw_recall_at_10_is_high() -> None:
         index.remove(np.array([1]))
 
 
-def test_auto_kind_switches_to_ivf_at_the_limit_and_rejects_unknown() -> None:
-    assert choose_kind(EXACT_LIMIT - 1) == "exact" and choose_kind(EXACT_LIMIT) == "ivf"
+def test_auto_kind_switches_to_hnsw_then_ivf_at_the_limits_and_rejects_unknown() -> None:
+    assert choose_kind(EXACT_LIMIT - 1) == "exact" and choose_kind(EXACT_LIMIT) == "hnsw"
+    assert choose_kind(HNSW_AUTO_LIMIT) == "hnsw" and choose_kind(HNSW_AUTO_LIMIT + 1) == "ivf"
     assert choose_kind(10, "hnsw") == "hnsw"
     with pytest.raises(ConfigError, match="unknown index kind 'flat'"):
         choose_kind(10, "flat")
@@ -194,11 +196,10 @@ def test_auto_kind_switches_to_ivf_at_the_limit_and_rejects_unknown() -> None:
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_faiss_index_is_saved_and_follows_incremental_runs(collection, tmp_path: Path, kind: str) -> None:
-    import faiss
-
     model_dir, images, paths = collection
     run_embed(model_dir, images, tmp_path / "idx", index=kind)
-    assert faiss.read_index(str(tmp_path / "idx" / ANN_NAME)).ntotal == 12
+    saved = read_ann(tmp_path / "idx")
+    assert not isinstance(saved, str) and len(saved[0]) == 12 and saved[1].kind == kind
     paths[0].unlink()
     Image.new("RGB", (30, 30), (250, 250, 250)).save(images / "new.png")
     report = run_embed(model_dir, images, tmp_path / "idx", index=kind)
@@ -233,7 +234,7 @@ def test_cli_embed_then_search_prints_json(collection, tmp_path: Path) -> None:
     out = runner.invoke(main, ["embed", "--model", str(model_dir), "--images", str(images),
                                "--out", str(tmp_path / "idx"), "--workers", "0", "--batch-size", "4"])
     assert out.exit_code == 0, out.output
-    assert "12 images indexed (exact): 12 added" in out.output and "corrupt_image=1" in out.output
+    assert "12 images indexed (exact): 12 added" in out.output and "truncated=1" in out.output
     out = runner.invoke(main, ["search", "--index", str(tmp_path / "idx"), "--image", str(paths[5]),
                                "-k", "3", "--json"])
     assert out.exit_code == 0, out.output

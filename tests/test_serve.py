@@ -17,8 +17,10 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from clipforge.index import EmbedConfig, embed_collection  # noqa: E402
-from clipforge.serve.app import MAX_UPLOAD_BYTES, create_app  # noqa: E402
+from clipforge.serve.app import MAX_UPLOAD_BYTES, ServeConfig, create_app  # noqa: E402
 from test_index import make_images, make_model  # noqa: E402
+
+LOCAL = "http://127.0.0.1:8000"
 
 
 class Served(NamedTuple):
@@ -35,7 +37,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
     paths = make_images(root / "images", count=8)
     embed_collection(EmbedConfig(str(model), root / "idx", images=root / "images", workers=0, progress=False))
     (root / "secret.txt").write_text("do not serve me")
-    return Served(TestClient(create_app(root / "idx")), paths, root / "secret.txt", model)
+    client = TestClient(create_app(ServeConfig(root / "idx")), base_url=LOCAL)
+    return Served(client, paths, root / "secret.txt", model)
 
 
 def png_bytes(color: tuple[int, int, int] = (220, 30, 30), size: int = 40) -> bytes:

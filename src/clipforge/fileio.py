@@ -15,8 +15,10 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from clipforge.errors import ClipforgeError
 
@@ -147,8 +149,13 @@ def _size(limit: int) -> str:
     return f"{limit / 2**20:.0f} MiB" if limit >= 2**20 else f"{limit} bytes"
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Writes `data` to `path` atomically, creating the parent folder.
+@contextmanager
+def atomic_writer(path: str | Path) -> Iterator[IO[bytes]]:
+    """A binary file to write `path` through, atomically: it replaces `path` when the block ends normally.
+
+    For files too large to hold in memory as one `bytes`; an exception in the block, or a kill,
+    leaves the previous version of `path` (and, after a kill, a temporary `.NAME.*.tmp` beside it
+    that `remove_stale_temps` deletes).
 
     Raises:
         ClipforgeError: the file or its folder cannot be written (names the path and the reason).
@@ -159,7 +166,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, out)
@@ -168,7 +175,29 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
             raise
     except OSError as err:
         raise ClipforgeError(f"cannot write {out}: {err.strerror or err}") from err
-    return out
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Writes `data` to `path` atomically, creating the parent folder (see `atomic_writer`).
+
+    Raises:
+        ClipforgeError: the file or its folder cannot be written (names the path and the reason).
+    """
+    with atomic_writer(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+def remove_stale_temps(path: str | Path) -> int:
+    """Deletes the temporary files that killed atomic writers of `path` left; returns how many.
+
+    Only safe while no other process may be writing `path` (callers hold a lock).
+    """
+    out = Path(path)
+    stale = list(out.parent.glob(f".{out.name}.*.tmp"))
+    for temp in stale:
+        temp.unlink(missing_ok=True)
+    return len(stale)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from clipforge.cli.output import one_line, quote_path
-from clipforge.errors import ConfigError
+from clipforge.index.embed import DEVICES
 
 
 def register(group: click.Group) -> None:
@@ -22,21 +22,25 @@ def register(group: click.Group) -> None:
 @click.option("--model", default=None, help="Query model (default: the one recorded in the index).")
 @click.option("-k", "k", default=10, show_default=True, help="Number of results.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch and FAISS threads.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where the model runs.")
 @click.argument("text", required=False)
 def search(
-    index_dir: Path, image: Path | None, model: str | None, k: int, as_json: bool, text: str | None
+    index_dir: Path,
+    image: Path | None,
+    model: str | None,
+    k: int,
+    as_json: bool,
+    threads: int | None,
+    device: str,
+    text: str | None,
 ) -> None:
     """Print the K indexed images closest to TEXT or to --image PATH."""
-    from clipforge.data.transforms import load_image
-    from clipforge.index.search import Searcher
+    from clipforge.index.search import SearchConfig
+    from clipforge.index.search import search as run_search
 
-    if (text is None) == (image is None):
-        raise ConfigError("search needs exactly one of a TEXT query or --image PATH")
-    searcher = Searcher(index_dir, model)
-    if text is not None:
-        hits = searcher.search_text(text, k)
-    else:
-        hits = searcher.search_image(load_image(image or ""), k)
+    hits = run_search(SearchConfig(index_dir, text, image, model, k, threads, device))
     if as_json:
         click.echo(json.dumps({"results": [hit.to_dict() for hit in hits]}, indent=2))
         return

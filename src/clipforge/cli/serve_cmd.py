@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from clipforge.index.embed import DEVICES
+
 
 def register(group: click.Group) -> None:
     group.add_command(serve)
@@ -17,10 +19,33 @@ def register(group: click.Group) -> None:
 @click.option("--model", default=None, help="Query model (default: the one recorded in the index).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback).")
 @click.option("--port", default=8000, show_default=True, help="TCP port.")
-def serve(index_dir: Path, model: str | None, host: str, port: int) -> None:
+@click.option("--token", envvar="CLIPFORGE_TOKEN", default=None,
+              help="Require this bearer token for the API and images (or env CLIPFORGE_TOKEN); "
+                   "open /?token=TOKEN once in a browser. Use it whenever --host is not loopback.")
+@click.option("--allow-host", "allow_hosts", multiple=True,
+              help="Also accept this name in the Host header (repeatable; the bound address and "
+                   "loopback names are always accepted).")
+@click.option("--concurrency", default=1, show_default=True, help="Model jobs running at once.")
+@click.option("--queue", default=16, show_default=True, help="Model jobs waiting; beyond them, 503.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch and FAISS threads.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where the model runs.")
+def serve(
+    index_dir: Path,
+    model: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+    allow_hosts: tuple[str, ...],
+    concurrency: int,
+    queue: int,
+    threads: int | None,
+    device: str,
+) -> None:
     """Serve search, image search and zero-shot classification over HTTP, with a web UI at /."""
     # Imported here so that the CLI starts without FastAPI installed.
     from clipforge.serve.app import ServeConfig
     from clipforge.serve.app import serve as run_server
 
-    run_server(ServeConfig(index_dir, model, host, port))
+    run_server(ServeConfig(index_dir, model, host, port, token, allow_hosts, concurrency, queue, threads,
+                           device))

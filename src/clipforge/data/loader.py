@@ -141,16 +141,30 @@ def decode_sample(
         raw = data.read_bytes(record)
     except OSError as err:
         return BadSample(record.key, "missing_file", f"cannot read {record.source} ({err})")
+    decoded = decode_image(raw, record.key, record.source, transform)
+    if isinstance(decoded, BadSample):
+        return decoded
+    tensor, size = decoded
+    return Sample(record.key, record.source, tensor, captions, size, hashlib.sha1(raw).hexdigest())
+
+
+def decode_image(
+    raw: bytes, key: str, source: str, transform: Transform
+) -> tuple[torch.Tensor, tuple[int, int]] | BadSample:
+    """Decodes and transforms encoded image bytes into (tensor, original size), or says why it cannot.
+
+    The one decoding path of the package: the loader and `clipforge embed` both go through it, so a
+    bad file gets the same reason (`zero_bytes`, `truncated`, `too_large`, `corrupt_image`) everywhere.
+    """
     if not raw:
-        return BadSample(record.key, "zero_bytes", f"empty file: {record.source}")
+        return BadSample(key, "zero_bytes", f"empty file: {source}")
     try:
-        image = load_image(raw, name=record.source)
-        tensor = transform(image)
+        image = load_image(raw, name=source)
+        return transform(image), image.size
     except ImageError as err:
-        return BadSample(record.key, image_bad_reason(err, raw), str(err))
+        return BadSample(key, image_bad_reason(err, raw), str(err))
     except (OSError, ValueError) as err:  # PIL may still fail on exotic modes during conversion
-        return BadSample(record.key, "corrupt_image", f"cannot convert {record.source} ({err})")
-    return Sample(record.key, record.source, tensor, captions, image.size, hashlib.sha1(raw).hexdigest())
+        return BadSample(key, "corrupt_image", f"cannot convert {source} ({err})")
 
 
 def epoch_order(records: list[Record], mode: str, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
@@ -209,8 +223,16 @@ def single_threaded() -> Iterator[None]:
     One image's tensor ops are too small to split: with num_workers=0 on a busy 2-core machine the
     thread pool made preprocessing ~10x slower. The count is restored so the model keeps its threads.
     """
+    with torch_threads(1):
+        yield
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Runs torch on `count` intra-op threads for the block (None: leave as is), then restores the count."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if count:
+        torch.set_num_threads(count)
     try:
         yield
     finally:

@@ -2,25 +2,38 @@
 
 All indexes score by inner product, which is the cosine similarity on normalized vectors, and map
 results back to the store's row ids. Small collections are searched exactly (a [Q, D] x [D, N]
-product is a few milliseconds up to ~50k vectors); larger ones use FAISS, saved as `ann.faiss`.
+product is a few milliseconds up to ~50k vectors); larger ones use FAISS.
+
+An approximate index is tuned when it is built: a held-out sample of the collection's own vectors
+(kept out of k-means training) is searched exactly and approximately, and the search effort (IVF
+lists probed, or HNSW's efSearch) is raised until recall@10 reaches a target. The effort is thus
+measured on the data at hand instead of guessed from a formula: clustered collections need few
+probes, overlapping ones many.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from clipforge.errors import ConfigError, DataError, MissingExtraError
+from clipforge.errors import ConfigError, MissingExtraError
 
-ANN_NAME = "ann.faiss"
-KINDS = ("auto", "exact", "ivf", "hnsw")
-EXACT_LIMIT = 50_000  # auto picks FAISS above this many vectors
+KINDS = ("auto", "exact", "ivf", "ivf-sq8", "ivf-pq", "hnsw")
+EXACT_LIMIT = 50_000  # auto picks FAISS at and above this many vectors
+HNSW_AUTO_LIMIT = 100_000  # and HNSW up to here, where its build takes about a minute on 2 cores
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128
+TARGET_RECALL = 0.95
+TUNE_QUERIES = 256  # held-out vectors whose recall@10 picks the search effort
+TUNE_K = 10
+PQ_BITS = 8  # codebook of 256 centroids per sub-vector
+PQ_TRAIN_MIN = 39 * 2**PQ_BITS  # FAISS wants >= 39 training points per centroid
+_ADD_CHUNK = 65_536
 
 
 def import_faiss() -> Any:
@@ -30,6 +43,24 @@ def import_faiss() -> Any:
     except ImportError as err:
         raise MissingExtraError("faiss-cpu", "index") from err
     return faiss
+
+
+@contextmanager
+def faiss_threads(count: int | None) -> Iterator[None]:
+    """Runs FAISS on `count` OpenMP threads for the block (None, or FAISS not installed: as is)."""
+    try:
+        import faiss
+    except ImportError:
+        count = None
+    if not count:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 class VectorIndex(Protocol):
@@ -81,26 +112,68 @@ class ExactIndex:
         return len(self.ids)
 
 
-class FaissIndex:
-    """A FAISS inner-product index keyed by row id: IVF-Flat (`ivf`) or HNSW-Flat (`hnsw`).
+@dataclass(frozen=True)
+class Tuning:
+    """How an approximate index was tuned: the effort chosen and the recall it measured.
 
-    HNSW graphs cannot delete vectors, so `remove` on an HNSW index raises; callers rebuild instead.
+    Attributes:
+        effort: IVF lists probed (`nprobe`) or HNSW candidate-list size (`efSearch`).
+        recall: mean recall@10 against exact search on the held-out sample, at `effort`.
+        target: the recall asked for.
+        queries: size of the held-out sample.
+        tuned_on: collection size when tuned (a grown collection is re-tuned).
     """
 
-    def __init__(self, kind: str, index: Any, nprobe: int | None = None) -> None:
+    effort: int
+    recall: float
+    target: float
+    queries: int
+    tuned_on: int
+
+
+class FaissIndex:
+    """A FAISS inner-product index keyed by row id: IVF (`ivf`, `ivf-sq8`, `ivf-pq`) or HNSW (`hnsw`).
+
+    HNSW graphs cannot delete vectors, so `remove` on an HNSW index raises; callers rebuild instead.
+
+    Attributes:
+        trained_on: collection size the IVF lists were trained on (0 for HNSW).
+        tuning: the search effort and its measured recall, once tuned.
+    """
+
+    def __init__(self, kind: str, index: Any, trained_on: int = 0, tuning: Tuning | None = None) -> None:
         self.kind = kind
         self.index = index
-        if nprobe is not None:
-            self.nprobe = nprobe
+        self.trained_on = trained_on
+        self.tuning: Tuning | None = None
+        if tuning is not None:
+            self.set_tuning(tuning)
 
     @property
-    def nprobe(self) -> int:
-        """IVF lists visited per query (more: slower and closer to exact)."""
+    def effort_name(self) -> str:
+        """FAISS's name of the search-effort parameter of this kind."""
+        return "efSearch" if self.kind == "hnsw" else "nprobe"
+
+    @property
+    def effort(self) -> int:
+        """IVF lists probed, or HNSW's efSearch (more: slower and closer to exact)."""
+        if self.kind == "hnsw":
+            return int(import_faiss().downcast_index(self.index.index).hnsw.efSearch)
         return int(self.index.nprobe)
 
-    @nprobe.setter
-    def nprobe(self, value: int) -> None:
-        self.index.nprobe = value
+    @effort.setter
+    def effort(self, value: int) -> None:
+        import_faiss().ParameterSpace().set_index_parameter(self.index, self.effort_name, int(value))
+
+    @property
+    def max_effort(self) -> int:
+        """The effort beyond which nothing changes: every IVF list, or a generous efSearch."""
+        return 4096 if self.kind == "hnsw" else int(self.index.nlist)
+
+    def set_tuning(self, tuning: Tuning) -> None:
+        """Applies a tuning (its effort) and keeps it for saving."""
+        self.tuning = tuning
+        self.effort = tuning.effort
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Adds vectors [N, D] under the given ids [N]."""
@@ -118,6 +191,16 @@ class FaissIndex:
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, ids
 
+    def stored_ids(self) -> np.ndarray:
+        """Every id the index holds [N], unordered (read from its id map or inverted lists)."""
+        faiss = import_faiss()
+        if self.kind == "hnsw":
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        lists = faiss.extract_index_ivf(self.index).invlists
+        sizes = [lists.list_size(i) for i in range(lists.nlist)]
+        chunks = [faiss.rev_swig_ptr(lists.get_ids(i), n).copy() for i, n in enumerate(sizes) if n]
+        return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
+
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
@@ -134,7 +217,7 @@ def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 def choose_kind(count: int, requested: str = "auto") -> str:
-    """The index kind for `count` vectors: `requested`, or exact below EXACT_LIMIT and IVF above.
+    """The index kind for `count` vectors: `requested`, or for `auto` exact, then HNSW, then IVF.
 
     Raises:
         ConfigError: an unknown kind.
@@ -143,7 +226,9 @@ def choose_kind(count: int, requested: str = "auto") -> str:
         raise ConfigError(f"unknown index kind '{requested}' (known: {', '.join(KINDS)})")
     if requested != "auto":
         return requested
-    return "exact" if count < EXACT_LIMIT else "ivf"
+    if count < EXACT_LIMIT:
+        return "exact"
+    return "hnsw" if count <= HNSW_AUTO_LIMIT else "ivf"
 
 
 def ivf_lists(count: int) -> int:
@@ -151,72 +236,125 @@ def ivf_lists(count: int) -> int:
     return max(1, min(int(math.sqrt(count)), count // 39))
 
 
-def default_nprobe(nlist: int) -> int:
-    """Lists probed per query: 1/16 of them, at least 8 (or all when there are fewer)."""
-    return min(nlist, max(8, nlist // 16))
+def pq_subvectors(dim: int) -> int:
+    """PQ sub-vectors: one byte per 8 dimensions (the largest divisor of `dim` not above dim / 8)."""
+    return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
 
 
-def build_index(kind: str, ids: np.ndarray, vectors: np.ndarray, seed: int = 0) -> VectorIndex:
-    """Builds an index of `kind` (`exact`, `ivf`, `hnsw`) over vectors [N, D] with row ids [N]."""
+def build_index(
+    kind: str, ids: np.ndarray, vectors: np.ndarray, seed: int = 0, target: float = TARGET_RECALL
+) -> VectorIndex:
+    """Builds an index of `kind` over vectors [N, D] with row ids [N]; approximate kinds are tuned.
+
+    Raises:
+        ConfigError: an unknown kind, or too few vectors to train PQ codes.
+    """
+    if kind != "exact":
+        return build_faiss(kind, ids, vectors, seed, target)
+    exact = ExactIndex(vectors.shape[1])
+    exact.add(ids, vectors)
+    return exact
+
+
+def build_faiss(
+    kind: str, ids: np.ndarray, vectors: np.ndarray, seed: int = 0, target: float = TARGET_RECALL
+) -> FaissIndex:
+    """Builds a FAISS index of `kind`, tuned to `target` recall@10 on held-out vectors (see `tune`).
+
+    The held-out vectors stay out of k-means training and are added only after tuning, so they
+    are searched as new queries are: a stored vector would find itself, and HNSW its own links.
+    """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    dim = vectors.shape[1]
-    index: VectorIndex
-    if kind == "exact":
-        index = ExactIndex(dim)
-    elif kind == "ivf":
-        index = _train_ivf(vectors, seed)
-    elif kind == "hnsw":
-        faiss = import_faiss()
-        graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        graph.hnsw.efSearch = HNSW_EF_SEARCH
-        index = FaissIndex("hnsw", faiss.IndexIDMap2(graph))
-    else:
-        raise ConfigError(f"unknown index kind '{kind}' (known: exact, ivf, hnsw)")
-    index.add(ids, vectors)
+    held = np.random.default_rng(seed).permutation(len(ids))[: min(TUNE_QUERIES, len(ids) // 10)]
+    rest = np.setdiff1d(np.arange(len(ids)), held)
+    index = _empty_faiss(kind, vectors, rest, seed)
+    for start in range(0, len(rest), _ADD_CHUNK):  # chunks bound the copies fancy indexing makes
+        rows = rest[start : start + _ADD_CHUNK]
+        index.add(ids[rows], vectors[rows])
+    if len(held):
+        index.set_tuning(tune(index, ids, vectors, held, target))
+        index.add(ids[held], vectors[held])
     return index
 
 
-def _train_ivf(vectors: np.ndarray, seed: int) -> FaissIndex:
-    """Trains the IVF coarse quantizer by k-means on at most 50 vectors per list (FAISS wants >= 39)."""
+def _empty_faiss(kind: str, vectors: np.ndarray, train_rows: np.ndarray, seed: int) -> FaissIndex:
+    """An untrained-then-trained empty FAISS index of `kind`, its k-means fitted on `train_rows`."""
     faiss = import_faiss()
-    count, dim = vectors.shape
-    nlist = ivf_lists(count)
+    dim = vectors.shape[1]
+    if kind == "hnsw":
+        graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        return FaissIndex("hnsw", faiss.IndexIDMap2(graph))
+    if kind not in ("ivf", "ivf-sq8", "ivf-pq"):
+        raise ConfigError(f"unknown index kind '{kind}' (known: {', '.join(KINDS[1:])})")
+    if kind == "ivf-pq" and len(train_rows) < PQ_TRAIN_MIN:
+        raise ConfigError(f"ivf-pq needs at least {PQ_TRAIN_MIN} vectors to train its codes, got "
+                          f"{len(train_rows)}: use ivf or ivf-sq8 until the collection is larger")
+    nlist = ivf_lists(len(train_rows))
     quantizer = faiss.IndexFlatIP(dim)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf = _ivf_of_kind(faiss, kind, quantizer, dim, nlist)
     ivf.cp.seed = seed
-    sample = np.random.default_rng(seed).permutation(count)[: 50 * nlist]
+    ivf.cp.min_points_per_centroid = 1  # lists already get >= 39 points each; below 39 vectors, one list
+    want = max(50 * nlist, PQ_TRAIN_MIN if kind == "ivf-pq" else 0)
+    sample = np.random.default_rng(seed).permutation(train_rows)[:want]
     ivf.train(vectors[np.sort(sample)])
-    return FaissIndex("ivf", ivf, nprobe=default_nprobe(nlist))
+    return FaissIndex(kind, ivf, trained_on=len(vectors))
 
 
-def save_index(index: VectorIndex, folder: Path) -> None:
-    """Writes a FAISS index as `ann.faiss` in the index folder; an exact index removes a stale one."""
-    path = folder / ANN_NAME
-    if isinstance(index, FaissIndex):
-        import_faiss().write_index(index.index, str(path))
-    elif path.exists():
-        path.unlink()
+def _ivf_of_kind(faiss: Any, kind: str, quantizer: Any, dim: int, nlist: int) -> Any:
+    """IVF with full vectors (`ivf`), 8-bit scalar codes (`ivf-sq8`) or product-quantized codes (`ivf-pq`)."""
+    ip = faiss.METRIC_INNER_PRODUCT
+    if kind == "ivf-sq8":
+        return faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, ip)
+    if kind == "ivf-pq":
+        return faiss.IndexIVFPQ(quantizer, dim, nlist, pq_subvectors(dim), PQ_BITS, ip)
+    return faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
 
 
-def load_index(folder: Path, kind: str, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
-    """Opens the index of `kind` in `folder`; an exact index is rebuilt from the stored vectors.
+def tune(
+    index: FaissIndex, ids: np.ndarray, vectors: np.ndarray, held: np.ndarray, target: float = TARGET_RECALL
+) -> Tuning:
+    """The smallest search effort (doubling) whose recall@10 on the vectors at rows `held` reaches `target`.
 
-    Raises:
-        DataError: `ann.faiss` is missing, unreadable or out of step with the store.
+    The index must hold every row but `held`. When no effort reaches the target (PQ codes cap
+    recall), the most accurate one is kept and its recall reported.
     """
-    if kind == "exact":
-        return build_index("exact", ids, vectors)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    queries = vectors[held]  # [Q, D]
+    truth = _exact_neighbours(queries, ids, vectors, held)  # [Q, k]
+    measured = []
+    for effort in _efforts(index.max_effort):
+        index.effort = effort
+        _, found = index.search(queries, TUNE_K)
+        recall = recall_at_k(found, truth)
+        if recall >= target:
+            return Tuning(effort, recall, target, len(held), len(ids))
+        measured.append((recall, -effort))
+    recall, effort = max(measured)
+    return Tuning(-effort, recall, target, len(held), len(ids))
+
+
+def _exact_neighbours(
+    queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, held: np.ndarray
+) -> np.ndarray:
+    """Ids [Q, k] of the exact top-k of each query among the rows not in `held`."""
     faiss = import_faiss()
-    path = folder / ANN_NAME
-    if not path.is_file():
-        raise DataError(f"index kind is '{kind}' but {path} is missing: re-run `clipforge embed`")
-    try:
-        raw = faiss.read_index(str(path))
-    except RuntimeError as err:
-        raise DataError(f"cannot read FAISS index {path}: {str(err).splitlines()[0]}") from err
-    if raw.ntotal != len(ids):
-        raise DataError(f"{path} holds {raw.ntotal} vectors, the store {len(ids)}: re-run `clipforge embed`")
-    if kind == "ivf":
-        return FaissIndex(kind, raw, nprobe=default_nprobe(raw.nlist))
-    return FaissIndex(kind, raw)
+    k = min(TUNE_K + len(held), len(ids))
+    _, rows = faiss.knn(queries, vectors, k, faiss.METRIC_INNER_PRODUCT)  # [Q, k] row numbers
+    keep = ~np.isin(rows, held)  # [Q, k]
+    return np.stack([r[m][:TUNE_K] for r, m in zip(ids[rows], keep, strict=True)])
+
+
+def _efforts(top: int) -> Iterator[int]:
+    """1, 2, 4, ... up to and including `top`."""
+    effort = 1
+    while effort < top:
+        yield effort
+        effort *= 2
+    yield top
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row of `truth` [Q, k] that `found` [Q, k'] contains."""
+    hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True))
+    return float(hits / truth.size) if truth.size else 1.0

@@ -1,8 +1,14 @@
 """`clipforge embed`: embed a collection of images into an index folder, incrementally.
 
 A run lists the collection, compares each image's size, mtime and captions with the stored row,
-embeds only new or changed images (decoded in DataLoader workers), drops rows whose files are gone,
-and brings the vector index up to date. Undecodable images are skipped and counted.
+embeds only new or changed images, drops rows whose files are gone, and brings the vector index in
+line with the store. Images are read and decoded in DataLoader workers while the main process
+encodes the previous batch. Undecodable images are skipped and counted, and remembered by size and
+mtime so that an unchanged bad file is counted again next time without being read again.
+
+One run at a time per index folder (`clipforge.index.lock`). Every step is safe to kill: rows are
+committed batch by batch, and the vector index is a derived file that the next run (or a search)
+checks against the rows and patches or rebuilds (`clipforge.index.sync`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +28,28 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from clipforge.data.loader import Transform, decode_image, single_threaded, torch_threads
 from clipforge.data.readers import IMAGE_EXTENSIONS, BadSample, BadSampleCounter
-from clipforge.data.transforms import load_image
-from clipforge.errors import ConfigError, DataError, ImageError
-from clipforge.index.ann import (
-    ANN_NAME,
-    FaissIndex,
-    VectorIndex,
-    build_index,
-    choose_kind,
-    import_faiss,
-    save_index,
-)
-from clipforge.index.store import EmbeddingStore, Item, Signature
+from clipforge.errors import ConfigError, DataError
+from clipforge.fileio import remove_stale_temps
+from clipforge.index.ann import TARGET_RECALL, choose_kind, faiss_threads
+from clipforge.index.annfile import ANN_NAME
+from clipforge.index.lock import index_lock
+from clipforge.index.store import EmbeddingStore, Item, KnownBad, Signature
+from clipforge.index.sync import synced_index
 from clipforge.models.config import ModelConfig
 
 NO_MTIME = -1  # sources that are not plain files (tar members) are re-embedded on every run
+DEVICES = ("auto", "cpu", "cuda")
+CRASH_ENV = "CLIPFORGE_CRASH_AT"
+# Decode failures are properties of the bytes; a file that could not be read may be readable later.
+_REMEMBERED = ("zero_bytes", "truncated", "too_large", "corrupt_image")
+
+
+def crash_point(stage: str) -> None:
+    """Test hook: a process started with CLIPFORGE_CRASH_AT=STAGE dies here by SIGKILL, like a power cut."""
+    if os.environ.get(CRASH_ENV) == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -54,10 +67,57 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def model_dim(model: nn.Module) -> int:
-    """Size of the joint embedding space."""
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else the CPU.
+
+    Raises:
+        ConfigError: an unknown name, or `cuda` on a machine without it.
+    """
+    if name not in DEVICES:
+        raise ConfigError(f"unknown device '{name}' (known: {', '.join(DEVICES)})")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class ImageEncoder:
+    """What embedding needs from a model; another backend (e.g. ONNX) can supply its own.
+
+    Attributes:
+        encode: pixels [B, 3, S, S] -> L2-normalized embeddings [B, E] as float16.
+        preprocess: a PIL image -> pixels [3, S, S].
+        fingerprint: identifies the weights; an index refuses vectors of another fingerprint.
+        dim: E, the size of the embedding space.
+    """
+
+    encode: Callable[[torch.Tensor], np.ndarray]
+    preprocess: Transform
+    fingerprint: str
+    dim: int
+
+
+def load_encoder(spec: str, device: str = "auto") -> ImageEncoder:
+    """The image encoder of a model spec (anything `clipforge.checkpoint.load` accepts)."""
+    from clipforge.checkpoint import load
+
+    model, preprocess, _ = load(spec)
+    return image_encoder(model, preprocess, resolve_device(device))
+
+
+def image_encoder(model: nn.Module, preprocess: Transform, target: torch.device) -> ImageEncoder:
+    """Wraps a loaded model (moved to `target`, in eval mode) as an image encoder."""
+    model = model.to(target).eval()
     config: ModelConfig = model.config  # type: ignore[assignment]
-    return config.embed_dim
+
+    @torch.inference_mode()
+    def encode(pixels: torch.Tensor) -> np.ndarray:
+        vectors = model.encode_image(pixels.to(target), normalize=True)  # type: ignore[operator]
+        return vectors.float().cpu().numpy().astype(np.float16)  # [B, E]
+
+    return ImageEncoder(encode, preprocess, model_fingerprint(model), config.embed_dim)
 
 
 @dataclass(frozen=True)
@@ -71,7 +131,10 @@ class EmbedConfig:
         images: a folder searched recursively for images (no captions), or None.
         batch_size: images per forward pass.
         workers: decoding processes (0 decodes in the main process).
-        index: `auto`, `exact`, `ivf` or `hnsw`.
+        index: `auto`, `exact`, `ivf`, `ivf-sq8`, `ivf-pq` or `hnsw`.
+        target_recall: recall@10 against exact search that approximate indexes are tuned to reach.
+        threads: torch (and FAISS) threads for encoding; None keeps torch's default.
+        device: `auto`, `cpu` or `cuda`.
         progress: show a progress bar.
     """
 
@@ -79,10 +142,24 @@ class EmbedConfig:
     out: Path
     data: str | None = None
     images: Path | None = None
-    batch_size: int = 64
+    batch_size: int = 32
     workers: int = 2
     index: str = "auto"
+    target_recall: float = TARGET_RECALL
+    threads: int | None = None
+    device: str = "auto"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.images is None):
+            raise ConfigError("embed needs exactly one of --data SPEC or --images DIR")
+        if self.batch_size < 1 or self.workers < 0 or (self.threads is not None and self.threads < 1):
+            raise ConfigError(f"need batch size >= 1, workers >= 0, threads >= 1; got {self.batch_size}, "
+                              f"{self.workers}, {self.threads}")
+        if not 0 < self.target_recall <= 1:
+            raise ConfigError(f"target recall must be in (0, 1], got {self.target_recall}")
+        choose_kind(0, self.index)  # fail on a bad kind before any work
+        resolve_device(self.device)
 
 
 @dataclass
@@ -95,6 +172,7 @@ class EmbedReport:
     unchanged: int = 0
     total: int = 0
     index_kind: str = ""
+    index_note: str = ""
     bad: BadSampleCounter = field(default_factory=BadSampleCounter)
 
     def summary(self) -> str:
@@ -115,22 +193,36 @@ class Source:
     mtime_ns: int
 
 
-def list_images(root: Path) -> Iterator[Source]:
-    """Image files under `root`, recursively, in sorted order, without captions."""
+def list_images(root: Path) -> list[Source]:
+    """Image files under `root`, recursively, in sorted order, without captions.
+
+    Raises:
+        DataError: `root` is not a folder, or holds no image files.
+    """
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
+    sources = []
     for path in sorted(root.resolve().rglob("*")):
         if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
             stat = path.stat()
-            yield Source(str(path), (), stat.st_size, stat.st_mtime_ns)
+            sources.append(Source(str(path), (), stat.st_size, stat.st_mtime_ns))
+    if not sources:
+        raise DataError(f"no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
+    return sources
 
 
 def list_records(spec: str) -> tuple[list[Source], Callable[[str], bytes], BadSampleCounter]:
-    """Sources of a `--data` spec, a reader of their bytes, and the reader's bad-sample counter."""
+    """Sources of a `--data` spec, a reader of their bytes, and the reader's bad-sample counter.
+
+    Raises:
+        DataError: the spec lists no usable records.
+    """
     from clipforge.data.specs import open_data
 
     data = open_data(spec)
     records = {record.source: record for record in data.records()}
+    if not records:
+        raise DataError(f"no usable images in '{spec}' ({data.bad.summary()})")
     sources = [_record_source(r.source, r.captions) for r in records.values()]
     return sources, _RecordReader(data, records), data.bad
 
@@ -163,6 +255,7 @@ def read_file(path: str) -> bytes:
 class _Decoded:
     """A worker's answer for one source: the item and its pixels, or why it was skipped."""
 
+    source: Source
     item: Item | None
     pixels: torch.Tensor | None
     bad: BadSample | None = None
@@ -171,7 +264,9 @@ class _Decoded:
 class _DecodeDataset(Dataset[_Decoded]):
     """Reads, hashes, decodes and preprocesses one source per index; failures become BadSamples."""
 
-    def __init__(self, sources: Sequence[Source], read: Callable[[str], bytes], preprocess: Any) -> None:
+    def __init__(
+        self, sources: Sequence[Source], read: Callable[[str], bytes], preprocess: Transform
+    ) -> None:
         self.sources = sources
         self.read = read
         self.preprocess = preprocess
@@ -184,170 +279,165 @@ class _DecodeDataset(Dataset[_Decoded]):
         try:
             data = self.read(source.path)
         except (OSError, KeyError) as err:
-            return _Decoded(None, None, BadSample(source.path, "missing_file", str(err)))
-        try:
-            pixels = self.preprocess(load_image(data, name=source.path))  # [3, S, S]
-        except ImageError as err:
-            reason = "zero_bytes" if not data else "too_large" if "too large" in str(err) else "corrupt_image"
-            return _Decoded(None, None, BadSample(source.path, reason, str(err)))
+            return _Decoded(source, None, None, BadSample(source.path, "missing_file", str(err)))
+        with single_threaded():
+            decoded = decode_image(data, source.path, source.path, self.preprocess)
+        if isinstance(decoded, BadSample):
+            return _Decoded(source, None, None, decoded)
         digest = hashlib.sha256(data).hexdigest()
-        return _Decoded(Item(source.path, source.captions, len(data), source.mtime_ns, digest), pixels)
+        item = Item(source.path, source.captions, len(data), source.mtime_ns, digest)
+        return _Decoded(source, item, decoded[0])
 
 
 def _as_list(batch: list[_Decoded]) -> list[_Decoded]:
     return batch
 
 
-@torch.inference_mode()
-def encode_images(model: nn.Module, pixels: torch.Tensor) -> np.ndarray:
-    """L2-normalized image embeddings [B, E] as float16."""
-    return model.encode_image(pixels, normalize=True).float().numpy().astype(np.float16)  # type: ignore[operator]
+@dataclass
+class _Batch:
+    """One encoded batch: the good items with their embeddings [B, E], and the skipped sources."""
+
+    items: list[Item]
+    vectors: np.ndarray
+    bad: list[_Decoded]
 
 
 def _embed_sources(
-    model: nn.Module,
-    preprocess: Any,
-    sources: Sequence[Source],
-    read: Callable[[str], bytes],
-    config: EmbedConfig,
-) -> Iterator[tuple[list[Item], np.ndarray, list[BadSample]]]:
-    """Yields (items, embeddings [B, E], skipped) per batch of decoded sources."""
+    encoder: ImageEncoder, sources: Sequence[Source], read: Callable[[str], bytes], config: EmbedConfig
+) -> Iterator[_Batch]:
+    """Yields each batch of sources encoded; workers decode the next batches meanwhile."""
     loader = DataLoader(
-        _DecodeDataset(sources, read, preprocess),
+        _DecodeDataset(sources, read, encoder.preprocess),
         batch_size=config.batch_size,
         num_workers=config.workers,
         collate_fn=_as_list,
+        prefetch_factor=4 if config.workers else None,
     )
     with tqdm(total=len(sources), unit="img", desc="embed", disable=not config.progress) as bar:
         for batch in loader:
-            good = [d for d in batch if d.item is not None]
-            bad = [d.bad for d in batch if d.bad is not None]
-            items = [d.item for d in good if d.item is not None]
-            pixels = [d.pixels for d in good if d.pixels is not None]
-            vectors = encode_images(model, torch.stack(pixels)) if pixels else np.zeros((0, 0), np.float16)
+            items = [d.item for d in batch if d.item is not None]
+            pixels = [d.pixels for d in batch if d.pixels is not None]
+            empty = np.zeros((0, encoder.dim), np.float16)
+            vectors = encoder.encode(torch.stack(pixels)) if pixels else empty  # [B, E]
             bar.update(len(batch))
-            yield items, vectors, bad
+            yield _Batch(items, vectors, [d for d in batch if d.bad])
 
 
-def _plan(sources: Sequence[Source], stored: dict[str, Signature]) -> tuple[list[Source], list[int], int]:
-    """Sources to embed, ids of stored rows to drop (gone or changed), and the unchanged count."""
-    listed = {s.path for s in sources}
-    todo = []
+@dataclass
+class _Plan:
+    """What a run must do: sources to embed, stored rows to drop, known-bad files to count again."""
+
+    todo: list[Source]
+    gone: list[int]
+    unchanged: int
+    known_bad: list[KnownBad]
+    forget: list[str]
+
+
+def _plan(sources: Sequence[Source], stored: dict[str, Signature], bad: dict[str, KnownBad]) -> _Plan:
+    """Splits the listed sources into unchanged, known bad and to embed; finds what is gone."""
+    plan = _Plan([], [], 0, [], [])
     for source in sources:
-        old = stored.get(source.path)
-        same = old is not None and source.mtime_ns != NO_MTIME and (old.size, old.mtime_ns, old.captions) == (
-            source.size, source.mtime_ns, source.captions
-        )
-        if not same:
-            todo.append(source)
-    gone = [sig.id for path, sig in stored.items() if path not in listed]
-    return todo, gone, len(sources) - len(todo)
+        old, failed = stored.get(source.path), bad.get(source.path)
+        now, plain = (source.size, source.mtime_ns), source.mtime_ns != NO_MTIME
+        if plain and old is not None and (old.size, old.mtime_ns, old.captions) == (*now, source.captions):
+            plan.unchanged += 1
+        elif plain and failed is not None and (failed.size, failed.mtime_ns) == now:
+            plan.known_bad.append(failed)
+        else:
+            plan.todo.append(source)
+    listed = {s.path for s in sources}
+    plan.gone = [sig.id for path, sig in stored.items() if path not in listed]
+    plan.forget = [path for path in bad if path not in listed] + [s.path for s in plan.todo if s.path in bad]
+    return plan
 
 
 def _list_sources(config: EmbedConfig) -> tuple[list[Source], Callable[[str], bytes], BadSampleCounter]:
-    if (config.data is None) == (config.images is None):
-        raise ConfigError("embed needs exactly one of --data SPEC or --images DIR")
     if config.images is not None:
-        return list(list_images(Path(config.images))), read_file, BadSampleCounter()
+        return list_images(Path(config.images)), read_file, BadSampleCounter()
     assert config.data is not None
     return list_records(config.data)
 
 
-def embed_collection(config: EmbedConfig) -> EmbedReport:
+def embed_collection(config: EmbedConfig, encoder: ImageEncoder | None = None) -> EmbedReport:
     """Embeds new and changed images into `config.out`, drops deleted ones, updates the vector index.
+
+    Args:
+        config: what to embed and where.
+        encoder: the image encoder to use; by default `config.model` loaded on `config.device`.
 
     Raises:
         ConfigError: the index was made by another model, or the options are inconsistent.
-        DataError: the collection cannot be listed.
+        DataError: the collection cannot be listed, or holds no usable image.
+        IndexBusyError: another run is updating the same index folder.
     """
-    from clipforge.checkpoint import load
-
-    if config.batch_size < 1 or config.workers < 0:
-        raise ConfigError(f"need batch size >= 1, workers >= 0; got {config.batch_size}, {config.workers}")
-    choose_kind(0, config.index)  # fail on a bad kind before any work
-    model, preprocess, _ = load(config.model)
-    fingerprint = model_fingerprint(model)
-    store = EmbeddingStore(config.out, create=True)
-    try:
-        store.check_model(fingerprint, config.model)
+    with torch_threads(config.threads), faiss_threads(config.threads):
+        encoder = encoder or load_encoder(config.model, config.device)
         sources, read, bad = _list_sources(config)
-        report = EmbedReport(bad=bad)
-        _store_meta(store, config, fingerprint, model_dim(model))
-        removed, added = _update_store(store, model, preprocess, sources, read, config, report)
-        report.index_kind = update_index(store, config.index, removed, added)
-        report.total = len(store)
+        with index_lock(Path(config.out)):
+            return _embed_locked(config, encoder, sources, read, EmbedReport(bad=bad))
+
+
+def _embed_locked(
+    config: EmbedConfig,
+    encoder: ImageEncoder,
+    sources: list[Source],
+    read: Callable[[str], bytes],
+    report: EmbedReport,
+) -> EmbedReport:
+    store = EmbeddingStore(config.out, create=True)
+    remove_stale_temps(store.folder / ANN_NAME)  # a killed run's half-written index
+    try:
+        store.check_model(encoder.fingerprint, config.model)
+        _store_meta(store, config, encoder)
+        _update_store(store, encoder, sources, read, config, report)
+        synced = synced_index(store, config.index, True, config.target_recall, crash_point)
+        crash_point("ann-saved")
+        store.set_meta("index_kind", synced.index.kind)
+        report.index_kind, report.index_note, report.total = synced.index.kind, synced.how, len(store)
     finally:
         store.close()
+    if not report.total:
+        raise DataError(f"no usable images in {config.images or config.data}: {report.bad.summary()}")
     return report
 
 
-def _store_meta(store: EmbeddingStore, config: EmbedConfig, fingerprint: str, dim: int) -> None:
+def _store_meta(store: EmbeddingStore, config: EmbedConfig, encoder: ImageEncoder) -> None:
     spec = Path(config.model)
-    store.set_meta("model_hash", fingerprint)
+    store.set_meta("model_hash", encoder.fingerprint)
     store.set_meta("model_spec", str(spec.resolve()) if spec.exists() else config.model)
-    store.set_meta("embed_dim", str(dim))
+    store.set_meta("embed_dim", str(encoder.dim))
 
 
 def _update_store(
     store: EmbeddingStore,
-    model: nn.Module,
-    preprocess: Any,
+    encoder: ImageEncoder,
     sources: Sequence[Source],
     read: Callable[[str], bytes],
     config: EmbedConfig,
     report: EmbedReport,
-) -> tuple[list[int], list[int]]:
-    """Embeds what changed and deletes what is gone; returns (removed ids, added ids)."""
+) -> None:
+    """Embeds what changed, deletes what is gone, remembers what failed to decode."""
     stored = store.signatures()
-    todo, gone, report.unchanged = _plan(sources, stored)
+    plan = _plan(sources, stored, store.known_bad())
+    report.unchanged, report.removed = plan.unchanged, len(plan.gone)
+    report.bad.update(BadSample(b.path, b.reason, b.detail) for b in plan.known_bad)
     # A changed file's old row goes first, so an image that became unreadable leaves no stale vector.
-    removed = gone + [stored[s.path].id for s in todo if s.path in stored]
-    store.remove(removed)
-    report.removed = len(gone)
-    added: list[int] = []
-    for items, vectors, bad in _embed_sources(model, preprocess, todo, read, config):
-        report.bad.update(bad)
-        added += store.add(items, vectors)
-        report.updated += sum(item.path in stored for item in items)
-        report.added += sum(item.path not in stored for item in items)
-    return removed, added
+    store.remove(plan.gone + [stored[s.path].id for s in plan.todo if s.path in stored])
+    store.forget_bad(plan.forget)
+    crash_point("rows-removed")
+    for batch in _embed_sources(encoder, plan.todo, read, config):
+        report.bad.update(d.bad for d in batch.bad if d.bad is not None)
+        store.set_bad([_known_bad(d) for d in batch.bad if d.bad is not None and d.bad.reason in _REMEMBERED])
+        store.add(batch.items, batch.vectors)
+        crash_point("batch-added")
+        report.updated += sum(item.path in stored for item in batch.items)
+        report.added += sum(item.path not in stored for item in batch.items)
+    crash_point("rows-added")
 
 
-def update_index(store: EmbeddingStore, requested: str, removed: Sequence[int], added: Sequence[int]) -> str:
-    """Brings the vector index in line with the store, incrementally where possible; returns its kind."""
-    ids, vectors = store.embeddings()
-    kind = choose_kind(len(ids), requested) if len(ids) else "exact"
-    index = None if kind == "exact" else _patch_saved(store, kind, removed, added, ids, vectors)
-    if index is None:
-        index = build_index(kind, ids, vectors)
-        store.set_meta("trained_on", str(len(ids)))
-    save_index(index, store.folder)
-    store.set_meta("index_kind", kind)
-    return kind
+def _known_bad(decoded: _Decoded) -> KnownBad:
+    source, bad = decoded.source, decoded.bad
+    assert bad is not None
+    return KnownBad(source.path, source.size, source.mtime_ns, bad.reason, bad.detail)
 
-
-def _patch_saved(
-    store: EmbeddingStore,
-    kind: str,
-    removed: Sequence[int],
-    added: Sequence[int],
-    ids: np.ndarray,
-    vectors: np.ndarray,
-) -> VectorIndex | None:
-    """The saved FAISS index with `removed` dropped and `added` inserted, or None when it must be rebuilt.
-
-    HNSW cannot delete, and IVF lists trained on a quarter of the data or less are too coarse, so
-    both cases rebuild.
-    """
-    path = store.folder / ANN_NAME
-    trained_on = int(store.get_meta("trained_on") or 0)
-    if store.get_meta("index_kind") != kind or not path.is_file() or len(ids) > 4 * trained_on:
-        return None
-    if kind == "hnsw" and removed:
-        return None
-    index = FaissIndex(kind, import_faiss().read_index(str(path)))
-    if removed:
-        index.remove(np.asarray(removed, dtype=np.int64))
-    rows = np.searchsorted(ids, np.asarray(added, dtype=np.int64))  # ids are sorted ascending
-    index.add(ids[rows], vectors[rows])
-    return index if len(index) == len(ids) else None

@@ -10,9 +10,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipforge.index.ann import VectorIndex, load_index
-from clipforge.index.embed import encode_images, model_fingerprint
-from clipforge.index.store import EmbeddingStore, Item
+from clipforge.data.loader import torch_threads
+from clipforge.data.transforms import load_image
+from clipforge.errors import ConfigError, DataError
+from clipforge.index.ann import VectorIndex, faiss_threads
+from clipforge.index.embed import image_encoder, resolve_device
+from clipforge.index.store import EmbeddingStore, Item, display_path
+from clipforge.index.sync import synced_index
 
 MAX_K = 1000
 
@@ -25,39 +29,51 @@ class Hit:
     score: float
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready result as the CLI and the HTTP API print it."""
+        """JSON-ready result as the CLI and the HTTP API print it (undecodable path bytes as `\\xNN`)."""
         item = self.item
-        return {"id": item.id, "path": item.path, "score": round(self.score, 6), "caption": item.caption}
+        path = display_path(item.path)
+        return {"id": item.id, "path": path, "score": round(self.score, 6), "caption": item.caption}
 
 
 class Searcher:
-    """An open index folder plus the model it was built with, ready for text and image queries."""
+    """An open index folder plus the model it was built with, ready for text and image queries.
 
-    def __init__(self, folder: str | Path, model_spec: str | None = None) -> None:
+    Attributes:
+        kind: the vector index kind (`exact`, `ivf`, ...).
+        index_note: how the vector index was opened (`up to date`, `patched: ...`, `built (...)`).
+    """
+
+    def __init__(self, folder: str | Path, model_spec: str | None = None, device: str = "auto") -> None:
         """Opens an index and loads its model.
 
         Args:
             folder: an index folder written by `clipforge embed`.
             model_spec: the model to embed queries with; defaults to the one recorded in the index.
+            device: `auto`, `cpu` or `cuda`.
 
         Raises:
-            DataError: the folder is not a complete index.
+            DataError: the folder is not an index, or holds no images.
             ConfigError: `model_spec` is not the model the index was built with.
         """
         from clipforge.checkpoint import load
 
         self.store = EmbeddingStore(folder)
+        if not len(self.store):
+            raise DataError(f"index {folder} holds no images: add some with `clipforge embed --out {folder}`")
         spec = model_spec or self.store.get_meta("model_spec") or ""
-        self.model, self.preprocess, self.tokenizer = load(spec)
-        self.store.check_model(model_fingerprint(self.model), spec)
-        ids, vectors = self.store.embeddings()
+        self.device = resolve_device(device)
+        self.model, preprocess, self.tokenizer = load(spec)
+        self.images = image_encoder(self.model, preprocess, self.device)
+        self.store.check_model(self.images.fingerprint, spec)
         self.kind = self.store.get_meta("index_kind") or "exact"
-        self.index: VectorIndex = load_index(self.store.folder, self.kind, ids, vectors)
+        synced = synced_index(self.store, self.kind, save=False)
+        self.index: VectorIndex = synced.index
+        self.index_note = synced.how
 
     @property
     def fingerprint(self) -> str:
         """Hash of the model the index was built with."""
-        return self.store.get_meta("model_hash") or ""
+        return self.images.fingerprint
 
     def __len__(self) -> int:
         return len(self.index)
@@ -65,11 +81,12 @@ class Searcher:
     @torch.inference_mode()
     def encode_text(self, text: str) -> np.ndarray:
         """Normalized text embedding [1, E]."""
-        return self.model.encode_text(self.tokenizer([text]), normalize=True).float().numpy()  # type: ignore[operator]
+        tokens = self.tokenizer([text]).to(self.device)
+        return self.model.encode_text(tokens, normalize=True).float().cpu().numpy()  # type: ignore[operator]
 
     def encode_image(self, image: Image.Image) -> np.ndarray:
         """Normalized image embedding [1, E], rounded to float16 like the stored vectors."""
-        return encode_images(self.model, self.preprocess(image).unsqueeze(0)).astype(np.float32)  # [1, E]
+        return self.images.encode(self.images.preprocess(image).unsqueeze(0)).astype(np.float32)  # [1, E]
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
         """The k images closest to a text query."""
@@ -89,3 +106,46 @@ class Searcher:
     def item(self, item_id: int) -> Item | None:
         """The stored item with this id, or None."""
         return self.store.items([item_id]).get(item_id)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What `clipforge search` does: one text or image query against an index folder.
+
+    Attributes:
+        index: an index folder written by `clipforge embed`.
+        text: a text query, or None.
+        image: a query image, or None.
+        model: the query model; defaults to the one recorded in the index.
+        k: number of results.
+        threads: torch (and FAISS) threads; None keeps torch's default.
+        device: `auto`, `cpu` or `cuda`.
+    """
+
+    index: Path
+    text: str | None = None
+    image: Path | None = None
+    model: str | None = None
+    k: int = 10
+    threads: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.image is None):
+            raise ConfigError("search needs exactly one of a TEXT query or --image PATH")
+        if not 1 <= self.k <= MAX_K:
+            raise ConfigError(f"-k must be in 1..{MAX_K}, got {self.k}")
+
+
+def search(config: SearchConfig) -> list[Hit]:
+    """Runs one query; the k closest indexed images, best first.
+
+    Raises:
+        DataError: the folder is not an index or is empty; the query image cannot be read.
+        ConfigError: the model is not the one the index was built with.
+    """
+    with torch_threads(config.threads), faiss_threads(config.threads):
+        searcher = Searcher(config.index, config.model, config.device)
+        if config.text is not None:
+            return searcher.search_text(config.text, config.k)
+        return searcher.search_image(load_image(config.image or ""), config.k)
