@@ -196,6 +196,22 @@ def test_non_utf8_file_names_are_stored_and_found_again(tmp_path: Path) -> None:
     out = CliRunner().invoke(main, command)
     assert out.exit_code == 0, out.output
     assert "caf\\xe9 \\xff.png" in out.output
+    served = _served_bytes(tmp_path / "idx", odd)
+    assert served == odd.read_bytes()
+
+
+def _served_bytes(index: Path, path: Path) -> bytes:
+    """The bytes `clipforge serve` returns for the indexed file at `path` (found by its id)."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from clipforge.serve.app import ServeConfig, create_app
+
+    item_id = EmbeddingStore(index).signatures()[str(path.resolve())].id
+    client = TestClient(create_app(ServeConfig(index)), base_url="http://127.0.0.1:8000")
+    results = client.get("/api/search", params={"q": "x", "k": 4}).json()["results"]
+    assert any(r["id"] == item_id and r["path"].endswith("caf\\xe9 \\xff.png") for r in results)
+    return client.get(f"/images/{item_id}").content
 
 
 def test_a_second_run_on_a_locked_index_refuses_with_the_holder(collection, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ probes, overlapping ones many.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +33,7 @@ TUNE_QUERIES = 256  # held-out vectors whose recall@10 picks the search effort
 TUNE_K = 10
 PQ_BITS = 8  # codebook of 256 centroids per sub-vector
 PQ_TRAIN_MIN = 39 * 2**PQ_BITS  # FAISS wants >= 39 training points per centroid
+PQ_RERANK = 10  # PQ scores are rough: keep 10 candidates per result and re-score them exactly
 _ADD_CHUNK = 65_536
 
 
@@ -64,9 +65,16 @@ def faiss_threads(count: int | None) -> Iterator[None]:
 
 
 class VectorIndex(Protocol):
-    """What every index offers; `search` returns scores and ids [Q, k], padded with id -1."""
+    """What every index offers; `search` returns scores and ids [Q, k], padded with id -1.
+
+    `candidates` is how many results per wanted one a search should take before re-scoring them
+    exactly (1 when the index's own scores are exact enough).
+    """
 
     kind: str
+
+    @property
+    def candidates(self) -> int: ...
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
 
@@ -81,6 +89,7 @@ class ExactIndex:
     """Brute force: one matrix product and a partial sort. Exact, nothing to train or save."""
 
     kind = "exact"
+    candidates = 1
 
     def __init__(self, dim: int) -> None:
         self.ids = np.zeros(0, dtype=np.int64)
@@ -148,6 +157,11 @@ class FaissIndex:
         self.tuning: Tuning | None = None
         if tuning is not None:
             self.set_tuning(tuning)
+
+    @property
+    def candidates(self) -> int:
+        """Results to take per wanted one before exact re-scoring (PQ's scores are rough)."""
+        return PQ_RERANK if self.kind == "ivf-pq" else 1
 
     @property
     def effort_name(self) -> str:
@@ -314,24 +328,40 @@ def _ivf_of_kind(faiss: Any, kind: str, quantizer: Any, dim: int, nlist: int) ->
 def tune(
     index: FaissIndex, ids: np.ndarray, vectors: np.ndarray, held: np.ndarray, target: float = TARGET_RECALL
 ) -> Tuning:
-    """The smallest search effort (doubling) whose recall@10 on the vectors at rows `held` reaches `target`.
+    """The least search effort whose recall@10 on the vectors at rows `held` reaches `target`.
 
+    Efforts double until one reaches the target, then the last step is bisected to within 1/8.
     The index must hold every row but `held`. When no effort reaches the target (PQ codes cap
     recall), the most accurate one is kept and its recall reported.
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     queries = vectors[held]  # [Q, D]
     truth = _exact_neighbours(queries, ids, vectors, held)  # [Q, k]
-    measured = []
-    for effort in _efforts(index.max_effort):
+
+    def recall(effort: int) -> float:
         index.effort = effort
-        _, found = index.search(queries, TUNE_K)
-        recall = recall_at_k(found, truth)
-        if recall >= target:
-            return Tuning(effort, recall, target, len(held), len(ids))
-        measured.append((recall, -effort))
-    recall, effort = max(measured)
-    return Tuning(-effort, recall, target, len(held), len(ids))
+        return recall_at_k(index.search(queries, TUNE_K * index.candidates)[1], truth)
+
+    measured: dict[int, float] = {}
+    for effort in _efforts(index.max_effort):
+        measured[effort] = recall(effort)
+        if measured[effort] >= target:
+            effort = _bisect(recall, measured, effort // 2, effort, target)
+            break
+    else:
+        effort = max(measured, key=lambda e: (measured[e], -e))
+    return Tuning(effort, measured[effort], target, len(held), len(ids))
+
+
+def _bisect(
+    recall: Callable[[int], float], measured: dict[int, float], low: int, high: int, target: float
+) -> int:
+    """The least effort in (low, high] reaching `target`, to within high / 8 (`high` reaches it)."""
+    while high - low > max(1, high // 8):
+        middle = (low + high) // 2
+        measured[middle] = recall(middle)
+        low, high = (low, middle) if measured[middle] >= target else (middle, high)
+    return high
 
 
 def _exact_neighbours(
@@ -352,6 +382,23 @@ def _efforts(top: int) -> Iterator[int]:
         yield effort
         effort *= 2
     yield top
+
+
+def search_reranked(
+    index: VectorIndex, query: np.ndarray, k: int, fetch: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k scores and ids [k'] of one query [1, D], re-scored exactly where the index's scores are rough.
+
+    Args:
+        fetch: ids [n] -> their stored vectors [n, D] (e.g. `EmbeddingStore.vectors`).
+    """
+    scores, ids = index.search(query, k * index.candidates)
+    ids = ids[0][ids[0] >= 0]
+    if index.candidates == 1:
+        return scores[0][: len(ids)], ids
+    exact = np.asarray(fetch(ids), dtype=np.float32) @ np.asarray(query, dtype=np.float32)[0]  # [n]
+    order = np.argsort(-exact, kind="stable")[:k]
+    return exact[order], ids[order]
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

@@ -13,7 +13,7 @@ from PIL import Image
 from clipforge.data.loader import torch_threads
 from clipforge.data.transforms import load_image
 from clipforge.errors import ConfigError, DataError
-from clipforge.index.ann import VectorIndex, faiss_threads
+from clipforge.index.ann import VectorIndex, faiss_threads, search_reranked
 from clipforge.index.embed import image_encoder, resolve_device
 from clipforge.index.store import EmbeddingStore, Item, display_path
 from clipforge.index.sync import synced_index
@@ -98,8 +98,8 @@ class Searcher:
 
     def search_vector(self, query: np.ndarray, k: int = 10) -> list[Hit]:
         """The k images closest to a query embedding [1, E], best first."""
-        scores, ids = self.index.search(query, max(1, min(k, MAX_K)))
-        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        scores, ids = search_reranked(self.index, query, max(1, min(k, MAX_K)), self.store.vectors)
+        found = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
         items = self.store.items([i for i, _ in found])
         return [Hit(items[i], s) for i, s in found if i in items]
 
