@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +13,15 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("selenium")
 
-import uvicorn  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from clipforge.index import EmbedConfig, embed_collection  # noqa: E402
-from clipforge.serve.app import create_app  # noqa: E402
+from clipforge.serve.app import ServeConfig  # noqa: E402
 from test_index import make_images, make_model  # noqa: E402
+from test_serve_guard import live_server  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -51,12 +48,6 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def server_url(tmp_path: Path) -> Iterator[str]:
     """A live server over a 9-image index, on a free loopback port, stopped after the test."""
@@ -64,18 +55,8 @@ def server_url(tmp_path: Path) -> Iterator[str]:
     make_images(tmp_path / "images", count=9, bad=False)
     config = EmbedConfig(str(model), tmp_path / "idx", images=tmp_path / "images", workers=0, progress=False)
     embed_collection(config)
-    port = free_port()
-    app = create_app(tmp_path / "idx")
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(ServeConfig(tmp_path / "idx")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -83,14 +83,20 @@ def collection(tmp_path: Path) -> tuple[Path, Path, list[Path]]:
     return make_model(tmp_path / "model"), tmp_path / "images", make_collection(tmp_path / "images", 14)
 
 
+def embedded(collection: tuple[Path, Path, list[Path]], kind: str) -> tuple[Path, Path, list[Path], Path]:
+    """(model, images, paths, index folder) after a first run over the collection."""
+    model, images, paths = collection
+    idx = images.parent / "idx"
+    embed(model, images, idx, kind)
+    return model, images, paths, idx
+
+
 @pytest.mark.parametrize(
     ("kind", "how"), [("ivf", "patched: 3 added, 3 removed"), ("hnsw", "built (an HNSW graph cannot delete")]
 )
 def test_an_ann_file_older_than_the_rows_is_patched(collection, tmp_path: Path, kind: str, how: str) -> None:
     """The state a kill between the row commit and the index save leaves: rows new, ann.faiss old."""
-    model, images, paths = collection
-    idx = tmp_path / "idx"
-    embed(model, images, idx, kind)
+    model, images, paths, idx = embedded(collection, kind)
     old = (idx / "ann.faiss").read_bytes()
     for i, path in enumerate(paths[1:4]):  # same count, new row ids: a count check cannot tell
         grid_image(path, 100 + i)
@@ -107,9 +113,7 @@ def test_an_ann_file_older_than_the_rows_is_patched(collection, tmp_path: Path, 
 def test_a_torn_or_foreign_ann_file_is_rebuilt_not_fatal(
     collection, tmp_path: Path, kind: str, damage: str
 ) -> None:
-    model, images, _ = collection
-    idx = tmp_path / "idx"
-    embed(model, images, idx, kind)
+    model, images, _, idx = embedded(collection, kind)
     data = (idx / "ann.faiss").read_bytes()
     broken = {"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}[damage]
     (idx / "ann.faiss").write_bytes(broken)
@@ -141,9 +145,7 @@ def test_a_run_stopped_at_any_stage_is_completed_by_the_next(
 ) -> None:
     import clipforge.index.embed as embed_module
 
-    model, images, paths = collection
-    idx = tmp_path / "idx"
-    embed(model, images, idx, kind)
+    model, images, paths, idx = embedded(collection, kind)
     change_collection(images, paths)
 
     def crash_point(at: str) -> None:
@@ -166,9 +168,7 @@ def test_sigkill_at_a_stage_then_rerun_finds_every_image(
     collection, tmp_path: Path, kind: str, stage: str
 ) -> None:
     """A real SIGKILL in a `clipforge embed` process (no cleanup runs), then a normal run."""
-    model, images, paths = collection
-    idx = tmp_path / "idx"
-    embed(model, images, idx, kind)
+    model, images, paths, idx = embedded(collection, kind)
     change_collection(images, paths)
     env = {**os.environ, "CLIPFORGE_CRASH_AT": stage, "PYTHONPATH": str(REPO / "src")}
     command = [sys.executable, "-m", "clipforge.cli.main", "embed", "--model", str(model), "--images",

@@ -28,9 +28,13 @@ def index_lock(folder: Path) -> Iterator[None]:
 
     Raises:
         IndexBusyError: another process holds it (names its pid); nothing was changed.
+        ClipforgeError: the folder cannot be created or written.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise ClipforgeError(f"cannot use {folder} as an index folder: {err.strerror or err}") from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
