@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flickr8k-root", type=Path, default=Path("../shared/data/flickr8k"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    parser.add_argument("--block", default="search-latency", help="RESULTS.md block to write")
     args = parser.parse_args(argv)
     _set_threads(args.threads)
     import faiss
@@ -202,13 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     if args.flickr8k_index is not None:
         rows += bench_flickr8k(args.flickr8k_index, args.flickr8k_root, [k for k in kinds if k != "auto"])
-    for setting in args.settings.split(","):
+    for setting in (s for s in args.settings.split(",") if s):
         for count in (int(s) for s in args.sizes.split(",")):
             rows += bench_synthetic(setting, count, kinds, args.hnsw_max)
     text = table(rows, args.threads, "python benchmarks/bench_search.py " + " ".join(argv or sys.argv[1:]))
     print(text)
     if args.write:
-        write_section("search-latency", text, container="search")
+        write_section(args.block, text, container="search")
     return 0
 
 

@@ -23,7 +23,6 @@ from clipforge.errors import ConfigError, DataError
 from clipforge.index import EmbedConfig, EmbeddingStore, Searcher, build_index, choose_kind, embed_collection
 from clipforge.index.ann import (
     EXACT_LIMIT,
-    HNSW_AUTO_LIMIT,
     PQ_RERANK,
     FaissIndex,
     recall_at_k,
@@ -194,9 +193,9 @@ def test_hnsw_recall_at_10_is_high() -> None:
         index.remove(np.array([1]))
 
 
-def test_auto_kind_switches_to_hnsw_then_ivf_at_the_limits_and_rejects_unknown() -> None:
-    assert choose_kind(EXACT_LIMIT - 1) == "exact" and choose_kind(EXACT_LIMIT) == "hnsw"
-    assert choose_kind(HNSW_AUTO_LIMIT) == "hnsw" and choose_kind(HNSW_AUTO_LIMIT + 1) == "ivf"
+def test_auto_kind_switches_to_ivf_at_the_limit_and_rejects_unknown() -> None:
+    assert choose_kind(EXACT_LIMIT - 1) == "exact" and choose_kind(EXACT_LIMIT) == "ivf"
+    assert choose_kind(10 * EXACT_LIMIT) == "ivf"
     assert choose_kind(10, "hnsw") == "hnsw"
     with pytest.raises(ConfigError, match="unknown index kind 'flat'"):
         choose_kind(10, "flat")
