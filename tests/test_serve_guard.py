@@ -136,9 +136,10 @@ def test_short_tokens_are_refused(index: Path) -> None:
 
 def test_health_stays_fast_while_uploads_run_the_model(index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Image search that takes 1.5 s of model time must not hold up /api/health (event loop free)."""
-    real = Searcher.search_image
+    real, running = Searcher.search_image, threading.Event()
 
     def slow_search_image(self: Searcher, image: object, k: int = 10) -> object:
+        running.set()
         time.sleep(1.5)  # stands in for a big model; a blocking call, as torch's forward is
         return real(self, image, k)  # type: ignore[arg-type]
 
@@ -149,7 +150,7 @@ def test_health_stays_fast_while_uploads_run_the_model(index: Path, monkeypatch:
                    for _ in range(3)]
         for upload in uploads:
             upload.start()
-        time.sleep(0.3)
+        assert running.wait(30)
         waits = []
         for _ in range(5):
             start = time.perf_counter()
@@ -163,28 +164,37 @@ def test_health_stays_fast_while_uploads_run_the_model(index: Path, monkeypatch:
 def test_model_jobs_beyond_the_queue_get_503_with_retry_after(
     index: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """One job running and one waiting fill `concurrency=1, queue=1`: of three requests, one is shed."""
     release = threading.Event()
     real = Searcher.search_text
 
     def blocked_search_text(self: Searcher, text: str, k: int = 10) -> object:
-        release.wait(30)
+        release.wait(60)
         return real(self, text, k)
 
     monkeypatch.setattr(Searcher, "search_text", blocked_search_text)
     with live_server(ServeConfig(index, concurrency=1, queue=1)) as url, httpx.Client(base_url=url) as client:
-        answers: list[int] = []
-        held = [threading.Thread(target=lambda: answers.append(client.get("/api/search?q=a").status_code))
-                for _ in range(2)]
-        for thread in held:
+        answers: list[httpx.Response] = []
+        done = threading.Condition()
+
+        def ask() -> None:
+            response = client.get("/api/search", params={"q": "a"})
+            with done:
+                answers.append(response)
+                done.notify()
+
+        threads = [threading.Thread(target=ask) for _ in range(3)]
+        for thread in threads:
             thread.start()
-        time.sleep(0.5)  # one job running, one waiting: the queue is full
-        shed = client.get("/api/search", params={"q": "b"})
+        with done:
+            assert done.wait_for(lambda: answers, timeout=60)  # the shed one answers while two are held
+        shed = answers[0]
         assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
         assert client.get("/api/health").status_code == 200
         release.set()
-        for thread in held:
+        for thread in threads:
             thread.join()
-    assert answers == [200, 200]
+    assert sorted(a.status_code for a in answers) == [200, 200, 503]
 
 
 def test_chunked_uploads_are_cut_off_at_the_limit_while_streaming(index: Path) -> None:
