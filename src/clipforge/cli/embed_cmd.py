@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from clipforge.cli.output import runtime_options
 from clipforge.index.ann import KINDS, TARGET_RECALL
-from clipforge.index.embed import DEVICES, EmbedConfig, embed_collection
+from clipforge.index.embed import EmbedConfig, embed_collection
 
 
 def register(group: click.Group) -> None:
@@ -28,10 +29,7 @@ def register(group: click.Group) -> None:
                    "every deletion).")
 @click.option("--target-recall", default=TARGET_RECALL, show_default=True,
               help="Recall@10 vs exact search that approximate indexes are tuned to reach.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch and FAISS threads for encoding (default: torch's, one per core).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where the model runs.")
+@runtime_options
 def embed(
     model: str,
     data: str | None,
@@ -41,10 +39,9 @@ def embed(
     workers: int,
     kind: str,
     target_recall: float,
-    threads: int | None,
     device: str,
 ) -> None:
     """Embed new and changed images into OUT and drop deleted ones; bad images are skipped and counted."""
     config = EmbedConfig(model, out, data, images, batch_size=batch_size, workers=workers, index=kind,
-                         target_recall=target_recall, threads=threads, device=device)
+                         target_recall=target_recall, device=device)
     click.echo(embed_collection(config).summary())

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from clipforge.cli.output import one_line, quote_path
-from clipforge.index.embed import DEVICES
+from clipforge.cli.output import one_line, quote_path, runtime_options
 
 
 def register(group: click.Group) -> None:
@@ -22,9 +21,7 @@ def register(group: click.Group) -> None:
 @click.option("--model", default=None, help="Query model (default: the one recorded in the index).")
 @click.option("-k", "k", default=10, show_default=True, help="Number of results.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch and FAISS threads.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where the model runs.")
+@runtime_options
 @click.argument("text", required=False)
 def search(
     index_dir: Path,
@@ -32,7 +29,6 @@ def search(
     model: str | None,
     k: int,
     as_json: bool,
-    threads: int | None,
     device: str,
     text: str | None,
 ) -> None:
@@ -40,7 +36,7 @@ def search(
     from clipforge.index.search import SearchConfig
     from clipforge.index.search import search as run_search
 
-    hits = run_search(SearchConfig(index_dir, text, image, model, k, threads, device))
+    hits = run_search(SearchConfig(index_dir, text, image, model, k, device=device))
     if as_json:
         click.echo(json.dumps({"results": [hit.to_dict() for hit in hits]}, indent=2))
         return

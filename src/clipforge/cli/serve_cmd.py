@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clipforge.index.embed import DEVICES
+from clipforge.cli.output import runtime_options
 
 
 def register(group: click.Group) -> None:
@@ -27,9 +27,7 @@ def register(group: click.Group) -> None:
                    "loopback names are always accepted).")
 @click.option("--concurrency", default=1, show_default=True, help="Model jobs running at once.")
 @click.option("--queue", default=16, show_default=True, help="Model jobs waiting; beyond them, 503.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch and FAISS threads.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where the model runs.")
+@runtime_options
 def serve(
     index_dir: Path,
     model: str | None,
@@ -39,7 +37,6 @@ def serve(
     allow_hosts: tuple[str, ...],
     concurrency: int,
     queue: int,
-    threads: int | None,
     device: str,
 ) -> None:
     """Serve search, image search and zero-shot classification over HTTP, with a web UI at /."""
@@ -47,5 +44,5 @@ def serve(
     from clipforge.serve.app import ServeConfig
     from clipforge.serve.app import serve as run_server
 
-    run_server(ServeConfig(index_dir, model, host, port, token, allow_hosts, concurrency, queue, threads,
-                           device))
+    config = ServeConfig(index_dir, model, host, port, token, allow_hosts, concurrency, queue, device=device)
+    run_server(config)

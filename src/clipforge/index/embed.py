@@ -30,8 +30,10 @@ from tqdm import tqdm
 
 from clipforge.data.loader import Transform, decode_image, single_threaded, torch_threads
 from clipforge.data.readers import IMAGE_EXTENSIONS, BadSample, BadSampleCounter
-from clipforge.errors import ConfigError, DataError
-from clipforge.fileio import remove_stale_temps
+from clipforge.data.transforms import MAX_IMAGE_BYTES
+from clipforge.device import resolve_device
+from clipforge.errors import ConfigError, DataError, UnreadableFileError
+from clipforge.fileio import read_regular_file, remove_stale_temps
 from clipforge.index.ann import TARGET_RECALL, choose_kind, faiss_threads
 from clipforge.index.annfile import ANN_NAME
 from clipforge.index.lock import index_lock
@@ -40,7 +42,6 @@ from clipforge.index.sync import synced_index
 from clipforge.models.config import ModelConfig
 
 NO_MTIME = -1  # sources that are not plain files (tar members) are re-embedded on every run
-DEVICES = ("auto", "cpu", "cuda")
 CRASH_ENV = "CLIPFORGE_CRASH_AT"
 # Decode failures are properties of the bytes; a file that could not be read may be readable later.
 _REMEMBERED = ("zero_bytes", "truncated", "too_large", "corrupt_image")
@@ -67,21 +68,6 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else the CPU.
-
-    Raises:
-        ConfigError: an unknown name, or `cuda` on a machine without it.
-    """
-    if name not in DEVICES:
-        raise ConfigError(f"unknown device '{name}' (known: {', '.join(DEVICES)})")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @dataclass(frozen=True)
 class ImageEncoder:
     """What embedding needs from a model; another backend (e.g. ONNX) can supply its own.
@@ -99,7 +85,7 @@ class ImageEncoder:
     dim: int
 
 
-def load_encoder(spec: str, device: str = "auto") -> ImageEncoder:
+def load_encoder(spec: str, device: str = "cpu") -> ImageEncoder:
     """The image encoder of a model spec (anything `clipforge.checkpoint.load` accepts)."""
     from clipforge.checkpoint import load
 
@@ -133,8 +119,8 @@ class EmbedConfig:
         workers: decoding processes (0 decodes in the main process).
         index: `auto`, `exact`, `ivf`, `ivf-sq8`, `ivf-pq` or `hnsw`.
         target_recall: recall@10 against exact search that approximate indexes are tuned to reach.
-        threads: torch (and FAISS) threads for encoding; None keeps torch's default.
-        device: `auto`, `cpu` or `cuda`.
+        threads: torch (and FAISS) threads for encoding; None keeps the current setting.
+        device: `cpu`, `cuda` or `auto`.
         progress: show a progress bar.
     """
 
@@ -147,7 +133,7 @@ class EmbedConfig:
     index: str = "auto"
     target_recall: float = TARGET_RECALL
     threads: int | None = None
-    device: str = "auto"
+    device: str = "cpu"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -247,8 +233,12 @@ class _RecordReader:
 
 
 def read_file(path: str) -> bytes:
-    """Reads a plain file (the reader of `--images` sources)."""
-    return Path(path).read_bytes()
+    """Reads a regular file (the reader of `--images` sources); a FIFO or device is refused, not waited on.
+
+    Raises:
+        UnreadableFileError: an OSError too, so the decoder counts the file as `missing_file`.
+    """
+    return read_regular_file(path, MAX_IMAGE_BYTES, UnreadableFileError, "image file")
 
 
 @dataclass(frozen=True)

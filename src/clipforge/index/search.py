@@ -12,9 +12,10 @@ from PIL import Image
 
 from clipforge.data.loader import torch_threads
 from clipforge.data.transforms import load_image
+from clipforge.device import resolve_device
 from clipforge.errors import ConfigError, DataError
 from clipforge.index.ann import VectorIndex, faiss_threads, search_reranked
-from clipforge.index.embed import image_encoder, resolve_device
+from clipforge.index.embed import image_encoder
 from clipforge.index.store import EmbeddingStore, Item, display_path
 from clipforge.index.sync import synced_index
 
@@ -43,7 +44,7 @@ class Searcher:
         index_note: how the vector index was opened (`up to date`, `patched: ...`, `built (...)`).
     """
 
-    def __init__(self, folder: str | Path, model_spec: str | None = None, device: str = "auto") -> None:
+    def __init__(self, folder: str | Path, model_spec: str | None = None, device: str = "cpu") -> None:
         """Opens an index and loads its model.
 
         Args:
@@ -128,7 +129,7 @@ class SearchConfig:
     model: str | None = None
     k: int = 10
     threads: int | None = None
-    device: str = "auto"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if (self.text is None) == (self.image is None):

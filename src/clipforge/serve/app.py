@@ -85,7 +85,7 @@ class ServeConfig:
     concurrency: int = 1
     queue: int = 16
     threads: int | None = None
-    device: str = "auto"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.queue < 0:
