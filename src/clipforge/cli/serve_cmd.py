@@ -23,8 +23,8 @@ def register(group: click.Group) -> None:
               help="Require this bearer token for the API and images (or env CLIPFORGE_TOKEN); "
                    "open /?token=TOKEN once in a browser. Use it whenever --host is not loopback.")
 @click.option("--allow-host", "allow_hosts", multiple=True,
-              help="Also accept this name in the Host header (repeatable; the bound address and "
-                   "loopback names are always accepted).")
+              help="Also accept this name in the Host header (repeatable; `*`: any). The bound address "
+                   "is always accepted, and loopback names when bound to loopback or 0.0.0.0.")
 @click.option("--concurrency", default=1, show_default=True, help="Model jobs running at once.")
 @click.option("--queue", default=16, show_default=True, help="Model jobs waiting; beyond them, 503.")
 @runtime_options
