@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "clipforge.cli.search_cmd",
     "clipforge.cli.serve_cmd",
     "clipforge.cli.probe_cmd",
+    "clipforge.cli.skills_cmd",
 ]
 
 
