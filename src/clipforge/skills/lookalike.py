@@ -8,7 +8,9 @@ independent check (tests and ``benchmarks/bench_skills.py``).
 Edits (`EDITS`):
     noise_blobs: dim patches of coloured pixel noise on the background; the content is unchanged.
     smudge: an irregular palette-coloured blob of object size; an extra object of no shape.
-    half_drawn: one object drawn only on one side of a random line (35-65 % of it); an object of no shape.
+    half_drawn: one object drawn only on one side of a random line (35-65 % of it): an object of no
+        shape, unless the part drawn is itself a whole shape (`WHOLE_IOU` with that shape's drawing in
+        its box, e.g. the apex part of a triangle).
     missing: one object left out (a one-object scene becomes empty: unparseable).
     extra: another random object (count records only, where object order does not matter).
     reshape: one object drawn as another shape.
@@ -32,6 +34,7 @@ from clipforge.synthetic.scene import SIZE_FRACTION, Scene, SceneObject, render_
 Made = tuple[Image.Image, list[DetectedObject], str]  # image, its truth, what was done
 EDITS = ("noise_blobs", "smudge", "half_drawn", "missing", "extra", "reshape", "recolor")
 NO_SHAPE_FIT = 0.5  # a shapeless object is less confident than any drawn shape
+WHOLE_IOU = 0.85
 _TRIES = 200
 
 
@@ -105,6 +108,18 @@ def _smudge(scene: Scene, rng: np.random.Generator) -> Made | None:
     return _paint(render_scene(scene), mask, PALETTE[color]), truth, f"{color} smudge at {bbox}"
 
 
+def _whole_shape(mask: np.ndarray, bbox: Box) -> str | None:
+    """The shape a partial drawing still is, when it matches the renderer's drawing of that shape in its
+    own (square) box with IoU >= `WHOLE_IOU`: the apex half of a triangle is a smaller triangle."""
+    width, height = bbox[2] - bbox[0], bbox[3] - bbox[1]
+    if abs(width - height) > max(1.0, 0.1 * max(width, height)):
+        return None
+    drawings = {s: shape_mask(s, bbox, mask.shape[0]) for s in SHAPES}
+    ious = {s: float((mask & d).sum() / (mask | d).sum()) for s, d in drawings.items()}
+    best = max(ious, key=lambda s: ious[s])
+    return best if ious[best] >= WHOLE_IOU else None
+
+
 def _half_drawn(scene: Scene, rng: np.random.Generator) -> Made | None:
     k = int(rng.integers(len(scene.objects)))
     target = scene.objects[k]
@@ -114,14 +129,14 @@ def _half_drawn(scene: Scene, rng: np.random.Generator) -> Made | None:
     angle = rng.uniform(0, 2 * np.pi)
     along = (xs - xs.mean()) * np.cos(angle) + (ys - ys.mean()) * np.sin(angle)
     keep_share = rng.uniform(0.35, 0.65)
-    cut = np.quantile(along, 1 - keep_share)
-    kept = along >= cut
+    kept = along >= np.quantile(along, 1 - keep_share)
     partial = np.zeros_like(mask)
     partial[ys[kept], xs[kept]] = True
     bbox = (int(xs[kept].min()), int(ys[kept].min()), int(xs[kept].max()) + 1, int(ys[kept].max()) + 1)
-    truth = [_as_detected(o) if i != k else DetectedObject(None, o.color, bbox, int(kept.sum()), NO_SHAPE_FIT)
-             for i, o in enumerate(scene.objects)]
-    detail = f"object {k} ({target.shape}) cut to {keep_share:.0%}"
+    whole = _whole_shape(partial, bbox)
+    cut = DetectedObject(whole, target.color, bbox, int(kept.sum()), 1.0 if whole else NO_SHAPE_FIT)
+    truth = [_as_detected(o) if i != k else cut for i, o in enumerate(scene.objects)]
+    detail = f"object {k} ({target.shape}) cut to {keep_share:.0%}" + (f", a whole {whole}" if whole else "")
     return _paint(render_scene(rest), partial, PALETTE[target.color]), truth, detail
 
 
@@ -189,3 +204,33 @@ def make_lookalike(record: SkillRecord, scene: Scene, edit: str, rng: np.random.
     truth.sort(key=lambda o: -o.fit)  # stable: drawn objects in scene order, shapeless ones last
     return Lookalike(_generator_look(image, rng), Reading(tuple(truth)), edit, detail)
 
+
+
+def _name(obj: DetectedObject) -> str:
+    return f"{obj.color or 'colourless'} {obj.shape or 'shapeless object'}"
+
+
+def _nearest(obj: DetectedObject, others: list[DetectedObject]) -> DetectedObject | None:
+    """The object of `others` whose centre lies inside `obj`'s box grown by 2 px, nearest first."""
+    x0, y0, x1, y1 = obj.bbox
+    inside = [o for o in others if x0 - 2 <= o.centre[0] <= x1 + 2 and y0 - 2 <= o.centre[1] <= y1 + 2]
+    return min(inside, key=lambda o: np.hypot(o.centre[0] - obj.centre[0], o.centre[1] - obj.centre[1]),
+               default=None)
+
+
+def explain(truth: Reading, reading: Reading) -> list[str]:
+    """How a parser reading differs from the truth: objects missed, extra, or read differently, and a
+    different most confident object (which the object, color and spatial rules look at first)."""
+    notes, unmatched = [], list(reading.objects)
+    for obj in truth.objects:
+        found = _nearest(obj, unmatched)
+        if found is None:
+            notes.append(f"missed the {_name(obj)}")
+            continue
+        unmatched.remove(found)
+        if (found.shape, found.color) != (obj.shape, obj.color):
+            notes.append(f"read the {_name(obj)} as: {_name(found)} (fit {found.fit:.3f})")
+    notes += [f"found an extra {_name(o)} (fit {o.fit:.3f})" for o in unmatched]
+    if truth.objects and reading.objects and _nearest(truth.objects[0], [reading.objects[0]]) is None:
+        notes.append(f"ranked the {_name(reading.objects[0])} first")
+    return notes

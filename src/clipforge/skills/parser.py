@@ -99,6 +99,10 @@ class Reading:
     def parseable(self) -> bool:
         return bool(self.objects)
 
+    def ranked(self) -> Reading:
+        """The same objects, most confident (best fit, then largest) first."""
+        return Reading(tuple(sorted(self.objects, key=lambda o: (-o.fit, -o.area))))
+
     def to_json(self) -> dict[str, object]:
         return {"parseable": self.parseable, "objects": [o.to_json() for o in self.objects]}
 
@@ -215,8 +219,7 @@ def parse_image(image: Image.Image | np.ndarray, config: ParserConfig | None = N
     for index, region in enumerate(ndimage.find_objects(maps.regions), start=1):
         if region is not None:
             found += maps.objects_of(index)
-    found.sort(key=lambda o: (-o.fit, -o.area))
-    return Reading(tuple(found))
+    return Reading(tuple(found)).ranked()
 
 
 class _Maps:

@@ -1,7 +1,7 @@
 """DALL-Eval's skill rules, applied to what the parser read (or to a scene's exact truth).
 
-The parser's fit is its confidence, so "the detected object" is the most confident one, as DALL-Eval
-takes DETR's most confident query:
+The parser's fit is its confidence, so "the detected object" is the most confident one (the larger on a
+tie), as DALL-Eval takes DETR's most confident query:
 
 - object: the most confident object has the asked shape;
 - count: exactly N objects, all of the asked shape;
@@ -105,7 +105,7 @@ def judge(record: SkillRecord, reading: Reading) -> Verdict:
         raise DataError(f"no rule for skill {record.skill!r} (known: {', '.join(RULES)})")
     if not reading.parseable:
         return Verdict(False, "unparseable")
-    return rule(record, reading)
+    return rule(record, reading.ranked())
 
 
 def truth_reading(record: SkillRecord) -> Reading:
