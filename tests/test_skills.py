@@ -335,3 +335,17 @@ def test_parser_agrees_with_the_construction_truth_on_200_generated_looking_imag
     for edit, notes in disagreements:
         assert edit == "half_drawn" and notes, (edit, notes)
         assert all("shapeless object as" in n for n in notes), notes
+
+
+def test_readme_skills_commands_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's two commands, with fewer prompts and a registry CLIP instead of a trained one."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Image-skill evaluation", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [line.split() for line in block.strip().splitlines()]
+    assert [line[:3] for line in lines] == [["clipforge", "skills", "make"], ["clipforge", "skills", "score"]]
+    monkeypatch.chdir(tmp_path)
+    for line in lines:
+        args = [{"200": "3", "runs/quickstart/hardneg/final": "tiny-convnet"}.get(a, a) for a in line[1:]]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "skills-report" / "skills.json").read_text())["clipscore"]["n"] == 12

@@ -29,7 +29,7 @@ def skills() -> None:
               help="Image side in pixels.")
 def make_command(out: Path, n_per_skill: int, seed: int, size: int) -> None:
     """Write a skill set: {skill}/scenes/{skill}_{train,val}.json and ground-truth renders."""
-    written = make_skill_set(out, SkillSetConfig(n_per_skill, seed, size))
+    written = make_skill_set(out, SkillSetConfig(n_per_skill=n_per_skill, seed=seed, image_size=size))
     total = sum(sum(splits.values()) for splits in written.values())
     click.echo(f"wrote {total} prompts with their renders ({', '.join(written)}) to {out}")
 
@@ -51,7 +51,8 @@ def make_command(out: Path, n_per_skill: int, seed: int, size: int) -> None:
 def score_command(skills_dir: Path, images: Path, clip: str | None, reference: Path | None, out: Path,
                   split: str, seed: int, resamples: int) -> None:
     """Score generated images: skill accuracy with CIs and controls, alignment and quality."""
-    report = score(skills_dir, images, out, ScoreConfig(clip, reference, split, resamples, seed))
+    config = ScoreConfig(clip=clip, reference=reference, split=split, n_resamples=resamples, seed=seed)
+    report = score(skills_dir, images, out, config)
     for skill, block in report["skills"].items():
         low, high = block["ci95"]
         accuracy = "n/a" if block["accuracy"] is None else f"{100 * block['accuracy']:.1f}%"
