@@ -23,7 +23,7 @@ import numpy as np
 
 from clipforge.probe.stats import accuracy_block
 from clipforge.skills.degrade import degrade
-from clipforge.skills.lookalike import EDITS, explain, make_lookalike
+from clipforge.skills.lookalike import EDITS, agreement
 from clipforge.skills.make import SkillSetConfig, make_skill_set, skill_record
 from clipforge.skills.parser import parse_image
 from clipforge.skills.records import SKILLS
@@ -66,30 +66,13 @@ def parser_table(seed: int, n: int, sizes: tuple[int, ...]) -> tuple[str, list[d
     return "\n".join(lines), rows
 
 
-def agreement(seed: int, per_skill: int, size: int) -> tuple[str, int, int]:
+def agreement_notes(seed: int, per_skill: int, size: int) -> tuple[str, int, int]:
     """Parser vs construction truth (through the rules) on generated-looking images, disagreements listed."""
-    config = SkillSetConfig(per_skill, seed, size)
-    agree, total, notes = 0, 0, []
-    for skill in SKILLS:
-        made, index = 0, 0
-        while made < per_skill:
-            record, scene = skill_record(config, skill, "val", index)
-            rng = np.random.default_rng([seed, index])
-            look = make_lookalike(record, scene, EDITS[index % len(EDITS)], rng)
-            index += 1
-            if look is None:
-                continue
-            made += 1
-            reading = parse_image(look.image)
-            parser, truth = judge(record, reading), judge(record, look.truth)
-            total += 1
-            if parser.passed == truth.passed:
-                agree += 1
-            else:
-                notes.append(f"- {size} px, {skill} \"{record.text}\", {look.edit} ({look.detail}): parser "
-                             f"{'passes' if parser.passed else 'fails'} it, truth {truth.reason}; the parser "
-                             + "; ".join(explain(look.truth, reading)))
-    return "\n".join(notes), agree, total
+    agree, disagreements = agreement(SkillSetConfig(per_skill, seed, size), per_skill)
+    notes = [f"- {size} px, {d.record.skill} \"{d.record.text}\", {d.look.edit} ({d.look.detail}): parser "
+             f"{'passes' if d.parser.passed else 'fails'} it, truth {d.truth.reason}; the parser "
+             + "; ".join(d.notes) for d in disagreements]
+    return "\n".join(notes), agree, agree + len(disagreements)
 
 
 def score_run(seed: int, clip: str | None, workdir: Path) -> tuple[dict[str, Any], float]:
@@ -142,7 +125,7 @@ def main(seed: int, n: int, sizes: str, clip: str | None, write: bool) -> None:
     click.echo(table)
     notes = []
     for size in (64, 32):
-        text, agree, total = agreement(seed, 50, size)
+        text, agree, total = agreement_notes(seed, 50, size)
         notes.append((size, text, agree, total))
         click.echo(f"agreement at {size} px: {agree}/{total}\n{text}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,7 @@ from PIL import Image
 from clipforge.cli.main import main
 from clipforge.errors import ConfigError, DataError
 from clipforge.skills.degrade import DEGRADATIONS, degrade
-from clipforge.skills.lookalike import EDITS, explain, make_lookalike
+from clipforge.skills.lookalike import agreement
 from clipforge.skills.make import SkillSetConfig, make_skill_set, record_scene, skill_record
 from clipforge.skills.parser import DetectedObject, Reading, parse_image
 from clipforge.skills.records import SKILLS, SkillObject, SkillRecord, load_skill_set, read_records
@@ -314,27 +314,11 @@ def test_parser_agrees_with_the_construction_truth_on_200_generated_looking_imag
     above `min_fit` (a 60 % diamond still looks like a diamond), while the construction calls it
     shapeless. Everything else (noise patches, smudges, missing, extra, reshaped, recoloured objects)
     agrees."""
-    config = SkillSetConfig(50, SEED, 64)
-    agree, disagreements = 0, []
-    for skill in SKILLS:
-        made, index = 0, 0
-        while made < 50:
-            record, scene = skill_record(config, skill, "val", index)
-            rng = np.random.default_rng([SEED, index])
-            look = make_lookalike(record, scene, EDITS[index % len(EDITS)], rng)
-            index += 1
-            if look is None:
-                continue
-            made += 1
-            reading = parse_image(look.image)
-            if judge(record, reading).passed == judge(record, look.truth).passed:
-                agree += 1
-            else:
-                disagreements.append((look.edit, explain(look.truth, reading)))
-    assert agree >= 190
-    for edit, notes in disagreements:
-        assert edit == "half_drawn" and notes, (edit, notes)
-        assert all("shapeless object as" in n for n in notes), notes
+    agree, disagreements = agreement(SkillSetConfig(50, SEED, 64), 50)
+    assert agree + len(disagreements) == 200 and agree >= 190
+    for case in disagreements:
+        assert case.look.edit == "half_drawn" and case.notes, case
+        assert all("shapeless object as" in n for n in case.notes), case.notes
 
 
 def test_readme_skills_commands_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -122,21 +122,41 @@ def _overview_table(models: dict[str, Any]) -> str:
 def _tag_bars(models: dict[str, Any]) -> str:
     """Horizontal bars per tag, one per model, with the CI as a whisker."""
     tags = sorted({tag for summary in models.values() for tag in summary["per_tag"]})
+    series = [(name, _color(i), summary["per_tag"]) for i, (name, summary) in enumerate(models.items())]
+    return interval_bars(tags, series)
+
+
+def interval_bars(rows: list[str], series: list[tuple[str, str, dict[str, Any]]],
+                  markers: dict[str, float] | None = None, marker_name: str = "") -> str:
+    """An SVG of horizontal accuracy bars: per row, one bar per series with its CI as a whisker.
+
+    Args:
+        rows: row labels.
+        series: ``(name, colour, {row: accuracy block})``; a block is ``{"accuracy", "n", "ci95"}``.
+        markers: an optional red tick per row (e.g. chance), named `marker_name` in the legend.
+    """
     label_w, bar_w, bar_h = 200, 480, 12
-    row_h = bar_h * len(models) + 10
+    row_h = bar_h * len(series) + 10
     parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_w + bar_w + 70}' "
-             f"height='{row_h * len(tags) + 30}'>"]
+             f"height='{row_h * len(rows) + 30}'>"]
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         x = label_w + frac * bar_w
-        parts.append(f"<line x1='{x}' y1='0' x2='{x}' y2='{row_h * len(tags)}' stroke='#ddd'/>"
-                     f"<text x='{x - 8}' y='{row_h * len(tags) + 14}'>{int(frac * 100)}%</text>")
-    for row, tag in enumerate(tags):
+        parts.append(f"<line x1='{x}' y1='0' x2='{x}' y2='{row_h * len(rows)}' stroke='#ddd'/>"
+                     f"<text x='{x - 8}' y='{row_h * len(rows) + 14}'>{int(frac * 100)}%</text>")
+    for row, label in enumerate(rows):
         y0 = row * row_h + 5
-        parts.append(f"<text x='0' y='{y0 + row_h / 2}'>{html.escape(tag[:32])}</text>")
-        for i, summary in enumerate(models.values()):
-            parts.append(_bar(summary["per_tag"].get(tag), label_w, bar_w, y0 + i * bar_h, bar_h, _color(i)))
-    legend = " ".join(f"<span style='color:{_color(i)}'>&#9632; {html.escape(n)}</span>"
-                      for i, n in enumerate(models))
+        parts.append(f"<text x='0' y='{y0 + row_h / 2}'>{html.escape(label[:32])}</text>")
+        for i, (_, color, blocks) in enumerate(series):
+            parts.append(_bar(blocks.get(label), label_w, bar_w, y0 + i * bar_h, bar_h, color))
+        level = (markers or {}).get(label)
+        if level is not None:
+            x = label_w + level * bar_w
+            parts.append(f"<line x1='{x:.1f}' y1='{y0}' x2='{x:.1f}' y2='{y0 + bar_h * len(series)}' "
+                         "stroke='#e15759' stroke-width='2'/>")
+    legend = " ".join(f"<span style='color:{color}'>&#9632; {html.escape(name)}</span>"
+                      for name, color, _ in series)
+    if markers:
+        legend += f" <span style='color:#e15759'>| {html.escape(marker_name)}</span>"
     return "".join(parts) + "</svg><div>" + legend + "</div>"
 
 

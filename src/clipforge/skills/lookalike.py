@@ -26,8 +26,10 @@ import numpy as np
 from PIL import Image
 
 from clipforge.skills.degrade import blur, jpeg, noise
-from clipforge.skills.parser import DetectedObject, Reading
-from clipforge.skills.records import SkillRecord
+from clipforge.skills.make import SkillSetConfig, skill_record
+from clipforge.skills.parser import DetectedObject, Reading, parse_image
+from clipforge.skills.records import SKILLS, SkillRecord
+from clipforge.skills.rules import Verdict, judge
 from clipforge.synthetic.render import PALETTE, SHAPES, Box, shape_mask
 from clipforge.synthetic.scene import SIZE_FRACTION, Scene, SceneObject, render_scene
 
@@ -234,3 +236,38 @@ def explain(truth: Reading, reading: Reading) -> list[str]:
     if truth.objects and reading.objects and _nearest(truth.objects[0], [reading.objects[0]]) is None:
         notes.append(f"ranked the {_name(reading.objects[0])} first")
     return notes
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A generated-looking image whose verdict from the parser differs from its construction truth's."""
+
+    record: SkillRecord
+    look: Lookalike
+    parser: Verdict
+    truth: Verdict
+    notes: tuple[str, ...]
+
+
+def agreement(config: SkillSetConfig, per_skill: int) -> tuple[int, list[Disagreement]]:
+    """Judges `per_skill` generated-looking val images per skill (edits in turn) with the parser and with
+    their construction truth; returns how many verdicts agree and the disagreements, explained."""
+    agree, disagreements = 0, []
+    for skill in SKILLS:
+        made, index = 0, 0
+        while made < per_skill:
+            record, scene = skill_record(config, skill, "val", index)
+            rng = np.random.default_rng([config.seed, index])
+            look = make_lookalike(record, scene, EDITS[index % len(EDITS)], rng)
+            index += 1
+            if look is None:
+                continue
+            made += 1
+            reading = parse_image(look.image)
+            parser, truth = judge(record, reading), judge(record, look.truth)
+            if parser.passed == truth.passed:
+                agree += 1
+            else:
+                notes = tuple(explain(look.truth, reading))
+                disagreements.append(Disagreement(record, look, parser, truth, notes))
+    return agree, disagreements

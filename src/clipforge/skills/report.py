@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from clipforge.fileio import write_text_atomic
+from clipforge.probe.report import interval_bars
 from clipforge.skills.parser import Reading
 from clipforge.skills.records import SkillRecord
 from clipforge.skills.rules import Verdict
@@ -74,38 +75,8 @@ def _skill_table(report: dict[str, Any]) -> str:
 
 def _bars(report: dict[str, Any]) -> str:
     """Per skill, one bar per series with its interval as a whisker, and chance as a red tick."""
-    skills = list(report["skills"])
-    label_w, bar_w, bar_h = 90, 460, 13
-    row_h = bar_h * len(SERIES) + 12
-    height = row_h * len(skills) + 20
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_w + bar_w + 60}' height='{height}'>"]
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        x = label_w + frac * bar_w
-        parts.append(f"<line x1='{x}' y1='0' x2='{x}' y2='{height - 18}' stroke='#ddd'/>"
-                     f"<text x='{x - 10}' y='{height - 4}'>{int(frac * 100)}%</text>")
-    for row, skill in enumerate(skills):
-        y0 = row * row_h + 4
-        parts.append(f"<text x='0' y='{y0 + row_h / 2}'>{html.escape(skill)}</text>")
-        for i, (key, _, color) in enumerate(SERIES):
-            parts.append(_bar(report[key].get(skill), label_w, bar_w, y0 + i * bar_h, bar_h, color))
-        level = report["chance"].get(skill)
-        if level is not None:
-            x = label_w + level * bar_w
-            parts.append(f"<line x1='{x:.1f}' y1='{y0}' x2='{x:.1f}' y2='{y0 + bar_h * len(SERIES)}' "
-                         "stroke='#e15759' stroke-width='2'><title>chance</title></line>")
-    legend = " ".join(f"<span style='color:{c}'>&#9632; {html.escape(n)}</span>" for _, n, c in SERIES)
-    return "".join(parts) + f"</svg><div>{legend} <span style='color:#e15759'>| chance</span></div>"
-
-
-def _bar(block: dict[str, Any] | None, x0: int, width: int, y: float, height: int, color: str) -> str:
-    if not block or block.get("accuracy") is None:
-        return ""
-    low, high = block["ci95"]
-    mid = y + height / 2
-    return (f"<rect x='{x0}' y='{y}' width='{block['accuracy'] * width:.1f}' height='{height - 2}' "
-            f"fill='{color}'><title>{_interval(block)}</title></rect>"
-            f"<line x1='{x0 + low * width:.1f}' y1='{mid}' x2='{x0 + high * width:.1f}' y2='{mid}' "
-            "stroke='#000'/>")
+    series = [(name, color, report[key]) for key, name, color in SERIES]
+    return interval_bars(list(report["skills"]), series, report["chance"], "chance")
 
 
 def _per_case(report: dict[str, Any]) -> str:
