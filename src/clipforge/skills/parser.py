@@ -9,13 +9,15 @@ can be read back by analysis by synthesis:
 2. Objects: connected regions above `low` strength; each region is cut at half its own peak strength
    (the half-maximum edge of a blurred shape sits where the sharp edge was, and a blurred bridge
    between two bright objects falls below it); pieces smaller than `min_area` of the image are noise.
-3. Shape: the renderer's own drawing of every shape in boxes around the piece's half-maximum box,
-   blurred like the observation, is compared with the observed strength (cosine similarity over a
-   window, so contrast does not matter); the best shape wins when its similarity reaches `min_fit`,
-   else the object's shape is unknown.
-4. Colour: the mean colour difference of the piece's core, named by the palette colour in the nearest
-   direction from the background (blur and fading scale the difference but keep its direction); unknown
-   below `min_color_cos`.
+3. Shape: the renderer's own drawing of every shape, in boxes from the piece's half-maximum box to
+   `GROW` pixels larger on each side (blur rounds pointed tips off) and blurred like the observation
+   could be, is compared with the observed luma contrast by cosine similarity (so contrast does not
+   matter; luma, because JPEG and many generators keep it sharper than chroma). The best fit names the
+   shape when it reaches `min_fit` and its box is about square (the renderer draws every shape in a
+   square box), else the object has no shape. The fit is the parser's confidence.
+4. Colour: the mean colour difference of the piece's core, named by the palette colour of the nearest
+   hue (the difference without its grey part: blur and fading scale a colour difference and JPEG's
+   coarse chroma mixes grey into it, but neither turns its hue); none when too grey or too far.
 5. Centre: the centre of the fitted box, as the renderer defines an object's centre.
 
 An image with no object-like region is "unparseable" (`Reading.parseable` is False): the parser says so
@@ -32,6 +34,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from clipforge.data.transforms import to_rgb
+from clipforge.errors import ImageError
 from clipforge.synthetic.render import BACKGROUND, PALETTE, SHAPES, Box, draw_shape
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity: thin star tips stay attached
@@ -42,7 +45,7 @@ class ParserConfig:
     """Thresholds of the parser (defaults tuned on renders of seeds other than the reported ones).
 
     Attributes:
-        smooth: Gaussian sigma (pixels at 64 px; scaled with the image) applied to colour differences.
+        smooth: Gaussian sigma in pixels applied to colour differences before thresholding.
         low: strength that makes a pixel candidate foreground (1.0 = the palette's weakest contrast).
         min_area: smallest object, as a fraction of the image area.
         min_fit: cosine similarity a shape template must reach for the shape to be named.
@@ -122,11 +125,17 @@ _LUMA_CONTRAST = float(np.abs(_COLOR_DIFFS @ _LUMA).min()) / 255.0
 
 
 def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    """Float RGB [H, W, 3] in [0, 1]."""
+    """Float RGB [H, W, 3] in [0, 1] from a PIL image, a uint8 array or a float array in [0, 1].
+
+    Raises:
+        ImageError: an array that is not [H, W, 3].
+    """
     if isinstance(image, Image.Image):
         return np.asarray(to_rgb(image), dtype=np.float64) / 255.0
-    array = np.asarray(image, dtype=np.float64)
-    return array / 255.0 if array.max() > 1.0 else array
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ImageError(f"the parser reads RGB images [H, W, 3], got an array of shape {array.shape}")
+    return array / 255.0 if np.issubdtype(array.dtype, np.integer) else array.astype(np.float64)
 
 
 def _background(pixels: np.ndarray) -> np.ndarray:
@@ -160,8 +169,8 @@ def fit_shape(observed: np.ndarray, box: Box, sigmas: tuple[float, ...]) -> tupl
     """Best (shape, box, cosine similarity) for the object whose half-maximum box is `box`.
 
     Args:
-        observed: the strength map around the object, ``_REACH`` pixels past `box` on every side, with
-            other objects' pixels zeroed.
+        observed: the luma contrast around the object, ``_REACH`` pixels past `box` on every side, with
+            other objects' pixels and the rim beyond the candidates' margin zeroed.
         box: the half-maximum box; candidates extend it by 0 to `GROW` pixels on each side.
         sigmas: template blurs to try.
     """
@@ -181,16 +190,15 @@ def fit_shape(observed: np.ndarray, box: Box, sigmas: tuple[float, ...]) -> tupl
             scores = scores.reshape(len(templates), *views.shape[:2])  # [K, ny, nx]
             k, iy, ix = (int(v) for v in np.unravel_index(int(np.argmax(scores)), scores.shape))
             if scores[k, iy, ix] > best[2]:
-                left, top = GROW + _MARGIN - (xs[0] + int(ix)), GROW + _MARGIN - (ys[0] + int(iy))
+                left, top = GROW + _MARGIN - (xs[0] + ix), GROW + _MARGIN - (ys[0] + iy)
                 fitted = (x0 - left, y0 - top, x1 - left + ex, y1 - top + ey)
                 best = (SHAPES[k // len(sigmas)], fitted, float(scores[k, iy, ix]))
     return best
 
 
 def _name_color(diff: np.ndarray, config: ParserConfig) -> str | None:
-    """Palette colour of the nearest hue to the colour difference `diff` [3], compared without its grey
-    part: blur and fading scale a colour difference, and JPEG's coarse chroma mixes grey into it, but
-    neither turns its hue. None when the colour is too grey or too far from every palette hue."""
+    """Palette colour of the nearest hue to the colour difference `diff` [3]; None when the colour is
+    too grey or too far from every palette hue."""
     chroma = _chroma(diff)
     length = float(np.linalg.norm(chroma))
     if length < config.min_saturation * float(np.linalg.norm(diff)) or length == 0.0:
