@@ -267,6 +267,9 @@ def test_score_counts_best_of_k_missing_and_unreadable(skill_set: Path, tmp_path
         assert report["upper_bound"][skill]["accuracy"] == 1.0
         assert report["chance"][skill] is not None and set(block["per_case"])
     assert report["r_precision"] is None and report["quality"] is None
+    rows = [row for row in report["items"] if row["skill"] == "count"]
+    blanks = {row["reason"] for row in rows if row["image"].endswith("_1.png")}
+    assert len(rows) == 11 and blanks == {"unparseable"}
     page = (tmp_path / "out" / "skills.html").read_text()
     assert "<svg" in page and "data:image/png;base64," in page and "unparseable" in page
 

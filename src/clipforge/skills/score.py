@@ -260,7 +260,7 @@ def _examples(skill: str, records: list[SkillRecord], images: ImageSet, readings
 def _judge_skills(records: dict[str, list[SkillRecord]], generated: ImageSet, truth: ImageSet,
                   config: ScoreConfig) -> tuple[dict[str, Any], list[Example]]:
     judge_ = _Judge(config)
-    report: dict[str, Any] = {"skills": {}, "upper_bound": {}, "shuffle": {}, "chance": {}}
+    report: dict[str, Any] = {"skills": {}, "upper_bound": {}, "shuffle": {}, "chance": {}, "items": []}
     examples: list[Example] = []
     for skill, skill_records in records.items():
         if not in_renderer_domain(skill_records):
@@ -273,7 +273,21 @@ def _judge_skills(records: dict[str, list[SkillRecord]], generated: ImageSet, tr
             skill_records, truth_readings, judge_, config)
         report["chance"][skill] = chance(skill_records, config.seed)
         examples += _examples(skill, skill_records, generated, readings, config.examples)
+        report["items"] += _items(skill_records, generated, readings)
     return report, examples
+
+
+def _items(records: list[SkillRecord], images: ImageSet, readings: dict[str, list[Reading]]
+           ) -> list[dict[str, Any]]:
+    """One row per judged image: which file, its prompt, the verdict and what the parser read."""
+    rows = []
+    for record in records:
+        for name, reading in zip(images.names.get(record.skill, {}).get(record.id, []),
+                                 readings.get(record.id, []), strict=True):
+            verdict = judge(record, reading)
+            rows.append({"skill": record.skill, "id": record.id, "image": name, "text": record.text,
+                         "passed": verdict.passed, "reason": verdict.reason, "reading": reading.to_json()})
+    return rows
 
 
 def _flatten(records: dict[str, list[SkillRecord]], images: ImageSet
