@@ -18,7 +18,7 @@ from clipforge.skills.make import SkillSetConfig, make_skill_set, record_scene, 
 from clipforge.skills.parser import DetectedObject, Reading, parse_image
 from clipforge.skills.records import SKILLS, SkillObject, SkillRecord, load_skill_set, read_records
 from clipforge.skills.rules import centre_relation, judge, truth_reading
-from clipforge.skills.score import ImageSet, ScoreConfig, chance, derangement, evaluate
+from clipforge.skills.score import ImageSet, ScoreConfig, chance, derangement, evaluate, false_for
 from clipforge.synthetic.render import PALETTE
 from clipforge.synthetic.scene import SceneConfig, heldout_combinations, render_scene
 
@@ -211,6 +211,28 @@ def test_chance_is_the_exact_pairwise_rate() -> None:
     assert chance(records) == pytest.approx(2 / 17)
 
 
+def test_r_precision_distractors_are_false_for_the_prompts_scene() -> None:
+    box = (30, 10, 40, 20)
+    star = SkillRecord("0", "object", "val", "a star",
+                       (SkillObject(0, "star", "red", bbox=(9, 9, 19, 19)),))
+    square = SkillRecord("7", "object", "val", "a square", (SkillObject(0, "square", "red", bbox=box),))
+    candidates = [
+        SkillRecord("1", "count", "val", "one star", (SkillObject(0, "star", "blue", bbox=box),)),
+        SkillRecord("2", "color", "val", "a red star", (SkillObject(0, "star", "red", bbox=box),)),
+        SkillRecord("3", "color", "val", "a blue star", (SkillObject(0, "star", "blue", bbox=box),)),
+        SkillRecord("4", "count", "val", "two stars", (SkillObject(0, "star", bbox=box),
+                                                        SkillObject(1, "star", bbox=(1, 1, 5, 5)))),
+    ]
+    assert false_for(star, candidates) == [False, False, True, True]
+    above = SkillRecord("5", "spatial", "val", "a circle above a star",
+                        (SkillObject(0, "star", "red", bbox=(10, 30, 20, 40)),
+                         SkillObject(1, "circle", "red", "above_0", bbox=(10, 5, 20, 15))))
+    converse = SkillRecord("6", "spatial", "val", "a star below a circle",
+                           (SkillObject(0, "circle", bbox=(0, 0, 9, 9)),
+                            SkillObject(1, "star", relation="below_0", bbox=(0, 20, 9, 29))))
+    assert false_for(above, [converse, square]) == [False, True]
+
+
 def test_derangement_has_no_fixed_point() -> None:
     for n in (2, 3, 10, 101):
         perm = derangement(n, seed=n)
@@ -281,7 +303,8 @@ def test_score_with_a_clip_reports_alignment_and_named_quality(skill_set: Path, 
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "skills.json").read_text())
     texts = {r.text for rs in load_skill_set(skill_set).values() for r in rs}
-    assert report["r_precision"]["candidates"] == min(100, len(texts))
+    # Texts also true of an image's scene ("one star" for "a star") are never its distractors.
+    assert len(texts) // 2 < report["r_precision"]["candidates"] < min(100, len(texts))
     assert 0.0 <= report["r_precision"]["mean"] <= 1.0 and report["clipscore"]["n"] == 48
     quality = report["quality"]
     assert "tiny-convnet" in quality["feature_space"] and quality["frechet"] == pytest.approx(0.0, abs=1e-6)

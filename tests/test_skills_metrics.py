@@ -156,3 +156,13 @@ def test_r_precision_ranks_against_distinct_distractors() -> None:
     assert small.candidates == 2 and small.summary()["mean"] == 1.0
     with pytest.raises(DataError, match="two distinct texts"):
         r_precision(pool[:1], np.array([0]), pool[:1])
+
+
+def test_r_precision_draws_only_allowed_distractors() -> None:
+    # Image 0 is text 0 but text 1 scores higher: a miss, unless text 1 may not be drawn.
+    pool = np.eye(4)
+    image = np.array([[0.6, 0.8, 0.0, 0.0]])
+    assert r_precision(image, np.array([0]), pool).summary()["mean"] == 0.0
+    allowed = np.array([[True, False, True, True]])
+    ruled_out = r_precision(image, np.array([0]), pool, allowed=allowed)
+    assert ruled_out.candidates == 3 and ruled_out.summary()["mean"] == 1.0

@@ -4,8 +4,10 @@ Both take unit-norm embeddings, so cosine similarity is a dot product.
 
 - R-precision: each image ranks its true text against `distractors` other texts drawn from the set's
   pool of distinct texts; a hit is the true text ranked first. Drawn afresh `repeats` times (seeded);
-  the mean and standard deviation over the repeats are reported. With fewer distinct texts than
-  ``distractors + 1`` in the pool, every other text is a distractor.
+  the mean and standard deviation over the repeats are reported. A caller can rule texts out as
+  distractors per image (`allowed`): the scoring job rules out texts that are also true of the prompt's
+  scene, such as "one circle" for "a circle", which DALL-Eval's plain draw would count against the
+  image. With fewer allowed texts than `distractors`, every allowed text is a distractor.
 - CLIPScore: ``2.5 * max(cos(image, text), 0)`` per pair, averaged.
 """
 
@@ -46,24 +48,30 @@ class RPrecision:
 
 
 def r_precision(image_embeddings: np.ndarray, true_texts: np.ndarray, pool: np.ndarray,
-                distractors: int = R_DISTRACTORS, repeats: int = R_REPEATS, seed: int = 0) -> RPrecision:
+                distractors: int = R_DISTRACTORS, repeats: int = R_REPEATS, seed: int = 0,
+                allowed: np.ndarray | None = None) -> RPrecision:
     """R-precision of images [N, E] whose true texts are rows `true_texts` [N] of the text pool [T, E].
 
+    Args:
+        allowed: [N, T] bool, the texts each image may draw distractors from (default: every text);
+            its true text never is one.
+
     Raises:
-        DataError: the pool has fewer than two texts.
+        DataError: some image has no text to draw a distractor from.
     """
-    total = len(pool)
-    if total < 2:
-        raise DataError("R-precision needs at least two distinct texts")
-    count = min(distractors, total - 1)
+    rows = np.arange(len(image_embeddings))
+    allowed = np.ones((len(rows), len(pool)), dtype=bool) if allowed is None else allowed.copy()
+    allowed[rows, true_texts] = False
+    if len(rows) and allowed.sum(axis=1).min() < 1:
+        raise DataError("R-precision needs at least two distinct texts per image")
+    count = min(distractors, int(allowed.sum(axis=1).min())) if len(rows) else distractors
     rng = np.random.default_rng(seed)
     similarity = image_embeddings @ pool.T  # [N, T]
-    rows = np.arange(len(image_embeddings))
     true_scores = similarity[rows, true_texts]  # [N]
     hits = np.zeros((repeats, len(rows)), dtype=bool)
     for repeat in range(repeats):
-        # Distinct random texts other than the true one: draw from T - 1 and skip over the true index.
-        drawn = np.argsort(rng.random((len(rows), total - 1)), axis=1)[:, :count]  # [N, count]
-        drawn = drawn + (drawn >= true_texts[:, None])
+        # Random keys, with texts that are not allowed sorted last: the first `count` are the draw.
+        keys = np.where(allowed, rng.random(allowed.shape), 2.0)  # [N, T]
+        drawn = np.argsort(keys, axis=1)[:, :count]  # [N, count]
         hits[repeat] = true_scores > np.take_along_axis(similarity, drawn, axis=1).max(axis=1)
     return RPrecision(hits, count + 1)

@@ -6,7 +6,7 @@ agreement of the parser with that reading, through DALL-Eval's rules, is the par
 independent check (tests and ``benchmarks/bench_skills.py``).
 
 Edits (`EDITS`):
-    noise_blobs: dim patches of coloured pixel noise on the background; the content is unchanged.
+    noise_blobs: three dim patches of coloured pixel noise anywhere; the content is unchanged.
     smudge: an irregular palette-coloured blob of object size; an extra object of no shape.
     half_drawn: one object drawn only on one side of a random line (35-65 % of it): an object of no
         shape, unless the part drawn is itself a whole shape (`WHOLE_IOU` with that shape's drawing in
@@ -67,6 +67,11 @@ def _free_box(scene: Scene, side: int, rng: np.random.Generator, gap: int = 3) -
     return None
 
 
+def _mask_box(mask: np.ndarray) -> Box:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
 def _paint(image: Image.Image, mask: np.ndarray, color: tuple[int, int, int]) -> Image.Image:
     pixels = np.asarray(image).copy()
     pixels[mask] = color
@@ -95,16 +100,14 @@ def _smudge(scene: Scene, rng: np.random.Generator) -> Made | None:
     yy, xx = np.mgrid[0:size, 0:size]
     field = np.zeros((size, size))
     for _ in range(4):  # a lumpy union of random bumps inside the box
-        cx, cy = rng.uniform(box[0] + side * 0.2, box[2] - side * 0.2), rng.uniform(box[1] + side * 0.2,
-                                                                                     box[3] - side * 0.2)
+        cx = rng.uniform(box[0] + side * 0.2, box[2] - side * 0.2)
+        cy = rng.uniform(box[1] + side * 0.2, box[3] - side * 0.2)
         spread = rng.uniform(0.1, 0.25) * side
         field += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * spread**2))
     mask = field > 0.6
     if mask.sum() < 4:
         return None
-    color = str(rng.choice(list(PALETTE)))
-    ys, xs = np.nonzero(mask)
-    bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    color, bbox = str(rng.choice(list(PALETTE))), _mask_box(mask)
     truth = [_as_detected(o) for o in scene.objects]
     truth.append(DetectedObject(None, color, bbox, int(mask.sum()), NO_SHAPE_FIT))
     return _paint(render_scene(scene), mask, PALETTE[color]), truth, f"{color} smudge at {bbox}"
@@ -134,7 +137,7 @@ def _half_drawn(scene: Scene, rng: np.random.Generator) -> Made | None:
     kept = along >= np.quantile(along, 1 - keep_share)
     partial = np.zeros_like(mask)
     partial[ys[kept], xs[kept]] = True
-    bbox = (int(xs[kept].min()), int(ys[kept].min()), int(xs[kept].max()) + 1, int(ys[kept].max()) + 1)
+    bbox = _mask_box(partial)
     whole = _whole_shape(partial, bbox)
     cut = DetectedObject(whole, target.color, bbox, int(kept.sum()), 1.0 if whole else NO_SHAPE_FIT)
     truth = [_as_detected(o) if i != k else cut for i, o in enumerate(scene.objects)]

@@ -134,6 +134,11 @@ def in_renderer_domain(records: Sequence[SkillRecord]) -> bool:
                for r in records for o in r.objects)
 
 
+def has_exact_truth(records: Sequence[SkillRecord]) -> bool:
+    """Whether the records' scenes are known exactly: renderer vocabulary and every object's box."""
+    return in_renderer_domain(records) and all(o.bbox is not None for r in records for o in r.objects)
+
+
 def _block(fractions: Sequence[float], passes: int, images: int, config: ScoreConfig) -> dict[str, Any]:
     """``{"accuracy", "n", "n_prompts", "ci95"}`` from per-prompt pass shares."""
     if not fractions:
@@ -187,7 +192,7 @@ def chance(records: list[SkillRecord], seed: int = 0) -> float | None:
     """Expected shuffle accuracy from the scenes' exact truth, over pairs of different prompts (all of
     them, or `CHANCE_PAIRS` seeded random ones); None when records lack boxes or there is one record."""
     n = len(records)
-    if n < 2 or any(o.bbox is None for r in records for o in r.objects):
+    if n < 2 or not has_exact_truth(records):
         return None
     truths = [truth_reading(r) for r in records]
     if n * (n - 1) <= CHANCE_PAIRS:
@@ -302,20 +307,43 @@ def _flatten(records: dict[str, list[SkillRecord]], images: ImageSet
     return flat_images, flat_records
 
 
+def false_for(prompt: SkillRecord, candidates: Sequence[SkillRecord]) -> list[bool]:
+    """Whether each candidate's text is false for the prompt's ground-truth scene, by the skill rules
+    (for "a star" with a red star, "one star" and "a red star" are not false)."""
+    truth = truth_reading(prompt)
+    return [not judge(candidate, truth).passed for candidate in candidates]
+
+
 class _Alignment:
     """R-precision and CLIPScore of images against their prompts, in one CLIP's space."""
 
     def __init__(self, encoder: Encoder, records: dict[str, list[SkillRecord]], config: ScoreConfig) -> None:
         self.config = config
-        self.texts = sorted({r.text for rs in records.values() for r in rs})
+        speakers = {r.text: r for rs in records.values() for r in rs}  # one record per distinct text
+        self.texts = sorted(speakers)
+        self.speakers = [speakers[t] for t in self.texts]
         self.index = {text: i for i, text in enumerate(self.texts)}
+        self.exact = all(has_exact_truth(rs) for rs in records.values())
         self.pool = encoder.encode_texts(self.texts)  # [T, E]
+        self._false: dict[tuple[str, str], np.ndarray] = {}
+
+    def false_texts(self, prompt: SkillRecord) -> np.ndarray:
+        """[T] bool: the texts that are false for the prompt's ground-truth scene (by the skill rules),
+        or every other text when the set has no exact truth."""
+        key = (prompt.skill, prompt.id)
+        if key not in self._false:
+            if self.exact:
+                self._false[key] = np.array(false_for(prompt, self.speakers))
+            else:
+                self._false[key] = np.array([t != prompt.text for t in self.texts])
+        return self._false[key]
 
     def measure(self, embeddings: np.ndarray, prompts: list[SkillRecord]) -> dict[str, Any]:
         if not prompts:
             return {"r_precision": None, "clipscore": None}
         true = np.array([self.index[p.text] for p in prompts])
-        ranked = r_precision(embeddings, true, self.pool, R_DISTRACTORS, R_REPEATS, self.config.seed)
+        allowed = np.stack([self.false_texts(p) for p in prompts])  # [N, T]
+        ranked = r_precision(embeddings, true, self.pool, R_DISTRACTORS, R_REPEATS, self.config.seed, allowed)
         scores = clipscore(embeddings, self.pool[true])
         skills = np.array([p.skill for p in prompts])
         per_skill = {s: {"r_precision": ranked.summary(np.flatnonzero(skills == s)),
