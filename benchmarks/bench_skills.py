@@ -75,18 +75,19 @@ def agreement_notes(seed: int, per_skill: int, size: int) -> tuple[str, int, int
     return "\n".join(notes), agree, agree + len(disagreements)
 
 
-def score_run(seed: int, clip: str | None, workdir: Path) -> tuple[dict[str, Any], float]:
-    """Makes a 1000-prompt val set (250 per skill) and times `clipforge skills score` on its renders."""
+def score_run(seed: int, clip: str | None, workdir: Path, name: str = "out") -> tuple[dict[str, Any], float]:
+    """Times `clipforge skills score` on the renders of a 1000-prompt val set (250 per skill, made once)."""
     skills_dir = workdir / "set"
-    make_skill_set(skills_dir, SkillSetConfig(250, seed, 64))
+    if not skills_dir.exists():
+        make_skill_set(skills_dir, SkillSetConfig(250, seed, 64))
     command = [sys.executable, "-m", "clipforge.cli.main", "skills", "score", "--skills", str(skills_dir),
-               "--images", str(skills_dir), "--out", str(workdir / "out"), "--seed", str(seed)]
+               "--images", str(skills_dir), "--out", str(workdir / name), "--seed", str(seed)]
     if clip:
         command += ["--clip", clip]
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "2"}, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    return json.loads((workdir / "out" / "skills.json").read_text()), seconds
+    return json.loads((workdir / name / "skills.json").read_text()), seconds
 
 
 def controls_text(report: dict[str, Any]) -> str:
@@ -119,8 +120,9 @@ def alignment_text(report: dict[str, Any]) -> str:
 @click.option("--n", default=200, show_default=True, help="Prompts per skill for the parser table.")
 @click.option("--sizes", default="32,48,64", show_default=True)
 @click.option("--clip", default=None, help="CLIP for the alignment gap and the timed score run.")
+@click.option("--compare", default=None, help="A second CLIP whose alignment gap is listed too (e.g. plain).")
 @click.option("--write", is_flag=True, help="Write the section into benchmarks/RESULTS.md.")
-def main(seed: int, n: int, sizes: str, clip: str | None, write: bool) -> None:
+def main(seed: int, n: int, sizes: str, clip: str | None, compare: str | None, write: bool) -> None:
     """Prints (and optionally writes) the skill evaluator's acceptance numbers."""
     load = os.getloadavg()[0]
     table, rows = parser_table(seed, n, tuple(int(s) for s in sizes.split(",")))
@@ -132,14 +134,23 @@ def main(seed: int, n: int, sizes: str, clip: str | None, write: bool) -> None:
         click.echo(f"agreement at {size} px: {agree}/{total}\n{text}")
     with tempfile.TemporaryDirectory() as tmp:
         report, seconds = score_run(seed, clip, Path(tmp))
+        other = score_run(seed, compare, Path(tmp), "compare")[0] if compare else None
     click.echo(controls_text(report))
     if clip:
         click.echo(alignment_text(report))
+    if other is not None:
+        click.echo(alignment_text(other))
     click.echo(f"skills score on 1000 images: {seconds:.1f} s (load average {load:.1f})")
     if write:
         summary = _summary(rows, report, notes, seconds)
         click.echo(summary)
-        write_section("skills", _section(seed, n, sizes, clip, table, notes, report, seconds, load) + summary)
+        command = f"--seed {seed} --n {n} --sizes {sizes} --clip {clip}"
+        command += f" --compare {compare}" if compare else ""
+        section = _section(seed, n, clip, command, table, notes, report, seconds, load)
+        if other is not None:
+            beside = f"Beside it, CLIP `{compare}`:\n\n{alignment_text(other)}\n\n### Time"
+            section = section.replace("### Time", beside)
+        write_section("skills", section + summary)
 
 
 def _summary(rows: list[dict[str, Any]], report: dict[str, Any], notes: list[tuple[int, str, int, int]],
@@ -167,7 +178,7 @@ def _met(flag: bool) -> str:
     return "met" if flag else "**not met**"
 
 
-def _section(seed: int, n: int, sizes: str, clip: str | None, table: str,
+def _section(seed: int, n: int, clip: str | None, command: str, table: str,
              notes: list[tuple[int, str, int, int]], report: dict[str, Any], seconds: float, load: float
              ) -> str:
     agreement_lines = [f"**{size} px: {agree}/{total} agree.** Disagreements:\n\n{text or '- none'}\n"
@@ -175,7 +186,7 @@ def _section(seed: int, n: int, sizes: str, clip: str | None, table: str,
     gap = alignment_text(report) if clip else "(no CLIP given)"
     return f"""## Image-skill evaluation (DALL-Eval / PaintSkills)
 
-`python benchmarks/bench_skills.py --seed {seed} --n {n} --sizes {sizes} --clip {clip} --write`; seed {seed}
+`python benchmarks/bench_skills.py {command} --write`; seed {seed}
 was never used to set the parser's thresholds (seeds 1000 and 2000 were). Renderer plain style.
 
 ### Parser on fresh renders ({n} prompts per skill and cell; accuracy % [95% bootstrap CI])
