@@ -219,9 +219,8 @@ The 1000 val prompts' renders at 64 px, resized by the model's preprocessing. R-
 prompt among 99 other texts of the set drawn afresh 5 times, each false for the prompt's scene by the skill
 rules (so "one star" never counts against "a star"); shuffled pairs give each render another prompt of its
 skill. CLIPScore is 2.5 · max(cos, 0). Both quickstart CLIPs were trained on captions that always name
-colours; object, count and spatial prompts name none, and a CLIP that ranks a colour-matching wrong text
-("a blue triangle" for a blue star) above the colourless true one ("a star") leaves those skills'
-R-precision near its 1-in-N chance: read the gap per skill.
+colours, while object, count and spatial prompts name none: colour-matching wrong texts ("a blue
+triangle" for a blue star) are their hardest distractors, so read the gap per skill.
 
 {gap}
 
