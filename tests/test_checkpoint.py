@@ -21,6 +21,7 @@ from clipforge.checkpoint.openai import infer_openai_config
 from clipforge.cli.main import main
 from clipforge.errors import CheckpointError, ConfigError
 from clipforge.models import ModelConfig, create_model
+from clipforge.models.vision import ModifiedResNet
 
 # torch deprecates tracing, but OpenAI's released archives are traced, so that is what these tests must make.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.trace_method` is deprecated:DeprecationWarning")
@@ -41,7 +42,7 @@ TINY_RN = {
 
 def make_model(config: ModelConfig | str) -> nn.Module:
     model = create_model(config).eval()
-    if getattr(model, "is_resnet", False):
+    if isinstance(model.visual, ModifiedResNet):
         # Fresh BatchNorm stats are 0/1 and zero-init bn3 hides each block: randomize so outputs use them all.
         for name, tensor in model.state_dict().items():
             if "running_var" in name or "bn3.weight" in name:

@@ -324,7 +324,7 @@ def test_pairs_order_is_seeded_worker_independent_and_resumable(flickr_root: Pat
     config = LoaderConfig(mode="pairs", batch_size=3, shuffle=True, seed=5)
     loader = ImageTextLoader(data, mean_color, config)
     first = _pairs(loader)
-    assert len(loader) == 9 and loader.num_batches() == 3 and len(first) == 9
+    assert len(loader) == 9 and len(list(loader.epoch())) == 3 and len(first) == 9
     assert ("im1.jpg", "Commas, left unquoted") in first
     assert sorted(first) == sorted((r.key, c) for r in loader.records for c in r.captions)
     assert first == _pairs(ImageTextLoader(data, mean_color, config))

@@ -16,7 +16,9 @@ from clipforge.cli.main import main
 from clipforge.data.specs import open_data
 from clipforge.data.transforms import pil_to_tensor
 from clipforge.errors import DataError
-from clipforge.eval.run import EvalConfig, embed_dataset, evaluate_retrieval, evaluate_zeroshot
+from clipforge.eval.retrieval import recall_at_k
+from clipforge.eval.run import EvalConfig, embed_dataset, evaluate_zeroshot
+from clipforge.models import ContrastiveModel
 from clipforge.synthetic.dataset import SceneConfig, render_scene, single_object_scenes, write_synthetic
 from clipforge.synthetic.scene import PALETTE
 
@@ -24,10 +26,13 @@ METRICS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
 COLOURS = [(250, 10, 10), (10, 250, 10), (10, 10, 250), (250, 250, 10), (10, 250, 250)]
 
 
-class ColourModel(nn.Module):
+class ColourModel(ContrastiveModel):
     """Embeds an image as its mean RGB and a "caption" as the RGB triple it spells."""
 
-    logit_scale = nn.Parameter(torch.tensor(4.6))
+    def __init__(self) -> None:
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(4.6))
+        self.logit_bias = None
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return F.normalize(images.mean(dim=(2, 3)) - 0.5, dim=-1)  # [B, 3]
@@ -64,7 +69,8 @@ def test_embed_dataset_keeps_caption_owners_across_batches(colour_folder: Path) 
 
 def test_evaluate_retrieval_counts_the_misleading_caption(colour_folder: Path) -> None:
     data = open_data(f"folder:{colour_folder}")
-    metrics = evaluate_retrieval(ColourModel(), pil_to_tensor, colour_tokens, data, EvalConfig(batch_size=2))
+    features = embed_dataset(ColourModel(), pil_to_tensor, colour_tokens, data, EvalConfig(batch_size=2))
+    metrics = recall_at_k(features.images, features.texts, features.text_to_image, (1, 10))
     # 5 of 6 captions find their image first; image 4's second caption ranks image 0 first.
     assert metrics["t2i_r1"] == pytest.approx(5 / 6)
     assert metrics["t2i_r10"] == 1.0

@@ -90,30 +90,42 @@ def test_second_run_reuses_the_feature_cache(tmp_path, pretrained, monkeypatch) 
     assert sorted(cache.rglob("shard-*")) == shards
 
 
+def _tiny(*overrides: str):
+    overrides = ("train.checkpoint_every=0", "data.n_val=64", *overrides)
+    return load_config("configs/synthetic-tiny.toml", list(overrides))
+
+
+def _lines(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
 def test_select_best_makes_final_the_best_evaluation(tmp_path) -> None:
-    config = load_config(
-        "configs/synthetic-tiny.toml",
-        [
-            "train.steps=30",
-            "train.checkpoint_every=0",
-            "eval.every=5",
-            "eval.select_best=true",
-            "eval.patience=2",
-            "data.n_val=64",
-        ],
-    )
-    train(config, tmp_path / "run")
-    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    evals = [line for line in lines if "eval" in line]
-    scores = [(e["eval"]["image_to_text_r1"] + e["eval"]["text_to_image_r1"]) / 2 for e in evals]
+    train(_tiny("train.steps=30", "eval.every=5", "eval.select_best=true"), tmp_path / "run")
+    evals = [line for line in _lines(tmp_path / "run") if "eval" in line]
+    scores = [(e["eval"]["i2t_r1"] + e["eval"]["t2i_r1"]) / 2 for e in evals]
+    assert [e["step"] for e in evals] == [5, 10, 15, 20, 25, 30]
     best = json.loads((tmp_path / "run" / "best" / "config.json").read_text())["extra"]
     assert best["score"] == pytest.approx(max(scores))
+    assert best["step"] == evals[scores.index(max(scores))]["step"]
     final = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
     kept = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
     assert all(torch.equal(final[k], kept[k]) for k in final)
-    if any(line.get("early_stop") for line in lines):
-        stale = len(evals) - 1 - scores.index(max(scores))
-        assert stale == 2  # stopped after exactly `patience` evaluations without improvement
+
+
+def test_patience_stops_after_that_many_evaluations_without_improvement(tmp_path) -> None:
+    scores = iter([0.1, 0.4, 0.3, 0.35, 0.9, 0.95])  # best at the 2nd evaluation, then two worse ones
+
+    def scripted(model, step):
+        score = next(scores)
+        return {"t2i_r1": score, "i2t_r1": score}
+
+    config = _tiny("train.steps=30", "eval.every=5", "eval.select_best=true", "eval.patience=2")
+    result = train(config, tmp_path / "run", on_eval=scripted)
+    lines = _lines(tmp_path / "run")
+    assert result.steps == 20 and [e["step"] for e in lines if "eval" in e] == [5, 10, 15, 20]
+    assert lines[-1] == {"step": 20, "early_stop": True, "best_score": 0.4}
+    best = json.loads((tmp_path / "run" / "final" / "config.json").read_text())["extra"]
+    assert best["step"] == 10 and best["score"] == 0.4
 
 
 def test_heads_only_caches_text_and_resumes_bit_for_bit(tmp_path, pretrained, monkeypatch) -> None:

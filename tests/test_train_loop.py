@@ -1,6 +1,7 @@
 """The training loop end to end: run folder, log, checkpoints, resume, final model, bad input."""
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -69,7 +70,12 @@ def test_training_lowers_the_loss_with_siglip_and_hard_negatives(tmp_path: Path)
     losses = [r["loss"] for r in _log(tmp_path / "run") if "loss" in r]
     assert losses[-1] < 0.8 * losses[0]  # one batch seen over and over: the loss must fall
     meta = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
-    assert meta["extra"]["siglip"]["logit_bias"] != pytest.approx(-10.0, abs=1e-6)
+    assert meta["model"]["init_logit_bias"] == -10.0
+    assert meta["model"]["init_logit_scale"] == pytest.approx(math.log(10.0))
+    assert _weights(tmp_path / "run")["logit_bias"].item() != pytest.approx(-10.0, abs=1e-6)  # it learned
+    from clipforge.checkpoint import load_model
+
+    assert load_model(tmp_path / "run" / "final").logit_bias is not None  # final/ keeps the calibration
 
 
 def test_resume_from_a_checkpoint_continues_bit_for_bit(tmp_path: Path) -> None:

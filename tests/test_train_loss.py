@@ -78,17 +78,28 @@ def test_infonce_negatives_raise_the_loss_and_masked_ones_do_not_count() -> None
 @pytest.mark.parametrize("k, masked", [(0, ()), (2, ((1, 1),))])
 def test_siglip_matches_naive(k: int, masked: tuple[tuple[int, int], ...]) -> None:
     f = _features(k=k, masked=masked)
-    loss = SigLipLoss(init_scale=math.log(10.0), init_bias=-3.0).double()
-    expected = naive_siglip(f, loss.logit_scale.item(), loss.logit_bias.item())  # ln 10 rounded to float32
-    assert float(loss(f).detach()) == pytest.approx(expected, rel=1e-10)
+    log_scale, bias = torch.tensor(math.log(10.0)).item(), -3.0  # ln 10 rounded to float32, as models hold it
+    f.logit_scale, f.logit_bias = torch.tensor(math.exp(log_scale), dtype=torch.float64), torch.tensor(bias)
+    expected = naive_siglip(f, log_scale, bias)
+    assert float(SigLipLoss()(f).detach()) == pytest.approx(expected, rel=1e-10)
 
 
-def test_siglip_trains_its_scale_and_bias() -> None:
-    loss = SigLipLoss(math.log(10.0), -10.0)
+def test_siglip_trains_the_models_scale_and_bias() -> None:
+    from clipforge import create_model
+
+    model = create_model("tiny-vit")
+    model.enable_logit_bias(math.log(10.0), -10.0)
     f = _features()
-    loss(PairFeatures(f.images.float(), f.texts.float(), f.logit_scale.float())).backward()
-    assert loss.logit_bias.grad is not None and float(loss.logit_bias.grad) != 0.0
-    assert loss.logit_scale.grad is not None and float(loss.logit_scale.grad) != 0.0
+    scale, bias = model.similarity_scale(), model.logit_bias
+    SigLipLoss()(PairFeatures(f.images.float(), f.texts.float(), scale, logit_bias=bias)).backward()
+    assert model.logit_bias is not None and model.logit_bias.grad is not None
+    assert float(model.logit_bias.grad) != 0.0
+    assert model.logit_scale.grad is not None and float(model.logit_scale.grad) != 0.0
+
+
+def test_siglip_without_a_bias_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="logit bias"):
+        SigLipLoss()(_features())
 
 
 def test_pad_negatives_crops_and_masks() -> None:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from clipforge.errors import ClipforgeError
+from clipforge.errors import ClipforgeError, ConfigError
 
 MAX_JSON_BYTES = 16 * 2**20  # configs, preprocessor files and shard indexes are kilobytes
 MAX_JSON_DEPTH = 64
@@ -214,16 +214,35 @@ def check_writable(path: str | Path) -> Path:
     """Fails early, before a long run, when the file `path` could not be written (its folder is created).
 
     Raises:
-        ClipforgeError: the file or its folder cannot be written.
+        ConfigError: the file or its folder cannot be written.
     """
     out = Path(path)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
-        os.close(fd)
-        os.unlink(tmp)
+        _probe(out.parent, out.name)
         if out.exists() and not os.access(out, os.W_OK):
             raise PermissionError(13, "Permission denied")
     except OSError as err:
-        raise ClipforgeError(f"cannot write {out}: {err.strerror or err}") from err
+        raise ConfigError(f"cannot write {out}: {err.strerror or err}") from err
     return out
+
+
+def check_writable_dir(folder: str | Path) -> Path:
+    """Creates the output folder `folder`, failing early, before a long run, when it cannot be written.
+
+    Raises:
+        ConfigError: the folder cannot be created or written.
+    """
+    out = Path(folder)
+    try:
+        _probe(out, ".write-test")
+    except OSError as err:
+        raise ConfigError(f"cannot write to output folder {out}: {err.strerror or err}") from err
+    return out
+
+
+def _probe(folder: Path, name: str) -> None:
+    """Creates `folder` and a temporary file in it, then removes the file (OSError when either fails)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".probe", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)

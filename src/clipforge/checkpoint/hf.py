@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import save as save_safetensors
-from torch import nn
 
 from clipforge.checkpoint.files import (
     CONFIG_NAME,
@@ -25,6 +24,7 @@ from clipforge.checkpoint.files import (
 )
 from clipforge.errors import CheckpointError, ConfigError
 from clipforge.fileio import write_bytes_atomic, write_json
+from clipforge.models.base import ContrastiveModel
 from clipforge.models.config import ModelConfig, PreprocessConfig, TextTransformerConfig, ViTConfig
 from clipforge.models.registry import create_model
 
@@ -142,7 +142,7 @@ def from_hf_state(keys: list[str], hf_state: dict[str, torch.Tensor], source: st
     return state
 
 
-def load_hf_folder(folder: Path) -> nn.Module:
+def load_hf_folder(folder: Path) -> ContrastiveModel:
     """Loads a Hugging Face CLIP folder (`config.json` + `model.safetensors` or `pytorch_model.bin`).
 
     Raises:
@@ -254,13 +254,13 @@ def _hf_preprocess_to_dict(processor: dict[str, Any], where: str) -> dict[str, A
     }
 
 
-def save_hf(model: nn.Module, path: str | Path) -> Path:
+def save_hf(model: ContrastiveModel, path: str | Path) -> Path:
     """Writes `model` as a folder `transformers.CLIPModel.from_pretrained` loads.
 
     Raises:
         ConfigError: the model is not a ViT + text-transformer CLIP (HF's CLIP vision tower is a ViT).
     """
-    config: ModelConfig = model.config  # type: ignore[assignment]
+    config = model.config
     if not isinstance(config.vision, ViTConfig) or not isinstance(config.text, TextTransformerConfig):
         raise ConfigError(
             f"cannot export a '{config.vision.type}' + '{config.text.type}' model to Hugging Face: "

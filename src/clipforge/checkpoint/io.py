@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any
-
-from torch import nn
 
 from clipforge.checkpoint.files import CONFIG_NAME, read_config
 from clipforge.checkpoint.hf import load_hf_folder
@@ -21,9 +18,9 @@ from clipforge.checkpoint.openai import load_openai_checkpoint
 from clipforge.data.transforms import Preprocess
 from clipforge.device import resolve_device
 from clipforge.errors import CheckpointError, RandomWeightsWarning
-from clipforge.models.config import ModelConfig
+from clipforge.models.base import ContrastiveModel
 from clipforge.models.registry import create_model, list_models
-from clipforge.tokenizer import get_tokenizer
+from clipforge.tokenizer import TextTokenizer, get_tokenizer
 
 
 def detect_format(spec: str | Path) -> str:
@@ -48,7 +45,7 @@ def detect_format(spec: str | Path) -> str:
     )
 
 
-def load_model(spec: str | Path, device: str = "cpu") -> nn.Module:
+def load_model(spec: str | Path, device: str = "cpu") -> ContrastiveModel:
     """Loads only the model (weights in eval mode, on `device`) from any supported spec.
 
     A registry name gives random weights: a RandomWeightsWarning says so, since its outputs mean nothing.
@@ -78,7 +75,7 @@ def load_model(spec: str | Path, device: str = "cpu") -> nn.Module:
     return model.eval().to(target)
 
 
-def load(spec: str | Path, device: str = "cpu") -> tuple[nn.Module, Preprocess, Any]:
+def load(spec: str | Path, device: str = "cpu") -> tuple[ContrastiveModel, Preprocess, TextTokenizer]:
     """Loads `(model, preprocess, tokenizer)`; the format is detected from `spec`.
 
     The tokenizer is the one the model was trained with (its type and context length travel with the
@@ -90,5 +87,4 @@ def load(spec: str | Path, device: str = "cpu") -> tuple[nn.Module, Preprocess, 
         device: ``cpu`` (default), ``cuda`` or ``auto``.
     """
     model = load_model(spec, device)
-    config: ModelConfig = model.config  # type: ignore[assignment]
-    return model, Preprocess(config.preprocess), get_tokenizer(config.tokenizer)
+    return model, Preprocess(model.config.preprocess), get_tokenizer(model.config.tokenizer)

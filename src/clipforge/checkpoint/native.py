@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save as save_safetensors
-from torch import nn
 
 from clipforge.checkpoint.files import (
     CONFIG_NAME,
@@ -19,6 +18,7 @@ from clipforge.checkpoint.files import (
     read_config,
 )
 from clipforge.fileio import write_bytes_atomic, write_text_atomic
+from clipforge.models.base import ContrastiveModel, Model
 from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
 from clipforge.models.registry import create_model
 from clipforge.version import __version__
@@ -26,7 +26,7 @@ from clipforge.version import __version__
 FORMAT_NAME = "clipforge"
 
 
-def save(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def save(model: Model, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Writes `model` as a clipforge folder (`config.json` + `model.safetensors`).
 
     Args:
@@ -35,8 +35,8 @@ def save(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None
         extra: JSON-ready provenance stored under `"extra"` in config.json.
     """
     folder = Path(path)
-    config: ModelConfig = model.config  # type: ignore[assignment]
-    meta = {"format": FORMAT_NAME, "version": __version__, "model": config.to_dict(), "extra": extra or {}}
+    config = model.config.to_dict()
+    meta = {"format": FORMAT_NAME, "version": __version__, "model": config, "extra": extra or {}}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     # Weights first, config last: a folder whose config.json exists holds complete weights.
     write_bytes_atomic(folder / WEIGHTS_NAME, save_safetensors(tensors))
@@ -44,7 +44,7 @@ def save(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None
     return folder
 
 
-def load_clipforge_folder(folder: Path) -> nn.Module:
+def load_clipforge_folder(folder: Path) -> ContrastiveModel:
     """Builds the architecture in `folder/config.json` and loads its weights strictly."""
     meta = read_config(folder)
     config = ModelConfig.from_dict(meta.get("model"), where=str(folder / CONFIG_NAME))

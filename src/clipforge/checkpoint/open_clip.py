@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from clipforge.checkpoint.files import load_plain_state_dict, load_safetensors, load_state_dict_strict
 from clipforge.errors import CheckpointError, ConfigError
 from clipforge.fileio import read_json_object
+from clipforge.models.base import ContrastiveModel
 from clipforge.models.config import ModelConfig
 from clipforge.models.registry import create_model
 
@@ -54,7 +54,7 @@ _IGNORED = {
 }
 
 
-def load_open_clip_folder(folder: Path) -> nn.Module:
+def load_open_clip_folder(folder: Path) -> ContrastiveModel:
     """Builds the architecture of `folder/open_clip_config.json` and loads its weights strictly.
 
     Raises:
@@ -88,7 +88,7 @@ def find_weights(folder: Path) -> Path:
     return found[0]
 
 
-def open_clip_state(state: dict[str, Any], model: nn.Module, source: str) -> dict[str, torch.Tensor]:
+def open_clip_state(state: dict[str, Any], model: ContrastiveModel, source: str) -> dict[str, torch.Tensor]:
     """Our state dict from an open_clip one: `text.` (CustomTextCLIP) dropped, a [1] logit scale squeezed."""
     if "logit_bias" in state:
         raise ConfigError(f"{source}: has a SigLIP 'logit_bias', which our CLIP does not have")

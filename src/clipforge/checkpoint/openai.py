@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from clipforge.checkpoint.files import (
     check_tensor_count,
@@ -25,6 +24,7 @@ from clipforge.checkpoint.files import (
     load_state_dict_strict,
 )
 from clipforge.errors import CheckpointError, ClipforgeError
+from clipforge.models.base import ContrastiveModel
 from clipforge.models.config import (
     ModelConfig,
     PreprocessConfig,
@@ -41,7 +41,7 @@ OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 MAX_MODULE_DEPTH = 32
 
 
-def load_openai_checkpoint(path: Path) -> nn.Module:
+def load_openai_checkpoint(path: Path) -> ContrastiveModel:
     """Loads an OpenAI `.pt` file (TorchScript archive or plain state dict), inferring the architecture.
 
     Raises:

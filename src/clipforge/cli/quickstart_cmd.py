@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from clipforge.quickstart import QuickstartConfig, run_quickstart
+
 
 def register(group: click.Group) -> None:
     group.add_command(quickstart)
@@ -17,7 +19,5 @@ def register(group: click.Group) -> None:
 @click.option("--quick", is_flag=True, help="Smoke-test budget: about 2 min instead of about 10 on 2 cores.")
 def quickstart(out: Path, quick: bool) -> None:
     """Train `plain` and `hardneg` CLIP models on synthetic scenes and compare them on held-out scenes."""
-    from clipforge.quickstart import QuickstartConfig, run_quickstart
-
     config = QuickstartConfig.quick() if quick else QuickstartConfig()
     run_quickstart(config, out, say=click.echo)

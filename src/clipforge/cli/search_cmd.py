@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from clipforge.cli.output import one_line, quote_path, runtime_options
+from clipforge.index.search import SearchConfig
+from clipforge.index.search import search as run_search
 
 
 def register(group: click.Group) -> None:
@@ -33,9 +35,6 @@ def search(
     text: str | None,
 ) -> None:
     """Print the K indexed images closest to TEXT or to --image PATH."""
-    from clipforge.index.search import SearchConfig
-    from clipforge.index.search import search as run_search
-
     hits = run_search(SearchConfig(index_dir, text, image, model, k, device=device))
     if as_json:
         click.echo(json.dumps({"results": [hit.to_dict() for hit in hits]}, indent=2))

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from clipforge.errors import ConfigError
+from clipforge.train import load_config, load_run_config, train
 
 
 def register(group: click.Group) -> None:
@@ -25,8 +26,6 @@ def train_command(
     config_path: Path | None, out_dir: Path | None, resume_dir: Path | None, overrides: tuple[str, ...]
 ) -> None:
     """Train a CLIP-style model (run under `torchrun --nproc_per_node N` for data parallelism)."""
-    from clipforge.train import load_config, load_run_config, train
-
     if resume_dir is not None:
         if config_path is not None or out_dir is not None:
             raise ConfigError("--resume DIR takes neither CONFIG.toml nor --out (the run folder has both)")

@@ -276,10 +276,6 @@ class ImageTextLoader:
             return sum(len(r.captions) for r in self.records)
         return len(self.records)
 
-    def num_batches(self, start: int = 0) -> int:
-        """Batches left in an epoch resumed at `start`."""
-        return math.ceil(max(len(self) - start, 0) / self.config.batch_size)
-
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         """Yields the batches of one epoch from item `start` on, counting bad samples in `data.bad`.
 

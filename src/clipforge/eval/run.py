@@ -1,6 +1,6 @@
 """Evaluation over `--data` specs: retrieval recall@K and zero-shot attribute accuracy, with provenance.
 
-The `evaluate_*` functions take an already-loaded model, so training and the quickstart call them in
+`embed_dataset` and `evaluate_zeroshot` take an already-loaded model, so the quickstart calls them in
 memory; the `*_report` functions load a model spec and a data spec and add what produced the numbers
 (model, data, version, sample counts), which is what `clipforge eval` writes.
 """
@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch import nn
 
+from clipforge.checkpoint import load
 from clipforge.data.loader import ImageTextLoader, LoaderConfig
-from clipforge.data.specs import ImageTextData, open_data
+from clipforge.data.specs import ImageTextData, open_data, parse_spec
 from clipforge.errors import DataError
 from clipforge.eval.retrieval import recall_at_k
 from clipforge.eval.zeroshot import classify, zero_shot_classifier
+from clipforge.models.base import ContrastiveModel
 from clipforge.synthetic.zeroshot import ATTRIBUTES, attribute_prompts, load_labelled_scenes
 from clipforge.version import __version__
 
@@ -65,7 +66,11 @@ class RetrievalFeatures:
 
 @torch.no_grad()
 def embed_dataset(
-    model: nn.Module, preprocess: Transform, tokenizer: Tokenizer, data: ImageTextData, config: EvalConfig
+    model: ContrastiveModel,
+    preprocess: Transform,
+    tokenizer: Tokenizer,
+    data: ImageTextData,
+    config: EvalConfig,
 ) -> RetrievalFeatures:
     """Encodes every usable image of `data` and all of its captions; bad samples are counted in `data.bad`.
 
@@ -80,26 +85,13 @@ def embed_dataset(
     captions: list[str] = []
     for batch in loader.epoch():
         owners.append(batch.text_to_image + len(keys))
-        images.append(model.encode_image(batch.images, normalize=True))  # type: ignore[operator]  # [B, E]
-        texts.append(model.encode_text(tokenizer(batch.texts), normalize=True))  # type: ignore[operator]  # [T, E]
+        images.append(model.encode_image(batch.images, normalize=True))  # [B, E]
+        texts.append(model.encode_text(tokenizer(batch.texts), normalize=True))  # [T, E]
         keys += batch.keys
         captions += batch.texts
     if not keys:
         raise DataError(f"no usable images in '{data.name}' ({data.bad.summary()})")
     return RetrievalFeatures(torch.cat(images), torch.cat(texts), torch.cat(owners), keys, captions)
-
-
-def evaluate_retrieval(
-    model: nn.Module,
-    preprocess: Transform,
-    tokenizer: Tokenizer,
-    data: ImageTextData,
-    config: EvalConfig = EvalConfig(),
-    ks: Sequence[int] = RETRIEVAL_KS,
-) -> dict[str, float]:
-    """Text->image and image->text recall@K (fractions) over the whole dataset, CLIP-paper convention."""
-    features = embed_dataset(model, preprocess, tokenizer, data, config)
-    return recall_at_k(features.images, features.texts, features.text_to_image, ks)
 
 
 def retrieval_report(model_spec: str, data_spec: str, config: EvalConfig = EvalConfig()) -> dict[str, Any]:
@@ -108,8 +100,6 @@ def retrieval_report(model_spec: str, data_spec: str, config: EvalConfig = EvalC
     Returns:
         ``t2i_r1 .. i2t_r10`` plus provenance: model, data, version, images, captions, bad samples.
     """
-    from clipforge.checkpoint import load
-
     model, preprocess, tokenizer = load(model_spec, config.device)
     data = open_data(data_spec)
     features = embed_dataset(model, preprocess, tokenizer, data, config)
@@ -125,7 +115,7 @@ def provenance(model_spec: str, data_spec: str) -> dict[str, str]:
 
 @torch.no_grad()
 def evaluate_zeroshot(
-    model: nn.Module,
+    model: ContrastiveModel,
     preprocess: Transform,
     tokenizer: Tokenizer,
     images: Sequence[Image.Image],
@@ -161,9 +151,6 @@ def zeroshot_report(model_spec: str, data_spec: str, config: EvalConfig = EvalCo
     Raises:
         DataError: the spec is not a synthetic one, or it has no readable single-object scene.
     """
-    from clipforge.checkpoint import load
-    from clipforge.data.specs import parse_spec
-
     spec = parse_spec(data_spec)
     if spec.kind != "synthetic":
         raise DataError(f"zero-shot evaluation needs a synthetic:DIR[:split] spec, got '{data_spec}'")

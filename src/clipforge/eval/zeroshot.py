@@ -8,15 +8,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from clipforge.checkpoint import load
+from clipforge.data.readers import image_files
+from clipforge.data.transforms import load_image
 from clipforge.errors import ConfigError, ImageError
-from clipforge.models.clip import LOGIT_SCALE_MAX
+from clipforge.models.base import ContrastiveModel
 
 
 @torch.no_grad()
 def zero_shot_classifier(
-    model: nn.Module,
+    model: ContrastiveModel,
     tokenizer: Callable[[list[str]], torch.Tensor],
     classnames: Sequence[str],
     templates: Sequence[str],
@@ -53,17 +55,16 @@ def zero_shot_classifier(
 
 
 def _encode(
-    model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: list[str]
+    model: ContrastiveModel, tokenizer: Callable[[list[str]], torch.Tensor], texts: list[str]
 ) -> torch.Tensor:
-    return model.encode_text(tokenizer(texts), normalize=True)  # type: ignore[operator,no-any-return]
+    return model.encode_text(tokenizer(texts), normalize=True)
 
 
 @torch.no_grad()
-def classify(model: nn.Module, images: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+def classify(model: ContrastiveModel, images: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     """Class probabilities [B, C] for preprocessed images [B, 3, S, S]."""
-    features = model.encode_image(images, normalize=True)  # type: ignore[operator]
-    scale = model.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)  # type: ignore[operator]
-    return (scale * features @ classifier).softmax(dim=-1)
+    features = model.encode_image(images, normalize=True)
+    return (model.similarity_scale() * features @ classifier).softmax(dim=-1)
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,6 @@ def classify_files(
         batch_size: images per forward pass.
         device: ``cpu``, ``cuda`` or ``auto``.
     """
-    from clipforge.checkpoint import load
-    from clipforge.data.readers import image_files
-
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     paths = image_files(images)
@@ -112,7 +110,7 @@ def classify_files(
 
 
 def _classify_batch(
-    model: nn.Module,
+    model: ContrastiveModel,
     preprocess: Callable[[Any], torch.Tensor],
     classifier: torch.Tensor,
     paths: Sequence[str],
@@ -120,8 +118,6 @@ def _classify_batch(
     top_k: int,
 ) -> list[Prediction]:
     """Predictions for one batch of files, in order; a file that cannot be read gets its error."""
-    from clipforge.data.transforms import load_image
-
     pixels: dict[str, torch.Tensor] = {}
     errors: dict[str, str] = {}
     for path in paths:

@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from clipforge.checkpoint import load
 from clipforge.data.loader import Transform, decode_image, single_threaded, torch_threads
 from clipforge.data.readers import IMAGE_EXTENSIONS, BadSample, BadSampleCounter
+from clipforge.data.specs import open_data
 from clipforge.data.transforms import MAX_IMAGE_BYTES
 from clipforge.device import resolve_device
 from clipforge.errors import ConfigError, DataError, UnreadableFileError
@@ -39,7 +40,8 @@ from clipforge.index.annfile import ANN_NAME
 from clipforge.index.lock import index_lock
 from clipforge.index.store import EmbeddingStore, Item, KnownBad, Signature
 from clipforge.index.sync import synced_index
-from clipforge.models.config import ModelConfig
+from clipforge.models.base import ContrastiveModel, Model
+from clipforge.progress import Progress
 
 NO_MTIME = -1  # sources that are not plain files (tar members) are re-embedded on every run
 CRASH_ENV = "CLIPFORGE_CRASH_AT"
@@ -53,16 +55,13 @@ def crash_point(stage: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: Model) -> str:
     """sha256 over the model's config and its safetensors-serialized state dict.
 
     Two loads of the same weights give the same fingerprint whatever the spec (registry name plus
     seed, folder, converted checkpoint), and any change to a single weight changes it.
     """
-    from safetensors.torch import save
-
-    config: ModelConfig = model.config  # type: ignore[assignment]
-    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     digest.update(save(tensors))
     return digest.hexdigest()
@@ -87,23 +86,20 @@ class ImageEncoder:
 
 def load_encoder(spec: str, device: str = "cpu") -> ImageEncoder:
     """The image encoder of a model spec (anything `clipforge.checkpoint.load` accepts)."""
-    from clipforge.checkpoint import load
-
     model, preprocess, _ = load(spec)
     return image_encoder(model, preprocess, resolve_device(device))
 
 
-def image_encoder(model: nn.Module, preprocess: Transform, target: torch.device) -> ImageEncoder:
+def image_encoder(model: ContrastiveModel, preprocess: Transform, target: torch.device) -> ImageEncoder:
     """Wraps a loaded model (moved to `target`, in eval mode) as an image encoder."""
     model = model.to(target).eval()
-    config: ModelConfig = model.config  # type: ignore[assignment]
 
     @torch.inference_mode()
     def encode(pixels: torch.Tensor) -> np.ndarray:
-        vectors = model.encode_image(pixels.to(target), normalize=True)  # type: ignore[operator]
+        vectors = model.encode_image(pixels.to(target), normalize=True)
         return vectors.float().cpu().numpy().astype(np.float16)  # [B, E]
 
-    return ImageEncoder(encode, preprocess, model_fingerprint(model), config.embed_dim)
+    return ImageEncoder(encode, preprocess, model_fingerprint(model), model.config.embed_dim)
 
 
 @dataclass(frozen=True)
@@ -203,8 +199,6 @@ def list_records(spec: str) -> tuple[list[Source], Callable[[str], bytes], BadSa
     Raises:
         DataError: the spec lists no usable records.
     """
-    from clipforge.data.specs import open_data
-
     data = open_data(spec)
     records = {record.source: record for record in data.records()}
     if not records:
@@ -303,7 +297,7 @@ def _embed_sources(
         collate_fn=_as_list,
         prefetch_factor=4 if config.workers else None,
     )
-    with tqdm(total=len(sources), unit="img", desc="embed", disable=not config.progress) as bar:
+    with Progress("embed", len(sources), bar=config.progress, unit="img", tenths=False) as bar:
         for batch in loader:
             items = [d.item for d in batch if d.item is not None]
             pixels = [d.pixels for d in batch if d.pixels is not None]

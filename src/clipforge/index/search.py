@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipforge.checkpoint import load
 from clipforge.data.loader import torch_threads
 from clipforge.data.transforms import load_image
 from clipforge.device import resolve_device
@@ -56,8 +57,6 @@ class Searcher:
             DataError: the folder is not an index, or holds no images.
             ConfigError: `model_spec` is not the model the index was built with.
         """
-        from clipforge.checkpoint import load
-
         self.store = EmbeddingStore(folder)
         if not len(self.store):
             raise DataError(f"index {folder} holds no images: add some with `clipforge embed --out {folder}`")
@@ -83,7 +82,7 @@ class Searcher:
     def encode_text(self, text: str) -> np.ndarray:
         """Normalized text embedding [1, E]."""
         tokens = self.tokenizer([text]).to(self.device)
-        return self.model.encode_text(tokens, normalize=True).float().cpu().numpy()  # type: ignore[operator]
+        return self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
 
     def encode_image(self, image: Image.Image) -> np.ndarray:
         """Normalized image embedding [1, E], rounded to float16 like the stored vectors."""

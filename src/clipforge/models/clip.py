@@ -6,41 +6,21 @@ Parameter names follow OpenAI's state-dict layout (`visual.*`, `token_embedding`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.errors import ConfigError
+from clipforge.models.base import CLIPOutput, ContrastiveModel
 from clipforge.models.config import ConvNetConfig, ModelConfig, ResNetConfig, TextTransformerConfig, ViTConfig
 from clipforge.models.inputs import check_tokens
 from clipforge.models.layers import Transformer
-from clipforge.models.vision import ModifiedResNet, build_vision_tower
+from clipforge.models.vision import build_vision_tower
 
-LOGIT_SCALE_MAX = 100.0
-
-
-@dataclass
-class CLIPOutput:
-    """What `forward` returns: L2-normalized features and the scaled similarity logits."""
-
-    image_features: torch.Tensor  # [B_img, E]
-    text_features: torch.Tensor  # [B_txt, E]
-    logits_per_image: torch.Tensor  # [B_img, B_txt]
-    logits_per_text: torch.Tensor  # [B_txt, B_img]
-    logit_scale: torch.Tensor  # scalar, exp of the learned log-scale (clamped at 100)
+__all__ = ["CLIP", "CLIPOutput"]
 
 
-def contrastive_output(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
-    """Shared `forward` of every two-tower model: encode, normalize, scale the cosine logits."""
-    image_features = model.encode_image(images, normalize=True)  # type: ignore[operator]
-    text_features = model.encode_text(tokens, normalize=True)  # type: ignore[operator]
-    scale = model.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)  # type: ignore[operator]
-    logits_per_image = scale * image_features @ text_features.t()
-    return CLIPOutput(image_features, text_features, logits_per_image, logits_per_image.t(), scale)
-
-
-class CLIP(nn.Module):
+class CLIP(ContrastiveModel):
     """Image tower (`visual`) plus a causal text transformer pooled at the end-of-text token."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -60,7 +40,7 @@ class CLIP(nn.Module):
         )
         self.ln_final = nn.LayerNorm(text.width, eps=text.eps)
         self.text_projection = nn.Parameter(torch.empty(text.width, config.embed_dim))
-        self.logit_scale = nn.Parameter(torch.tensor(config.init_logit_scale))
+        self.init_logit_parameters()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -69,15 +49,11 @@ class CLIP(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         self.transformer.init_weights()
         nn.init.normal_(self.text_projection, std=self.transformer.width**-0.5)
-        self.visual.init_weights()  # type: ignore[operator]
+        self.visual.init_weights()
 
     @property
     def dtype(self) -> torch.dtype:
         return self.text_projection.dtype
-
-    @property
-    def is_resnet(self) -> bool:
-        return isinstance(self.visual, ModifiedResNet)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embeds preprocessed images [B, 3, S, S] into [B, E]."""
@@ -95,5 +71,8 @@ class CLIP(nn.Module):
         features = x[torch.arange(x.shape[0]), eot] @ self.text_projection  # [B, E]
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
-        return contrastive_output(self, images, tokens)
+    def lock_image_tower(self, unlocked_blocks: int | None = None) -> None:
+        """Freezes the whole image tower; CLIP's towers have no pretrained blocks to leave unlocked."""
+        if unlocked_blocks:
+            raise ConfigError("only tower models (e.g. effnetlite0-minilm) can keep image blocks unlocked")
+        self.visual.requires_grad_(False)

@@ -6,6 +6,7 @@ picks its dataclass, so a ViT config cannot silently carry ResNet fields.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,6 +251,7 @@ class ModelConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     init_logit_scale: float = 2.659260036932778  # ln(1 / 0.07)
+    init_logit_bias: float | None = None  # SigLIP's bias (open_clip's init_logit_bias); None = no bias
 
     def __post_init__(self) -> None:
         _check_range("embed_dim", self.embed_dim, 1)
@@ -280,7 +282,7 @@ class ModelConfig:
         """
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
-        known = {"embed_dim", "vision", "text", "preprocess", "tokenizer", "init_logit_scale"}
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(
@@ -307,14 +309,22 @@ class ModelConfig:
         scale = check_value(
             "init_logit_scale", data.get("init_logit_scale", 2.659260036932778), float, where
         )
+        bias = check_value("init_logit_bias", data.get("init_logit_bias"), float | None, where)
         try:
-            return cls(embed_dim, vision, text, preprocess, tokenizer, scale)
+            return cls(embed_dim, vision, text, preprocess, tokenizer, scale, bias)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from err
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form that `from_dict` reads back to an equal config."""
-        return to_dict(self)
+        """JSON-ready form that `from_dict` reads back to an equal config.
+
+        A model without a logit bias leaves the key out, so its config (and the fingerprint an index
+        keeps of it) reads exactly as before the key existed.
+        """
+        data = to_dict(self)
+        if self.init_logit_bias is None:
+            del data["init_logit_bias"]
+        return data
 
 
 def _section(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:

@@ -7,12 +7,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from clipforge.errors import ConfigError
 from clipforge.fileio import read_json
+from clipforge.models.base import ContrastiveModel
+from clipforge.models.clip import CLIP
 from clipforge.models.config import EfficientNetConfig, ModelConfig
 from clipforge.models.size import check_model_size
+from clipforge.models.towers import TowerCLIP
 
 _USER_CONFIGS: dict[str, ModelConfig] = {}
 
@@ -52,8 +53,8 @@ def register_model(name: str, config: ModelConfig | dict[str, Any] | str | Path)
     return config
 
 
-def create_model(config: str | ModelConfig, max_params: int | None = None) -> nn.Module:
-    """Builds a randomly initialized model from a registry name or a config.
+def create_model(config: str | ModelConfig, max_params: int | None = None) -> ContrastiveModel:
+    """Builds a randomly initialized model (tower models: pretrained backbones) from a name or a config.
 
     Args:
         config: a registry name or an architecture.
@@ -66,11 +67,7 @@ def create_model(config: str | ModelConfig, max_params: int | None = None) -> nn
         config = get_model_config(config)
     check_model_size(config, max_params)
     if isinstance(config.vision, EfficientNetConfig):
-        from clipforge.models.towers import TowerCLIP
-
         return TowerCLIP(config)
-    from clipforge.models.clip import CLIP
-
     return CLIP(config)
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from clipforge.errors import ConfigError
 from clipforge.models import efficientnet, minilm
-from clipforge.models.clip import CLIPOutput, contrastive_output
+from clipforge.models.base import TowerModel
 from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
 from clipforge.models.inputs import check_tokens
 
@@ -84,8 +84,8 @@ class TextTower(nn.Module):
         return self.head(self.backbone(tokens))  # [B, E]
 
 
-class TowerCLIP(nn.Module):
-    """CLIP contract (`encode_image`, `encode_text`, `forward`, `logit_scale`) over two pretrained towers.
+class TowerCLIP(TowerModel):
+    """The tower-model contract over EfficientNet-Lite0 (`visual`) and MiniLM-L6 (`text`).
 
     Args:
         config: a model config whose vision tower is EfficientNetConfig and text tower MiniLMConfig;
@@ -104,38 +104,33 @@ class TowerCLIP(nn.Module):
         self.context_length = config.text.context_length
         self.visual = ImageTower(config.vision, config.embed_dim)
         self.text = TextTower(config.text, config.embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(config.init_logit_scale))
+        self.init_logit_parameters()
+
+    @property
+    def image_backbone(self) -> nn.Module:
+        return self.visual.backbone
+
+    @property
+    def image_head(self) -> nn.Module:
+        return self.visual.head
+
+    @property
+    def text_backbone(self) -> nn.Module:
+        return self.text.backbone
+
+    @property
+    def text_head(self) -> nn.Module:
+        return self.text.head
 
     def image_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled EfficientNet features [B, 1280] of images [B, 3, S, S]; worth caching when frozen."""
         return self.visual.backbone(images.to(self.logit_scale.device))
-
-    def project_image_features(self, features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Joint-space embeddings [B, E] of backbone features [B, 1280]."""
-        embeddings = self.visual.head(features)
-        return F.normalize(embeddings, dim=-1) if normalize else embeddings
-
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Embeds preprocessed images [B, 3, S, S] into [B, E]."""
-        return self.project_image_features(self.image_backbone_features(images), normalize)
 
     def text_backbone_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean-pooled MiniLM features [B, 384] of WordPiece ids [B, L]; worth caching when frozen."""
         backbone = self.text.backbone
         vocab, positions = backbone.token_embedding.num_embeddings, backbone.position_embedding.num_embeddings
         return backbone(check_tokens(tokens, positions, vocab, "wordpiece").to(self.logit_scale.device))
-
-    def project_text_features(self, features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Joint-space embeddings [B, E] of text backbone features [B, 384]."""
-        embeddings = self.text.head(features)
-        return F.normalize(embeddings, dim=-1) if normalize else embeddings
-
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Embeds WordPiece ids [B, L] (zero-padded) into [B, E]."""
-        return self.project_text_features(self.text_backbone_features(tokens), normalize)
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
-        return contrastive_output(self, images, tokens)
 
     def lock_image_tower(self, unlocked_blocks: int | None = None) -> None:
         """Freezes the EfficientNet backbone but its last `unlocked_blocks` blocks; the head stays trainable.

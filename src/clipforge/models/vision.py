@@ -184,7 +184,9 @@ class ConvNet(nn.Module):
         """PyTorch's default init works for this net; nothing to change."""
 
 
-def build_vision_tower(config: ViTConfig | ResNetConfig | ConvNetConfig, output_dim: int) -> nn.Module:
+def build_vision_tower(
+    config: ViTConfig | ResNetConfig | ConvNetConfig, output_dim: int
+) -> VisionTransformer | ModifiedResNet | ConvNet:
     """The image tower named by `config.type`."""
     if isinstance(config, ViTConfig):
         return VisionTransformer(config, output_dim)

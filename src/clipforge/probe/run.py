@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipforge.checkpoint import load
 from clipforge.errors import ImageError
+from clipforge.models.base import ContrastiveModel
 from clipforge.probe.items import BadItem, ProbeItem, load_item_image
 from clipforge.probe.scorers import check_scorer, sentence_parts
 
@@ -32,7 +34,7 @@ class Encoder(Protocol):
 class ClipEncoder:
     """A clipforge model with its preprocessing and tokenizer, encoding in batches without gradients."""
 
-    def __init__(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor],
+    def __init__(self, model: ContrastiveModel, preprocess: Callable[[Image.Image], torch.Tensor],
                  tokenizer: Callable[[list[str]], torch.Tensor], batch_size: int = 64) -> None:
         self.model = model.eval()
         self.preprocess = preprocess
@@ -42,8 +44,6 @@ class ClipEncoder:
     @classmethod
     def load(cls, spec: str, batch_size: int = 64) -> ClipEncoder:
         """Loads a model from any spec `clipforge.checkpoint.load` understands."""
-        from clipforge.checkpoint import load
-
         model, preprocess, tokenizer = load(spec)
         return cls(model, preprocess, tokenizer, batch_size)
 
@@ -53,7 +53,7 @@ class ClipEncoder:
         out = []
         for start in range(0, len(images), self.batch_size):
             pixels = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
-            out.append(self.model.encode_image(pixels, normalize=True).float())  # type: ignore[operator]
+            out.append(self.model.encode_image(pixels, normalize=True).float())
         return torch.cat(out).numpy()
 
     @torch.inference_mode()
@@ -62,7 +62,7 @@ class ClipEncoder:
         out = []
         for start in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(list(texts[start : start + self.batch_size]))
-            out.append(self.model.encode_text(tokens, normalize=True).float())  # type: ignore[operator]
+            out.append(self.model.encode_text(tokens, normalize=True).float())
         return torch.cat(out).numpy()
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipforge.data.negatives import SpatialSwap, spatial_swaps
+from clipforge.data.readers import WebDatasetData
+from clipforge.data.specs import open_data
 from clipforge.errors import DataError
 from clipforge.probe import formats
 from clipforge.probe.items import BadItem, ProbeItem
@@ -104,9 +106,6 @@ def preposition_swap_items(data_spec: str, limit: int | None = None) -> tuple[li
         data_spec: a ``--data`` spec, e.g. ``flickr8k:ROOT:test``.
         limit: stop after this many items.
     """
-    from clipforge.data.readers import WebDatasetData
-    from clipforge.data.specs import open_data
-
     data = open_data(data_spec)
     items: list[ProbeItem] = []
     bad: list[BadItem] = []

@@ -20,19 +20,17 @@ import json
 import multiprocessing
 import queue
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from clipforge.errors import ClipforgeError
+from clipforge.fileio import check_writable_dir
 from clipforge.models.registry import get_model_config
+from clipforge.progress import Say, to_stderr
 from clipforge.quickstart.config import MODELS, QuickstartConfig
 from clipforge.quickstart.evaluate import evaluate_models
 from clipforge.quickstart.report import conclusion, write_report
 from clipforge.synthetic.dataset import SceneConfig, write_synthetic
-from clipforge.synthetic.text import NEGATIVE_KINDS
 from clipforge.train.config import (
     DataSection,
     EvalSection,
@@ -41,10 +39,10 @@ from clipforge.train.config import (
     TrainRunConfig,
     TrainSection,
 )
+from clipforge.train.loop import train
 from clipforge.version import __version__
 
-Say = Callable[[str], None]
-PROBE_TAGS = NEGATIVE_KINDS
+
 def train_config(config: QuickstartConfig, hard_negatives: bool) -> TrainRunConfig:
     """The training run of one model; the two runs differ only in their hard negatives."""
     kinds = config.negative_kinds if hard_negatives else ()
@@ -72,13 +70,7 @@ def prepare_out(out_dir: Path) -> None:
     """
     if any((out_dir / name).exists() for name in ("report.json", *MODELS, "data")):
         raise ClipforgeError(f"output folder already holds a quickstart: {out_dir} (use another)")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ClipforgeError(f"cannot write to output folder {out_dir}: {err.strerror or err}") from err
+    check_writable_dir(out_dir)
 
 
 def write_test_data(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
@@ -95,36 +87,15 @@ def write_test_data(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
     }
 
 
-class ProgressHook:
-    """Evaluation hook of a run: the engine's validation recall, plus a progress line with an ETA."""
-
-    def __init__(self, run: TrainRunConfig, name: str, say: Say) -> None:
-        self.run, self.name, self.say = run, name, say
-        self.began = time.perf_counter()
-        self.inner: Callable[[nn.Module, int], dict[str, Any]] | None = None
-
-    def __call__(self, model: nn.Module, step: int) -> dict[str, Any]:
-        from clipforge.train.sources import build_evaluator
-
-        if self.inner is None:
-            self.inner = build_evaluator(self.run, model) or (lambda m, s: {})
-        metrics = self.inner(model, step)
-        elapsed = time.perf_counter() - self.began
-        left = elapsed / step * (self.run.train.steps - step)
-        recall = metrics.get("text_to_image_r1")
-        shown = f", val t2i R@1 {recall:.3f}" if recall is not None else ""
-        steps = self.run.train.steps
-        self.say(f"  {self.name}: step {step}/{steps}{shown}, {elapsed:.0f} s, ~{left:.0f} s left")
-        return metrics
-
-
 def train_one(config: QuickstartConfig, out_dir: Path, name: str, say: Say) -> dict[str, Any]:
-    """Trains one of the two models into ``out_dir/name``; returns its curves and timing."""
-    from clipforge.train.loop import train
+    """Trains one of the two models into ``out_dir/name``; returns its curves and timing.
 
+    The engine's own evaluation makes the validation curve, and its progress lines (one per evaluation,
+    with an ETA) go to `say`, marked with the model's name.
+    """
     run = train_config(config, hard_negatives=name == "hardneg")
     began = time.perf_counter()
-    result = train(run, out_dir / name, on_eval=ProgressHook(run, name, say))
+    result = train(run, out_dir / name, say=lambda line: say(f"  {name}: {line}"))
     return {"seconds": round(time.perf_counter() - began, 1), "steps": result.steps,
             "final_loss": result.loss, "curve": read_curve(out_dir / name / "log.jsonl")}
 
@@ -187,14 +158,14 @@ def read_curve(log_path: Path) -> dict[str, list[float]]:
         record = json.loads(line)
         if "eval" in record:
             curve["eval_step"].append(record["step"])
-            curve["val_t2i_r1"].append(record["eval"].get("text_to_image_r1", float("nan")))
+            curve["val_t2i_r1"].append(record["eval"].get("t2i_r1", float("nan")))
         elif "loss" in record:
             curve["step"].append(record["step"])
             curve["loss"].append(record["loss"])
     return curve
 
 
-def run_quickstart(config: QuickstartConfig, out_dir: str | Path, say: Say = print) -> dict[str, Any]:
+def run_quickstart(config: QuickstartConfig, out_dir: str | Path, say: Say = to_stderr) -> dict[str, Any]:
     """Generates the data, trains `plain` and `hardneg`, evaluates both and writes the report.
 
     Args:

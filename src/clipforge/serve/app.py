@@ -42,8 +42,11 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from clipforge.data.loader import torch_threads
 from clipforge.data.transforms import load_image
+from clipforge.eval.templates import get_templates
+from clipforge.eval.zeroshot import classify, zero_shot_classifier
 from clipforge.index.ann import faiss_threads
 from clipforge.index.search import Hit, Searcher
+from clipforge.version import __version__
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024  # room for multipart framing and the labels field
@@ -176,8 +179,6 @@ class _Classifiers:
     """Zero-shot classifiers by label tuple, least recently used dropped first (shared by worker threads)."""
 
     def __init__(self, searcher: Searcher) -> None:
-        from clipforge.eval.templates import get_templates
-
         self.searcher = searcher
         # The 7-prompt subset keeps a new label set to 7 text encodes per label on a CPU.
         self.templates = get_templates("openai_imagenet_7")
@@ -185,8 +186,6 @@ class _Classifiers:
         self.lock = threading.Lock()
 
     def get(self, labels: tuple[str, ...]) -> torch.Tensor:
-        from clipforge.eval.zeroshot import zero_shot_classifier
-
         with self.lock:
             if labels in self.cache:
                 self.cache.move_to_end(labels)
@@ -215,7 +214,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app = FastAPI(
         title="clipforge",
         summary="Text and image search over an image collection, and zero-shot classification.",
-        version=_version(),
+        version=__version__,
         max_body_size=MAX_BODY_BYTES,
     )
     app.add_middleware(_Guard, hosts=accepted_hosts(config), token=config.token)
@@ -224,12 +223,6 @@ def create_app(config: ServeConfig) -> FastAPI:
     _add_api_routes(app, searcher, _Classifiers(searcher), gate)
     _add_file_routes(app, searcher, config.token)
     return app
-
-
-def _version() -> str:
-    from clipforge.version import __version__
-
-    return __version__
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -312,8 +305,6 @@ def _classify(
     searcher: Searcher, classifiers: _Classifiers, image: Any, names: tuple[str, ...]
 ) -> dict[str, Any]:
     """Label probabilities, best first (runs in a worker thread)."""
-    from clipforge.eval.zeroshot import classify
-
     try:
         classifier = classifiers.get(names)
     except ClipforgeError as err:

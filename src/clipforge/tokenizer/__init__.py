@@ -10,9 +10,10 @@ import torch
 from clipforge.errors import ConfigError
 from clipforge.models.config import TokenizerConfig
 from clipforge.tokenizer.bpe import ClipTokenizer, tokenize
-from clipforge.tokenizer.rows import TokenizerError
+from clipforge.tokenizer.rows import TokenizerError, trim_padding
+from clipforge.tokenizer.wordpiece import WordPieceTokenizer
 
-__all__ = ["ClipTokenizer", "TextTokenizer", "TokenizerError", "get_tokenizer", "tokenize"]
+__all__ = ["ClipTokenizer", "TextTokenizer", "TokenizerError", "get_tokenizer", "tokenize", "trim_padding"]
 
 
 class TextTokenizer(Protocol):
@@ -32,8 +33,5 @@ def get_tokenizer(config: TokenizerConfig) -> TextTokenizer:
     if config.type == "clip-bpe":
         return ClipTokenizer(config.context_length)
     if config.type == "wordpiece":
-        # Imported lazily: WordPiece needs the optional `tokenizers` package.
-        from clipforge.tokenizer.wordpiece import WordPieceTokenizer
-
         return WordPieceTokenizer(config.context_length)
     raise ConfigError(f"unknown tokenizer type {config.type!r} (known: clip-bpe, wordpiece)")

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from clipforge.errors import ConfigError, MissingExtraError
+from clipforge.models.minilm import model_dir
 from clipforge.tokenizer.rows import check_context_length, fit, pack
 
 
@@ -28,7 +29,6 @@ class WordPieceTokenizer:
             from tokenizers import Tokenizer
         except ImportError as err:
             raise MissingExtraError("tokenizers", "towers") from err
-        from clipforge.models.minilm import model_dir
 
         check_context_length(context_length)
         self.context_length = context_length

@@ -1,25 +1,32 @@
-"""Endless, resumable streams of training batches.
+"""Endless, resumable streams of training batches (`train.task.BatchSource`), and the image-text batch.
 
 A batch source hands out one global batch per optimizer step and can say where it is (`state_dict`),
-so a resumed run sees exactly the batches the interrupted one would have seen. Two sources:
+so a resumed run sees exactly the batches the interrupted one would have seen. Two sources here:
 `MapBatches` over any map-style dataset (the synthetic scenes) and `LoaderBatches` over the real-data
-`ImageTextLoader`.
+`ImageTextLoader`; `train.features.CachedFeatureBatches` serves cached backbone features. Each source of
+`PairBatch`es comes with the `PairEncoder` that knows what its tensors hold.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from clipforge.data.loader import Batch, ImageTextLoader
+from clipforge.data.negatives import text_hard_negatives
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import DataError
-from clipforge.tokenizer import TextTokenizer
+from clipforge.models.base import ContrastiveModel
+from clipforge.tokenizer import TextTokenizer, trim_padding
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -27,10 +34,13 @@ class PairBatch:
     """One batch, preprocessed and tokenized.
 
     Attributes:
-        images: [B, 3, S, S] normalized pixels.
-        tokens: [B, L] caption token ids.
-        negative_tokens: [B, K, L] hard-negative token ids (K = 0 without negatives).
+        images: [B, 3, S, S] normalized pixels, or [B, F] cached image-backbone features.
+        tokens: [B, L] caption token ids, or [B, D] cached text-backbone features.
+        negative_tokens: [B, K, L] hard-negative token ids, or [B, K, D] features (K = 0 without negatives).
         negative_mask: [B, K] True where the negative is real, False where it pads.
+
+    Which of the two each field holds is not read off the tensors: the source that made the batch
+    supplies the `PairEncoder` for it.
     """
 
     images: torch.Tensor
@@ -51,14 +61,33 @@ class PairBatch:
         )
 
 
-class BatchSource(Protocol):
-    """What the training loop needs from its data."""
+@dataclass(frozen=True)
+class PairEncoder:
+    """How a batch source's image and text tensors reach the joint space (L2-normalized [N, E] each).
 
-    def next_batch(self) -> PairBatch: ...
+    Attributes:
+        images: `PairBatch.images` -> image embeddings.
+        texts: `PairBatch.tokens` (and the negatives, same kind) -> text embeddings.
+    """
 
-    def state_dict(self) -> dict[str, Any]: ...
+    images: Callable[[torch.Tensor], torch.Tensor]
+    texts: Callable[[torch.Tensor], torch.Tensor]
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+def encode_tokens(model: ContrastiveModel, tokens: torch.Tensor) -> torch.Tensor:
+    """Normalized text embeddings [B, E] of token ids [B, L], all-padding columns cut off first."""
+    return model.encode_text(trim_padding(tokens), normalize=True)
+
+
+def tower_encoder(model: ContrastiveModel) -> PairEncoder:
+    """For batches of pixels and token ids: both go through the whole towers."""
+    return PairEncoder(partial(model.encode_image, normalize=True), partial(encode_tokens, model))
+
+
+def caption_negatives(key: str, caption: str, k: int) -> list[str]:
+    """Up to `k` spatial-swap hard negatives of a real-data caption, seeded by (image key, caption) so a
+    resumed run makes the same ones."""
+    return text_hard_negatives(caption, k, random.Random(f"{key}:{caption}"))
 
 
 def pad_negatives(negatives: Sequence[str], k: int) -> tuple[list[str], list[bool]]:
@@ -117,7 +146,7 @@ class _StepSampler(Sampler[list[int]]):
             step += 1
 
 
-class MapBatches:
+class MapBatches(Generic[T]):
     """Batches of a map-style dataset: each epoch a fresh permutation, the last partial batch dropped.
 
     The position is just the number of batches handed out, because batch `i` is a pure function of
@@ -125,17 +154,22 @@ class MapBatches:
     """
 
     def __init__(
-        self, dataset: Dataset, collate: PairCollate, batch_size: int, seed: int, num_workers: int = 0
+        self,
+        dataset: Dataset[Any],
+        collate: Callable[[list[Any]], T],
+        batch_size: int,
+        seed: int,
+        num_workers: int = 0,
     ) -> None:
-        n = len(dataset)  # type: ignore[arg-type]
+        n = len(cast(Sized, dataset))  # map-style datasets have a length; torch's Dataset type omits it
         if n < batch_size:
             raise DataError(f"dataset has {n} samples, fewer than train.batch_size={batch_size}")
         self.dataset, self.collate, self.n = dataset, collate, n
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.position = 0
-        self._batches: Iterator[PairBatch] | None = None
+        self._batches: Iterator[T] | None = None
 
-    def next_batch(self) -> PairBatch:
+    def next_batch(self) -> T:
         """The next batch; starts the DataLoader at the current position on first use."""
         if self._batches is None:
             sampler = _StepSampler(self.n, self.batch_size, self.seed, self.position)
@@ -161,10 +195,10 @@ class LoaderBatches:
     so a resumed run makes the same ones.
     """
 
-    def __init__(self, loader: Any, collate: PairCollate) -> None:
+    def __init__(self, loader: ImageTextLoader, collate: PairCollate) -> None:
         self.loader, self.collate = loader, collate
         self.epoch, self.position = 0, 0
-        self._batches: Iterator[Any] | None = None
+        self._batches: Iterator[Batch] | None = None
 
     def next_batch(self) -> PairBatch:
         """The next batch, moving on to the next epoch when this one is used up."""
@@ -178,14 +212,11 @@ class LoaderBatches:
             self.epoch, self.position, self._batches = self.epoch + 1, 0, None
         raise DataError(f"no usable samples in '{self.loader.data.name}'")
 
-    def _to_pairs(self, batch: Any) -> PairBatch:
-        from clipforge.data.negatives import text_hard_negatives
-
-        items = []
-        for key, image, (caption,) in zip(batch.keys, batch.images, batch.captions, strict=True):
-            rng = random.Random(f"{key}:{caption}")
-            items.append({"image": image, "caption": caption,
-                          "negatives": text_hard_negatives(caption, self.collate.k, rng)})
+    def _to_pairs(self, batch: Batch) -> PairBatch:
+        items = [
+            {"image": image, "caption": caption, "negatives": caption_negatives(key, caption, self.collate.k)}
+            for key, image, (caption,) in zip(batch.keys, batch.images, batch.captions, strict=True)
+        ]
         return self.collate(items)
 
     def state_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from clipforge.errors import ConfigError
 from clipforge.fileio import MAX_JSON_BYTES, read_regular_file
 from clipforge.typed import parse_dataclass, to_dict
 
+TASKS = ("contrastive",)  # one entry per kind of model the engine trains (see `train.tasks`)
 LOSSES = ("infonce", "siglip")
 SCHEDULES = ("cosine", "constant")
 
@@ -120,11 +121,12 @@ class LossSection:
     """The contrastive objective.
 
     Attributes:
-        kind: ``infonce`` (symmetric cross-entropy, the model's learned temperature) or ``siglip``.
+        kind: ``infonce`` (symmetric cross-entropy, the model's learned temperature) or ``siglip`` (a
+            sigmoid per pair with the model's scale and a logit bias, added to the model if it has none).
         hard_negatives: extra negative captions per sample (NegCLIP); 0 turns them off.
         negative_kinds: which kinds of hard negatives the data should generate (empty = all it knows).
-        siglip_init_scale: initial log of SigLIP's logit scale (ln 10).
-        siglip_init_bias: initial SigLIP logit bias.
+        siglip_init_scale: the model's initial log logit scale for SigLIP (ln 10).
+        siglip_init_bias: the model's initial logit bias for SigLIP.
     """
 
     kind: str = "infonce"
@@ -141,7 +143,8 @@ class EvalSection:
     Attributes:
         every: steps between evaluations.
         batch_size: evaluation batch size.
-        select_best: `final/` is the model of the best evaluation (mean of the R@1s), not the last step.
+        select_best: `final/` is the model of the best evaluation (the task's score: for contrastive
+            models the mean of the two R@1s), not the model of the last step.
         patience: stop after this many evaluations without improvement (0 = never stop early).
     """
 
@@ -153,8 +156,14 @@ class EvalSection:
 
 @dataclass(frozen=True)
 class TrainRunConfig:
-    """Everything a training run needs."""
+    """Everything a training run needs.
 
+    Attributes:
+        task: what kind of model is trained, and so which loss, batches and evaluation the engine uses;
+            ``contrastive`` (CLIP, SigLIP, LiT) is the only kind today.
+    """
+
+    task: str = "contrastive"
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -181,6 +190,7 @@ def _check(ok: bool, where: str, message: str) -> None:
 def validate(config: TrainRunConfig, where: str) -> None:
     """Rejects values that parse but make no sense (negative steps, unknown loss, ...)."""
     t, loss = config.train, config.loss
+    _check(config.task in TASKS, where, f"task must be one of {TASKS}, got '{config.task}'")
     _check(t.steps >= 1, where, f"train.steps must be >= 1, got {t.steps}")
     _check(t.batch_size >= 1, where, f"train.batch_size must be >= 1, got {t.batch_size}")
     _check(t.accum_steps >= 1, where, f"train.accum_steps must be >= 1, got {t.accum_steps}")

@@ -23,6 +23,7 @@ from torch import nn
 from clipforge.data.loader import ImageTextLoader, LoaderConfig, Transform
 from clipforge.data.readers import BadSample, ImageTextData, Record
 from clipforge.models.config import PreprocessConfig
+from clipforge.progress import Progress, Say, quiet
 from clipforge.typed import to_dict
 
 
@@ -109,7 +110,7 @@ def cached_features(
     cache: FeatureCache,
     batch_size: int = 64,
     num_workers: int = 0,
-    progress: Callable[[int, int], None] | None = None,
+    say: Say = quiet,
 ) -> tuple[dict[str, torch.Tensor], CacheStats]:
     """Features of every usable image of `data` by record key, extracting only what the cache lacks.
 
@@ -120,14 +121,14 @@ def cached_features(
         cache: where features persist between runs.
         batch_size: images per extraction batch.
         num_workers: decoding workers.
-        progress: called with (done, total) after each extracted batch.
+        say: receives a progress line every tenth of the extraction.
     """
     start = time.time()
     records = list(data.records())
     hashes = content_hashes(data, records)
     table = cache.load()
     missing = [r for r in records if hashes.get(r.key) not in table]
-    extracted = _extract(data, missing, extract, transform, cache, batch_size, num_workers, progress)
+    extracted = _extract(data, missing, extract, transform, cache, batch_size, num_workers, say)
     table.update(extracted)
     features = {r.key: table[hashes[r.key]] for r in records if hashes.get(r.key) in table}
     stats = CacheStats(
@@ -144,17 +145,17 @@ def _extract(
     cache: FeatureCache,
     batch_size: int,
     num_workers: int,
-    progress: Callable[[int, int], None] | None,
+    say: Say,
 ) -> dict[str, torch.Tensor]:
     if not records:
         return {}
     subset = _Subset(data, records)
     loader = ImageTextLoader(subset, transform, LoaderConfig("images", batch_size, num_workers))
     found: dict[str, torch.Tensor] = {}
-    for batch in loader.epoch():
-        features = extract(batch.images).float()
-        cache.add(batch.sha1s, features)
-        found.update(zip(batch.sha1s, features, strict=True))
-        if progress:
-            progress(loader.position, len(records))
+    with Progress(f"image features of '{data.name}'", len(records), say) as progress:
+        for batch in loader.epoch():
+            features = extract(batch.images).float()
+            cache.add(batch.sha1s, features)
+            found.update(zip(batch.sha1s, features, strict=True))
+            progress.advance_to(loader.position)
     return found

@@ -1,9 +1,10 @@
-"""The training loop: `train(config, out_dir)` runs, logs, checkpoints and resumes a contrastive run.
+"""The training engine: `train(config, out_dir)` runs, logs, checkpoints and resumes a run of any task.
 
-One optimizer step takes one global batch from the batch source, cuts it into `accum_steps`
-micro-batches, backpropagates this rank's slice of each, averages gradients over ranks, clips and
-steps. Everything a step depends on (weights, optimizer, schedule, RNG, data position) is
-in the checkpoints, so a resumed run continues bit for bit where the interrupted one stopped.
+One optimizer step takes one global batch from the task's batch source, cuts it into `accum_steps`
+micro-batches, backpropagates this rank's slice of each through the task's loss, averages gradients over
+ranks, clips and steps. Everything a step depends on (weights, optimizer, schedule, RNG, data position)
+is in the checkpoints, so a resumed run continues bit for bit where the interrupted one stopped. What is
+particular to a kind of model (its batches, loss, evaluation) comes from its `Task` (`train.task`).
 """
 
 from __future__ import annotations
@@ -12,29 +13,22 @@ import contextlib
 import json
 import math
 import random
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
 import numpy as np
 import torch
-from torch import nn
-from tqdm import tqdm
 
-from clipforge.checkpoint import load_model
 from clipforge.errors import ConfigError
-from clipforge.models.clip import LOGIT_SCALE_MAX
-from clipforge.models.registry import create_model
-from clipforge.train.batches import BatchSource, PairBatch
+from clipforge.fileio import write_text_atomic
+from clipforge.models.base import Model
+from clipforge.progress import Progress, Say, on_terminal, quiet, to_stderr
 from clipforge.train.config import EvalSection, TrainRunConfig, TrainSection
 from clipforge.train.distributed import DistEnv, average_gradients, init_from_env, mean_over_ranks, shutdown
-from clipforge.train.lit import apply_locks, trim_padding
-from clipforge.train.loss import PairFeatures, build_loss
 from clipforge.train.optim import build_optimizer, build_scheduler
-from clipforge.train.sources import EvalHook, build_evaluator, build_source
 from clipforge.train.state import (
     TrainingState,
     check_run_dir,
@@ -45,6 +39,8 @@ from clipforge.train.state import (
     save_checkpoint,
     save_final,
 )
+from clipforge.train.task import B, EvalHook, M, Task
+from clipforge.train.tasks import build_task
 
 
 @dataclass
@@ -73,7 +69,7 @@ class RunLog:
             return
         lines = [line for line in self.path.read_text().splitlines() if line.strip()]
         kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -103,46 +99,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(name: str) -> nn.Module:
-    """A registry architecture (random init) or a clipforge model folder to fine-tune."""
-    model = load_model(name) if Path(name).is_dir() else create_model(name)
-    return model.train()
-
-
-def encode_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Pixels [B, 3, S, S] go through the image tower; cached features [B, F] only through its head."""
-    if images.dim() == 2:
-        return model.project_image_features(images, normalize=True)  # type: ignore[operator,no-any-return]
-    return model.encode_image(images, normalize=True)  # type: ignore[operator,no-any-return]
-
-
-def encode_texts(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Token ids [B, L] go through the text tower; cached backbone features [B, D] only through its head."""
-    if tokens.is_floating_point():
-        return model.project_text_features(tokens, normalize=True)  # type: ignore[operator,no-any-return]
-    return model.encode_text(trim_padding(tokens), normalize=True)  # type: ignore[operator,no-any-return]
-
-
-def encode_batch(model: nn.Module, batch: PairBatch) -> PairFeatures:
-    """Features of a batch; captions and real hard negatives go through the text tower in one call.
-
-    Padding negatives are not encoded (free-text captions often have no spatial phrase to swap): their
-    rows stay zero, and the loss masks them out anyway.
-    """
-    b, k = batch.negative_mask.shape
-    images = encode_images(model, batch.images)
-    real = batch.negative_mask.reshape(b * k)  # [B * K]
-    width = batch.negative_tokens.shape[-1]
-    negatives = batch.negative_tokens.reshape(b * k, width)[real]  # [R, L] ids or [R, D] cached features
-    texts = encode_texts(model, torch.cat([batch.tokens, negatives]))
-    scale = model.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)  # type: ignore[operator]
-    if k == 0:
-        return PairFeatures(images, texts, scale)
-    negative_features = texts.new_zeros(b * k, texts.shape[1]).index_put((real,), texts[b:])  # [B * K, E]
-    return PairFeatures(images, texts[:b], scale, negative_features, batch.negative_mask)
-
-
-def micro_batches(batch: PairBatch, env: DistEnv, accum_steps: int) -> list[PairBatch]:
+def micro_batches(batch: B, env: DistEnv, accum_steps: int) -> list[B]:
     """This rank's share of each accumulation micro-batch of the global batch.
 
     The global batch is cut into `accum_steps` micro-batches first and each is then split over ranks,
@@ -155,24 +112,14 @@ def micro_batches(batch: PairBatch, env: DistEnv, accum_steps: int) -> list[Pair
     return [batch.rows(start, start + share) for start in starts]
 
 
-def backward_step(
-    model: nn.Module, loss_fn: nn.Module, batch: PairBatch, env: DistEnv, accum_steps: int
-) -> float:
+def backward_step(task: Task[Any, B], batch: B, env: DistEnv, accum_steps: int) -> float:
     """Forward and backward over this rank's micro-batches; returns the loss of the global batch."""
     total = 0.0
     for micro in micro_batches(batch, env, accum_steps):
-        loss = loss_fn(encode_batch(model, micro)) / accum_steps
+        loss = task.loss(micro) / accum_steps
         loss.backward()
         total += float(loss.item())
     return mean_over_ranks(total)
-
-
-def selection_score(metrics: dict[str, Any]) -> float:
-    """The number model selection maximizes: the mean of the retrieval R@1s an evaluation reports."""
-    keys = [k for k in ("t2i_r1", "i2t_r1", "text_to_image_r1", "image_to_text_r1") if k in metrics]
-    if not keys:
-        raise ConfigError(f"eval.select_best needs R@1 metrics; the evaluation reported {sorted(metrics)}")
-    return sum(float(metrics[k]) for k in keys) / len(keys)
 
 
 class BestSelector:
@@ -186,8 +133,7 @@ class BestSelector:
             extra = json.loads(saved.read_text())["extra"]
             self.best, self.stale = float(extra["score"]), int(extra["stale"])
 
-    def update(self, model: nn.Module, step: int, metrics: dict[str, Any]) -> None:
-        score = selection_score(metrics)
+    def update(self, model: Model, step: int, score: float, metrics: dict[str, Any]) -> None:
         if score > self.best:
             self.best, self.stale = score, 0
             extra = {**self.provenance, "step": step, "score": score, "stale": 0, "metrics": metrics}
@@ -201,24 +147,26 @@ class BestSelector:
 
 
 @dataclass
-class Trainer:
+class Trainer(Generic[M, B]):
     """The objects of one run, and the single optimizer step that advances them."""
 
     config: TrainRunConfig
-    model: nn.Module
-    loss_fn: nn.Module
+    task: Task[M, B]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    source: BatchSource
     env: DistEnv
 
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for m in (self.model, self.loss_fn) for p in m.parameters() if p.requires_grad]
+    @property
+    def model(self) -> M:
+        return self.task.model
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     def step(self) -> float:
         """One optimizer step on the next global batch; returns its loss."""
         cfg = self.config.train
-        loss = backward_step(self.model, self.loss_fn, self.source.next_batch(), self.env, cfg.accum_steps)
+        loss = backward_step(self.task, self.task.batches.next_batch(), self.env, cfg.accum_steps)
         params = self.parameters()
         average_gradients(params)
         if cfg.grad_clip > 0:
@@ -233,8 +181,7 @@ class Trainer:
             step,
             self.optimizer.state_dict(),
             self.scheduler.state_dict(),
-            self.loss_fn.state_dict(),
-            self.source.state_dict(),
+            self.task.batches.state_dict(),
             elapsed_s,
         )
 
@@ -242,24 +189,20 @@ class Trainer:
         state = load_checkpoint(checkpoint, self.model)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
-        self.loss_fn.load_state_dict(state.loss)
-        self.source.load_state_dict(state.data)
+        self.task.batches.load_state_dict(state.data)
         return state
 
 
-def build_trainer(config: TrainRunConfig, env: DistEnv) -> Trainer:
-    """Seeds, then builds model, loss, optimizer, schedule and data in a fixed order."""
+def build_trainer(config: TrainRunConfig, env: DistEnv, say: Say) -> Trainer[Any, Any]:
+    """Seeds, then builds the task (model, batches), the optimizer and the schedule, in a fixed order."""
     seed_everything(config.train.seed)
-    model = build_model(config.model.name)
-    apply_locks(model, config.model)
-    loss_fn = build_loss(config.loss)
-    optimizer = build_optimizer([model, loss_fn], config.train)
+    task = build_task(config, say)
+    optimizer = build_optimizer([task.model], config.train)
     scheduler = build_scheduler(optimizer, config.train)
-    source = build_source(config, model, env)
-    return Trainer(config, model, loss_fn, optimizer, scheduler, source, env)
+    return Trainer(config, task, optimizer, scheduler, env)
 
 
-def run_eval(hook: EvalHook, model: nn.Module, step: int) -> dict[str, Any]:
+def run_eval(hook: EvalHook[M], model: M, step: int) -> dict[str, Any]:
     """Calls the hook in eval mode without disturbing the training RNG stream."""
     model.eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -269,7 +212,11 @@ def run_eval(hook: EvalHook, model: nn.Module, step: int) -> dict[str, Any]:
 
 
 def train(
-    config: TrainRunConfig, out_dir: str | Path, resume: bool = False, on_eval: EvalHook | None = None
+    config: TrainRunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    on_eval: EvalHook[Any] | None = None,
+    say: Say = to_stderr,
 ) -> TrainResult:
     """Trains a model as `config` says, writing the run folder `out_dir`.
 
@@ -278,58 +225,62 @@ def train(
         out_dir: the run folder; created for a fresh run, continued from its newest checkpoint on resume.
         resume: continue an existing run instead of starting one.
         on_eval: called as ``on_eval(model, step) -> metrics`` every `eval.every` steps and at the end;
-            defaults to retrieval recall on held-out data when the data has a held-out split.
+            defaults to the task's evaluation (held-out retrieval recall for contrastive models).
+        say: receives progress lines (feature extraction, one line per evaluation) on the main rank.
     """
     run_dir = Path(out_dir)
     env = init_from_env()
     with torch_settings(config.train):
         try:
-            return _train(config, run_dir, resume, on_eval, env)
+            return _train(config, run_dir, resume, on_eval, say if env.is_main else quiet, env)
         finally:
             shutdown(env)
 
 
 def _train(
-    config: TrainRunConfig, run_dir: Path, resume: bool, on_eval: EvalHook | None, env: DistEnv
+    config: TrainRunConfig, run_dir: Path, resume: bool, on_eval: EvalHook[Any] | None, say: Say, env: DistEnv
 ) -> TrainResult:
     if resume:
         check_run_dir(run_dir)
     elif env.is_main:
         prepare_run_dir(run_dir, config)
-    trainer = build_trainer(config, env)
-    hook = on_eval or (build_evaluator(config, trainer.model) if env.is_main else None)
+    trainer = build_trainer(config, env, say)
+    hook = on_eval or (trainer.task.evaluator() if env.is_main else None)
     checkpoints = list_checkpoints(run_dir) if resume else []
     start, elapsed = 0, 0.0
     if checkpoints:
         state = trainer.restore(checkpoints[-1])
         start, elapsed = state.step, state.elapsed_s
     log = RunLog(run_dir / "log.jsonl", env.is_main, start if resume else None)
-    return _run_steps(trainer, run_dir, start, elapsed, hook, log)
+    bar = config.train.progress and env.is_main and on_terminal()
+    with Progress("train", config.train.steps, say, bar=bar, start=start, unit="step", tenths=False) as bars:
+        return _run_steps(trainer, run_dir, start, elapsed, hook, log, bars)
 
 
 def _log_step(
-    trainer: Trainer, step: int, loss: float, lr: float, seconds: float, elapsed: float
+    trainer: Trainer[Any, Any], step: int, loss: float, lr: float, seconds: float, elapsed: float
 ) -> dict[str, Any]:
-    """One `log.jsonl` line: `lr` is the rate the step used, `logit_scale` the temperature the loss uses."""
-    scale = trainer.model.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)  # type: ignore[operator]
-    if hasattr(trainer.loss_fn, "logit_bias"):
-        scale = trainer.loss_fn.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)  # type: ignore[operator]
+    """One `log.jsonl` line: `lr` is the rate the step used; the task adds its fields (e.g. `logit_scale`)."""
     return {
         "step": step,
         "loss": loss,
         "lr": lr,
         "samples_per_s": trainer.config.train.batch_size / max(seconds, 1e-9),
-        "logit_scale": float(scale.detach()),
+        **trainer.task.log_fields(),
         "elapsed_s": round(elapsed, 3),
     }
 
 
 def _run_steps(
-    trainer: Trainer, run_dir: Path, start: int, elapsed: float, hook: EvalHook | None, log: RunLog
+    trainer: Trainer[Any, Any],
+    run_dir: Path,
+    start: int,
+    elapsed: float,
+    hook: EvalHook[Any] | None,
+    log: RunLog,
+    progress: Progress,
 ) -> TrainResult:
     cfg, env = trainer.config, trainer.env
-    show = cfg.train.progress and env.is_main and sys.stderr.isatty()
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=not show, unit="step")
     loss, rate = math.nan, 0.0
     evals: list[dict[str, Any]] = []
     selector = None
@@ -337,29 +288,29 @@ def _run_steps(
         selector = BestSelector(run_dir, cfg.eval, _provenance(trainer))
     if cfg.eval.patience and env.world_size > 1:
         raise ConfigError("eval.patience (early stopping) runs in a single process only")
-    step = start
+    began, step = time.perf_counter(), start
     for step in range(start + 1, cfg.train.steps + 1):
-        began = time.perf_counter()
+        step_began = time.perf_counter()
         lr = float(trainer.scheduler.get_last_lr()[0])
         loss = trainer.step()
-        seconds = time.perf_counter() - began
+        seconds = time.perf_counter() - step_began
         elapsed += seconds
         rate = cfg.train.batch_size / max(seconds, 1e-9)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
+        progress.update(1, loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.0f}")
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             log.write(_log_step(trainer, step, loss, lr, seconds, elapsed))
         if hook is not None and env.is_main and _eval_due(step, cfg):
             evals.append({"step": step, "eval": run_eval(hook, trainer.model, step)})
             log.write(evals[-1])
+            progress.note(_eval_line(step, cfg.train.steps, evals[-1]["eval"], began, start))
             if selector is not None:
-                selector.update(trainer.model, step, evals[-1]["eval"])
+                metrics = evals[-1]["eval"]
+                selector.update(trainer.model, step, trainer.task.selection_score(metrics), metrics)
         if env.is_main and cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
             save_checkpoint(run_dir, trainer.model, trainer.state(step, elapsed), cfg.train.keep_checkpoints)
         if selector is not None and selector.should_stop:
             log.write({"step": step, "early_stop": True, "best_score": selector.best})
             break
-    bar.close()
     final = run_dir / "final"
     if selector is not None and (run_dir / "best").is_dir():
         promote(run_dir, "best")
@@ -368,15 +319,23 @@ def _run_steps(
     return TrainResult(run_dir, final, step, loss, rate, evals)
 
 
+def _eval_line(step: int, steps: int, metrics: dict[str, Any], began: float, start: int) -> str:
+    """``step 100/300: t2i_r1 0.312, i2t_r1 0.298, n 128; 20 s, ~40 s left``."""
+    shown = ", ".join(
+        f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in metrics.items()
+        if isinstance(value, int | float)
+    )
+    seconds = time.perf_counter() - began
+    left = seconds / max(step - start, 1) * (steps - step)
+    return f"step {step}/{steps}: {shown or 'evaluated'}; {seconds:.0f} s, ~{left:.0f} s left"
+
+
 def _eval_due(step: int, config: TrainRunConfig) -> bool:
     every = config.eval.every
     return step == config.train.steps or (every > 0 and step % every == 0)
 
 
-def _provenance(trainer: Trainer) -> dict[str, Any]:
+def _provenance(trainer: Trainer[Any, Any]) -> dict[str, Any]:
     """What `final/config.json` records about the run under ``extra``."""
-    extra: dict[str, Any] = {"train": trainer.config.to_dict()}
-    if hasattr(trainer.loss_fn, "logit_bias"):
-        loss_fn: Any = trainer.loss_fn
-        extra["siglip"] = {"logit_scale": loss_fn.logit_scale.item(), "logit_bias": loss_fn.logit_bias.item()}
-    return extra
+    return {"train": trainer.config.to_dict()}

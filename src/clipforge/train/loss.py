@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.models.clip import LOGIT_SCALE_MAX
+from clipforge.errors import ConfigError
 from clipforge.train.config import LossSection
 from clipforge.train.distributed import gather, gather_with_grad, rank_offset
 
@@ -29,6 +29,7 @@ class PairFeatures:
         logit_scale: the model's temperature, exp of its log-scale, clamped at 100.
         negatives: [B * K, E] hard-negative caption features, sample-major (None without negatives).
         negative_mask: [B, K] True where a negative is real, False where a sample had fewer than K.
+        logit_bias: the model's logit bias (SigLIP), None for models without one.
     """
 
     images: torch.Tensor
@@ -36,6 +37,7 @@ class PairFeatures:
     logit_scale: torch.Tensor
     negatives: torch.Tensor | None = None
     negative_mask: torch.Tensor | None = None
+    logit_bias: torch.Tensor | None = None
 
 
 def global_columns(f: PairFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,30 +70,24 @@ class InfoNCELoss(nn.Module):
 
 
 class SigLipLoss(nn.Module):
-    """SigLIP: an independent binary decision per (image, caption) pair, with its own scale and bias.
+    """SigLIP: an independent binary decision per (image, caption) pair, with the model's scale and bias.
 
-    The scale and bias are parameters of the loss, not of the model, so they live in the optimizer
-    and the checkpoints without changing the model's architecture.
+    The bias is a parameter of the model (as in open_clip), so a trained model keeps its calibration:
+    sigmoid(scale * cosine + bias) is the probability that a caption matches an image.
     """
 
-    def __init__(self, init_scale: float, init_bias: float) -> None:
-        super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(init_scale))
-        self.logit_bias = nn.Parameter(torch.tensor(init_bias))
-
     def forward(self, f: PairFeatures) -> torch.Tensor:
+        if f.logit_bias is None:
+            raise ConfigError("the SigLIP loss needs a model with a logit bias (ModelConfig.init_logit_bias)")
         columns, valid = global_columns(f)
         rows = f.images.shape[0]
-        scale = self.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
-        logits = scale * f.images @ columns.t() + self.logit_bias  # [B, G + G * K]
+        logits = f.logit_scale * f.images @ columns.t() + f.logit_bias  # [B, G + G * K]
         signs = -torch.ones_like(logits)
         signs[torch.arange(rows), rank_offset(rows) + torch.arange(rows)] = 1.0
         terms = F.logsigmoid(signs * logits) * valid  # padded negatives contribute nothing
         return -terms.sum() / rows
 
 
-def build_loss(config: LossSection) -> nn.Module:
-    """The loss module a config names."""
-    if config.kind == "siglip":
-        return SigLipLoss(config.siglip_init_scale, config.siglip_init_bias)
-    return InfoNCELoss()
+def build_loss(config: LossSection) -> InfoNCELoss | SigLipLoss:
+    """The loss module a config names (the SigLIP init values go to the model, see `ContrastiveTask`)."""
+    return SigLipLoss() if config.kind == "siglip" else InfoNCELoss()

@@ -13,7 +13,6 @@ Checkpoints are written into a temporary folder and renamed into place, so a fol
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -23,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from clipforge.checkpoint import save as save_model
 from clipforge.checkpoint.files import WEIGHTS_NAME, load_safetensors, load_state_dict_strict
 from clipforge.errors import CheckpointError, ConfigError
+from clipforge.fileio import check_writable_dir, write_json
+from clipforge.models.base import Model
 from clipforge.train.config import TrainRunConfig, config_with_overrides, read_config_file
 
 RUN_CONFIG = "config.json"
@@ -48,11 +48,8 @@ def prepare_run_dir(out_dir: Path, config: TrainRunConfig) -> None:
     """
     if (out_dir / RUN_CONFIG).exists():
         raise ConfigError(f"output folder already holds a run: {out_dir} (use --resume, or another --out)")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / RUN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    except OSError as err:
-        raise ConfigError(f"cannot write to output folder {out_dir}: {err.strerror or err}") from err
+    check_writable_dir(out_dir)
+    write_json(config.to_dict(), out_dir / RUN_CONFIG)
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -101,12 +98,11 @@ class TrainingState:
     step: int
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
-    loss: dict[str, Any]
     data: dict[str, Any]
     elapsed_s: float
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, state: TrainingState, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, model: Model, state: TrainingState, keep: int) -> Path:
     """Writes ``checkpoints/step_NNNNNN`` atomically and deletes all but the newest `keep`."""
     root = run_dir / CHECKPOINTS
     root.mkdir(exist_ok=True)
@@ -129,7 +125,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_[0-9]*") if p.is_dir()) if root.is_dir() else []
 
 
-def load_checkpoint(path: Path, model: nn.Module) -> TrainingState:
+def load_checkpoint(path: Path, model: Model) -> TrainingState:
     """Loads the weights into `model`, restores the RNGs and returns the rest of the state."""
     load_state_dict_strict(model, load_safetensors(path / "model" / WEIGHTS_NAME), str(path))
     try:
@@ -137,10 +133,11 @@ def load_checkpoint(path: Path, model: nn.Module) -> TrainingState:
     except (OSError, RuntimeError) as err:
         raise CheckpointError(f"cannot read training state {path / STATE_NAME}: {err}") from err
     set_rng_state(payload.pop("rng"))
+    payload.pop("loss", None)  # loss state, which checkpoints held before SigLIP's moved into the model
     return TrainingState(**payload)
 
 
-def save_final(run_dir: Path, model: nn.Module, extra: dict[str, Any], name: str = "final") -> Path:
+def save_final(run_dir: Path, model: Model, extra: dict[str, Any], name: str = "final") -> Path:
     """Writes ``final/`` (or another model folder of the run) via a temporary folder, like the checkpoints."""
     final = run_dir / name
     tmp = run_dir / f".tmp_{name}_{os.getpid()}"

@@ -1,0 +1,88 @@
+"""The contrastive task: CLIP-style training of an image-text model (InfoNCE or SigLIP, optional LiT).
+
+Reading a run top-down: `ContrastiveTask` builds the model (a registry architecture or a model folder,
+with SigLIP's logit bias when the loss needs one, and its towers locked as the config says), the loss,
+and the batch source with its `PairEncoder`; each step encodes a batch through that encoder into
+`PairFeatures` and takes the loss; evaluation is held-out retrieval recall (`train.evaluation`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipforge.checkpoint import load_model
+from clipforge.models.base import ContrastiveModel
+from clipforge.models.registry import create_model
+from clipforge.progress import Say
+from clipforge.train.batches import PairBatch, PairEncoder
+from clipforge.train.config import LossSection, ModelSection, TrainRunConfig
+from clipforge.train.evaluation import build_evaluator, selection_score
+from clipforge.train.freeze import apply_locks
+from clipforge.train.loss import PairFeatures, build_loss
+from clipforge.train.sources import pair_batches
+from clipforge.train.task import EvalHook
+
+
+def build_model(section: ModelSection, loss: LossSection) -> ContrastiveModel:
+    """A registry architecture (random init) or a clipforge model folder to fine-tune, ready for `loss`.
+
+    SigLIP needs a logit bias: a model without one gets SigLIP's initial scale and bias (ln 10, -10).
+    """
+    model = load_model(section.name) if Path(section.name).is_dir() else create_model(section.name)
+    if loss.kind == "siglip" and model.logit_bias is None:
+        model.enable_logit_bias(loss.siglip_init_scale, loss.siglip_init_bias)
+    apply_locks(model, section)
+    return model.train()
+
+
+def encode_batch(encoder: PairEncoder, model: ContrastiveModel, batch: PairBatch) -> PairFeatures:
+    """Features of a batch; captions and real hard negatives go through the text encoder in one call.
+
+    Padding negatives are not encoded (free-text captions often have no spatial phrase to swap): their
+    rows stay zero, and the loss masks them out anyway.
+    """
+    b, k = batch.negative_mask.shape
+    images = encoder.images(batch.images)  # [B, E]
+    real = batch.negative_mask.reshape(b * k)  # [B * K]
+    width = batch.negative_tokens.shape[-1]
+    negatives = batch.negative_tokens.reshape(b * k, width)[real]  # [R, L] ids or [R, D] cached features
+    texts = encoder.texts(torch.cat([batch.tokens, negatives]))  # [B + R, E]
+    scale, bias = model.similarity_scale(), model.logit_bias
+    if k == 0:
+        return PairFeatures(images, texts, scale, logit_bias=bias)
+    negative_features = texts.new_zeros(b * k, texts.shape[1]).index_put((real,), texts[b:])  # [B * K, E]
+    return PairFeatures(images, texts[:b], scale, negative_features, batch.negative_mask, bias)
+
+
+class ContrastiveTask:
+    """`Task` of image-text models: pairs in, InfoNCE or SigLIP over their features, retrieval recall out.
+
+    Args:
+        config: the run config.
+        say: where feature-extraction progress goes.
+    """
+
+    def __init__(self, config: TrainRunConfig, say: Say) -> None:
+        self.config, self.say = config, say
+        self.model = build_model(config.model, config.loss)
+        self.objective = build_loss(config.loss)
+        self.batches, self.encoder = pair_batches(config, self.model, say)
+
+    def loss(self, batch: PairBatch) -> torch.Tensor:
+        return self.objective(encode_batch(self.encoder, self.model, batch))
+
+    def log_fields(self) -> dict[str, float]:
+        """The temperature the loss uses (and the SigLIP bias when the model has one)."""
+        fields = {"logit_scale": float(self.model.similarity_scale().detach())}
+        if self.model.logit_bias is not None:
+            fields["logit_bias"] = float(self.model.logit_bias.detach())
+        return fields
+
+    def evaluator(self) -> EvalHook[ContrastiveModel] | None:
+        return build_evaluator(self.config, self.model, self.say)
+
+    def selection_score(self, metrics: dict[str, Any]) -> float:
+        return selection_score(metrics)
