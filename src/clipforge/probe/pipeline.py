@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from clipforge.errors import ConfigError
-from clipforge.fileio import write_json
-from clipforge.probe.report import build_report, collect_bad, write_html
+from clipforge.probe.report import write_probe_report
 from clipforge.probe.run import ClipEncoder, ProbeResult, run_probe
 from clipforge.probe.scorers import check_scorer
-from clipforge.probe.stats import N_RESAMPLES, summarize
+from clipforge.probe.stats import N_RESAMPLES
 from clipforge.probe.suites import load_suite
 
 
@@ -76,12 +75,4 @@ def probe(config: ProbeConfig) -> dict[str, Any]:
     for name, spec in config.models:
         encoder = ClipEncoder.load(spec, config.batch_size)
         results[name] = run_probe(suite.items, encoder, config.scorer)
-    summaries = {name: summarize(result, suite.group_metric, config.n_resamples, config.seed)
-                 for name, result in results.items()}
-    bad = collect_bad(suite.bad, results)
-    report = build_report(
-        config.suite, config.scorer, results, summaries, bad, config.n_resamples, config.seed
-    )
-    write_json(report, config.out / "probe.json")
-    write_html(report, results, config.out / "probe.html")
-    return report
+    return write_probe_report(suite, config.scorer, results, config.out, config.n_resamples, config.seed)

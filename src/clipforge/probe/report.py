@@ -11,16 +11,35 @@ from typing import Any
 import numpy as np
 
 from clipforge.errors import ImageError
-from clipforge.fileio import write_text_atomic
+from clipforge.fileio import write_json, write_text_atomic
 from clipforge.probe.items import BadItem, ProbeItem, load_item_image
 from clipforge.probe.run import ProbeResult
-from clipforge.probe.stats import LEVEL, MIN_BOOTSTRAP_N
+from clipforge.probe.stats import LEVEL, MIN_BOOTSTRAP_N, summarize
+from clipforge.probe.suites import Suite
 
 COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
 HARDEST = 12
 THUMBNAIL = 160
 BAD_LISTED = 200
 CI_METHOD = f"percentile bootstrap (Wilson score interval below n={MIN_BOOTSTRAP_N})"
+
+
+def write_probe_report(
+    suite: Suite, scorer: str, results: dict[str, ProbeResult], out: Path, n_resamples: int, seed: int
+) -> dict[str, Any]:
+    """Summarizes every model's results and writes ``out/probe.json`` and ``out/probe.html``.
+
+    The one writer of probe reports, for `clipforge probe` and the quickstart alike.
+
+    Returns:
+        The content of probe.json.
+    """
+    summaries = {name: summarize(r, suite.group_metric, n_resamples, seed) for name, r in results.items()}
+    bad = collect_bad(suite.bad, results)
+    report = build_report(suite.spec, scorer, results, summaries, bad, n_resamples, seed)
+    write_json(report, out / "probe.json")
+    write_html(report, results, out / "probe.html")
+    return report
 
 
 def collect_bad(suite_bad: list[BadItem], results: dict[str, ProbeResult]) -> list[BadItem]:

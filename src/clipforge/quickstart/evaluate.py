@@ -19,9 +19,8 @@ from clipforge.eval.run import (
     embed_dataset,
     evaluate_zeroshot,
 )
-from clipforge.fileio import write_json
 from clipforge.probe import ClipEncoder, ProbeResult, Suite, load_suite, run_probe, summarize
-from clipforge.probe.report import build_report, collect_bad, write_html
+from clipforge.probe.report import write_probe_report
 from clipforge.probe.stats import N_RESAMPLES
 from clipforge.quickstart.config import QuickstartConfig
 from clipforge.synthetic.zeroshot import load_labelled_scenes
@@ -117,10 +116,5 @@ def evaluate_models(config: QuickstartConfig, out: Path, say: Callable[[str], No
         probe = models[name]["probe"]
         say(f"  {name}: t2i R@1 {models[name]['retrieval']['t2i_r1']:.3f}, "
             f"relation_swap {_pct(probe, 'relation_swap')}, attribute_swap {_pct(probe, 'attribute_swap')}")
-    summaries = {name: summarize(result, n_resamples=N_RESAMPLES, seed=PROBE_SEED)
-                 for name, result in results.items()}
-    report = build_report(suite.spec, "cosine", results, summaries, collect_bad(suite.bad, results),
-                          N_RESAMPLES, PROBE_SEED)
-    write_json(report, out / "probe" / "probe.json")
-    write_html(report, results, out / "probe" / "probe.html")
+    write_probe_report(suite, "cosine", results, out / "probe", N_RESAMPLES, PROBE_SEED)
     return models, examples
