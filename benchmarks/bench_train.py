@@ -26,18 +26,19 @@ CONFIG = REPO / "configs" / "synthetic-tiny.toml"
 
 def bench(model: str, batch_size: int, hard_negatives: int, steps: int) -> dict[str, float | str | int]:
     """Times `steps` optimizer steps of one configuration."""
+    from clipforge.progress import quiet
     from clipforge.train.config import load_config
     from clipforge.train.distributed import DistEnv
     from clipforge.train.loop import build_trainer
 
     overrides = [f"model.name={model}", f"train.batch_size={batch_size}",
                  f"loss.hard_negatives={hard_negatives}", f"data.n_train={batch_size * (2 * steps + 2)}"]
-    trainer = build_trainer(load_config(CONFIG, overrides), DistEnv())
+    trainer = build_trainer(load_config(CONFIG, overrides), DistEnv(), quiet)
     for _ in range(2):
         trainer.step()
     began = time.perf_counter()
     for _ in range(steps):  # the batches of the next steps, made once just to time the data side
-        trainer.source.next_batch()
+        trainer.task.batches.next_batch()
     data_s = time.perf_counter() - began
     began = time.perf_counter()
     for _ in range(steps):

@@ -53,6 +53,7 @@ def test_micro_quickstart_writes_a_schema_valid_report(micro_run: tuple[Path, di
         assert (out / name / "final" / "model.safetensors").is_file()
         curve = report["training"][name]["curve"]
         assert curve["step"] == list(range(1, 7)) and curve["eval_step"] == [3, 6]
+        assert all(_fraction(v) for v in curve["val_t2i_r1"])  # read from the engine's own evaluation
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from clipforge.models.registry import create_model
+from clipforge.quickstart.pipeline import read_curve
 from clipforge.train import load_config, train
 
 CAPTIONS = [
@@ -74,6 +75,8 @@ def test_lit_trains_heads_and_unlocked_layers_only(tmp_path, pretrained) -> None
     )
     evals = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert "t2i_r1" in evals[-1]["eval"]  # full retrieval on the held-out spec, from cached features
+    curve = read_curve(tmp_path / "run" / "log.jsonl")["val_t2i_r1"]  # the quickstart's reader of curves
+    assert len(curve) == 1 and 0.0 <= curve[0] <= 1.0  # a number, not NaN: one metrics vocabulary
 
 
 def test_second_run_reuses_the_feature_cache(tmp_path, pretrained, monkeypatch) -> None:
