@@ -153,3 +153,15 @@ def test_heads_only_caches_text_and_resumes_bit_for_bit(tmp_path, pretrained, mo
     train(config, partial, resume=True)
     resumed = load_file(str(partial / "final" / "model.safetensors"))
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+@pytest.mark.slow
+def test_a_cold_and_a_warm_feature_cache_train_the_same_model(tmp_path, pretrained) -> None:
+    """Filling the cache decodes images in a DataLoader, which draws from torch's RNG: it must not shift
+    the dropout masks of the heads, or a run's numbers would depend on what the cache already held."""
+    root, cache = _folder(tmp_path), tmp_path / "cache"
+    cold = train(_lit_config(root, cache, steps=2), tmp_path / "cold")
+    warm = train(_lit_config(root, cache, steps=2), tmp_path / "warm")
+    first = load_file(str(cold.final_dir / "model.safetensors"))
+    second = load_file(str(warm.final_dir / "model.safetensors"))
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -128,7 +128,10 @@ def cached_features(
     hashes = content_hashes(data, records)
     table = cache.load()
     missing = [r for r in records if hashes.get(r.key) not in table]
-    extracted = _extract(data, missing, extract, transform, cache, batch_size, num_workers, say)
+    # The extraction's DataLoader draws a seed from torch's RNG: forked, so that a run trains with the
+    # same random numbers (dropout masks) whether its cache was cold or warm.
+    with torch.random.fork_rng(devices=[]):
+        extracted = _extract(data, missing, extract, transform, cache, batch_size, num_workers, say)
     table.update(extracted)
     features = {r.key: table[hashes[r.key]] for r in records if hashes.get(r.key) in table}
     stats = CacheStats(
