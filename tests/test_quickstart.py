@@ -59,6 +59,8 @@ def test_micro_quickstart_writes_a_schema_valid_report(micro_run: tuple[Path, di
             assert block["n"] > 0 and _fraction(block["accuracy"]) and low <= block["accuracy"] <= high
             assert all(_fraction(v) for v in block["per_relation"].values())
         assert set(metrics["probe"]["relation_swap"]["per_relation"]) <= set(RELATIONS)
+        assert _fraction(metrics["probe"]["relation_swap"]["pair_balanced"]["accuracy"])
+        assert all(_fraction(block["blind"]["accuracy"]) for block in metrics["probe"].values())
     for name in ("plain", "hardneg"):
         assert (out / name / "final" / "model.safetensors").is_file()
         curve = report["training"][name]["curve"]
@@ -73,6 +75,7 @@ def test_report_html_is_self_contained(micro_run: tuple[Path, dict[str, Any]]) -
     assert page.count("data:image/png;base64,") >= 3 + 3  # plots + example scenes
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "relation_swap" in page and "hardneg" in page
+    assert "probe relation_swap pair-balanced" in page and "probe count blind baseline" in page
 
 
 @pytest.mark.slow
@@ -89,6 +92,10 @@ def test_probe_cli_gives_the_quickstart_numbers(micro_run: tuple[Path, dict[str,
             ours, theirs = report["models"][name]["probe"][tag], probed["models"][name]["per_tag"][tag]
             assert ours["accuracy"] == theirs["accuracy"] and ours["n"] == theirs["n"]
             assert ours["ci95"] == theirs["ci95"]
+        # Only relation-swap items come in antonym pairs, so the suite's pair-balanced score is theirs.
+        pair_balanced = probed["models"][name]["pair_balanced"]
+        assert report["models"][name]["probe"]["relation_swap"]["pair_balanced"] == {
+            "accuracy": pair_balanced["accuracy"], "ci95": pair_balanced["ci95"]}
 
 
 def test_existing_quickstart_folder_is_refused(tmp_path: Path) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from clipforge.errors import ImageError
 from clipforge.fileio import write_json, write_text_atomic
@@ -22,6 +25,13 @@ HARDEST = 12
 THUMBNAIL = 160
 BAD_LISTED = 200
 CI_METHOD = f"percentile bootstrap (Wilson score interval below n={MIN_BOOTSTRAP_N})"
+HONEST_NOTE = (
+    "Pair-balanced: the mean of the two directions of each pair of labels (left of &rarr; right of and "
+    "right of &rarr; left of), then the mean over pairs, so a fixed preference for one phrase scores 0.5; "
+    "its interval resamples items within each direction. Blind: the same sentences scored against the "
+    "normalized mean embedding of all the suite's images (one vector for every item), so the pick depends "
+    "on the text alone; accuracy &minus; blind is what the image contributed (paired bootstrap)."
+)
 
 
 def write_probe_report(
@@ -94,6 +104,7 @@ def write_html(report: dict[str, Any], results: dict[str, ProbeResult], path: Pa
         f"{report['ci']['resamples']} resamples, seed {report['ci']['seed']}; "
         f"{report['bad']['count']} unreadable or unscorable items.</p>",
         _overview_table(report["models"]),
+        "<h2>Pair-balanced accuracy and the blind baseline (95% CI)</h2>", _honest_tables(report["models"]),
         "<h2>Accuracy per tag (95% CI)</h2>", _tag_bars(report["models"]),
         "<h2>Score margin (true minus best false)</h2>",
         "".join(_histogram(name, results[name].margins, _color(i)) for i, name in enumerate(names)),
@@ -105,6 +116,67 @@ def write_html(report: dict[str, Any], results: dict[str, ProbeResult], path: Pa
     page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipforge probe</title>{_STYLE}</head>"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, page + "<body>" + "\n".join(sections) + "</body></html>\n")
+    return path
+
+
+def _interval(block: dict[str, Any] | None) -> str:
+    if block is None or block.get("accuracy") is None:
+        return "–"
+    low, high = block["ci95"]
+    return f"{_pct(block['accuracy'])} <small>[{_pct(low)}, {_pct(high)}]</small>"
+
+
+def _honest_tables(models: dict[str, Any]) -> str:
+    """Per model: accuracy, pair-balanced and blind with intervals; then each pair's directions."""
+    head = ("model", "accuracy", "pair-balanced", "pairs / unpaired items", "blind", "accuracy &minus; blind",
+            "blind pair-balanced", "pair-balanced &minus; blind")
+    rows = [f"<p>{HONEST_NOTE}</p><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for name, s in models.items():
+        balanced, blind = s["pair_balanced"], s.get("blind") or {}
+        cells = (html.escape(name), _interval(s), _interval(balanced),
+                 f"{balanced['n_pairs']} / {balanced['unpaired']}", _interval(blind or None),
+                 _interval(blind.get("gain")), _interval(blind.get("pair_balanced")),
+                 _interval(blind.get("gain_pair_balanced")))
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "".join(rows) + "</table>" + _pair_table(models)
+
+
+def _pair_table(models: dict[str, Any]) -> str:
+    pairs = sorted({pair for s in models.values() for pair in s["pair_balanced"]["pairs"]})
+    if not pairs:
+        return ""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in models)
+    rows = [f"<table><tr><th>pair</th>{head}</tr>"]
+    for pair in pairs:
+        cells = []
+        for s in models.values():
+            block = s["pair_balanced"]["pairs"].get(pair)
+            directions = " / ".join(f"{html.escape(label)} {_pct(d['accuracy'])} (n={d['n']})"
+                                    for label, d in (block or {}).get("directions", {}).items())
+            cells.append(f"{_interval(block)}<br><small>{directions}</small>")
+        rows.append(f"<tr><th>{html.escape(pair)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "".join(rows) + "</table>"
+
+
+def build_analysis_report(suite: str, kind: str, summaries: dict[str, dict[str, Any]], bad: list[BadItem],
+                          n_resamples: int, seed: int) -> dict[str, Any]:
+    """The content of probe.json for an analysis suite (``bias:``, ...): each model's summary."""
+    return {
+        "suite": suite,
+        "kind": kind,
+        "ci": {"level": LEVEL, "resamples": n_resamples, "seed": seed},
+        "bad": {"count": len(bad), "items": [{"id": b.id, "reason": b.reason} for b in bad[:BAD_LISTED]]},
+        "models": summaries,
+    }
+
+
+def write_analysis_html(report: dict[str, Any], body: str, path: Path) -> Path:
+    """Writes probe.html of an analysis suite: a header, then the sections the suite rendered."""
+    header = (f"<h1>Probe: {html.escape(report['suite'])}</h1><p>{report['ci']['resamples']} bootstrap "
+              f"resamples, seed {report['ci']['seed']}; {report['bad']['count']} unreadable entries.</p>")
+    page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipforge probe</title>{_STYLE}</head>"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, page + "<body>" + header + body + _bad_list(report["bad"]) + "</body></html>\n")
     return path
 
 
@@ -253,16 +325,20 @@ def _item_card(item: ProbeItem, scores: np.ndarray, margins: list[float], names:
 
 
 def _thumbnail(item: ProbeItem) -> str:
-    """The item's image as an inline base64 JPEG (a grey box when it cannot be read)."""
+    return thumbnail_html(partial(load_item_image, item), item.id)
+
+
+def thumbnail_html(load: Callable[[], Image.Image], alt: str, size: int = THUMBNAIL) -> str:
+    """An image as an inline base64 JPEG thumbnail (a grey box when `load` raises `ImageError`)."""
     try:
-        image = load_item_image(item)
+        image = load()
     except ImageError:
-        return f"<div style='width:{THUMBNAIL}px;height:{THUMBNAIL}px;background:#ddd'></div>"
-    image.thumbnail((THUMBNAIL, THUMBNAIL))
+        return f"<div style='display:inline-block;width:{size}px;height:{size}px;background:#ddd'></div>"
+    image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=80)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f"<img alt='{html.escape(item.id)}' src='data:image/jpeg;base64,{data}'>"
+    return f"<img alt='{html.escape(alt)}' src='data:image/jpeg;base64,{data}'>"
 
 
 def _bad_list(bad: dict[str, Any]) -> str:

@@ -1,12 +1,18 @@
 """Scoring probe items with one model: every image and every text is encoded once, in batches.
 
 `run_probe` works on items in memory, so the CLI, the quickstart and tests share one code path.
+
+Blind baseline: every item is also scored against one *blind image*, the normalized mean embedding of all
+the suite's images. It is the same vector for every item, so the blind pick depends on the sentences
+alone: blind accuracy is the model's text prior, and accuracy minus blind accuracy is what the image
+contributed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -75,12 +81,20 @@ class ProbeResult:
         scores: per item, the scores of ``(true, *false)``.
         bad: items that could not be scored (missing or unreadable image).
         scorer: the scorer used.
+        blind_scores: per item, the scores of its sentences against the blind image (module docstring).
     """
 
     items: list[ProbeItem]
     scores: list[np.ndarray]
     bad: list[BadItem] = field(default_factory=list)
     scorer: str = "cosine"
+    blind_scores: list[np.ndarray] = field(default_factory=list)
+
+    def subset(self, indices: Sequence[int]) -> ProbeResult:
+        """The result restricted to the items at `indices` (their blind scores kept, bad items dropped)."""
+        blind = [self.blind_scores[i] for i in indices] if self.blind_scores else []
+        return ProbeResult([self.items[i] for i in indices], [self.scores[i] for i in indices], [],
+                           self.scorer, blind)
 
     @property
     def margins(self) -> np.ndarray:
@@ -91,6 +105,11 @@ class ProbeResult:
     def correct(self) -> np.ndarray:
         """Whether the true sentence scored strictly highest, per item (a tie fails)."""
         return self.margins > 0
+
+    @property
+    def blind_correct(self) -> np.ndarray:
+        """Whether the true sentence scored strictly highest against the blind image, per item."""
+        return np.array([s[0] > s[1:].max() for s in self.blind_scores], dtype=bool)
 
     @property
     def winners(self) -> np.ndarray:
@@ -110,12 +129,24 @@ def run_probe(items: Sequence[ProbeItem], encoder: Encoder, scorer: str = "cosin
         The scores; items whose image cannot be read are listed in ``bad``, never raised.
     """
     check_scorer(scorer)
-    images, bad = _encode_images(items, encoder)
+    loaders = {item.image_key: partial(load_item_image, item) for item in items}
+    images, failed = encode_images(loaders, encoder)
+    bad = [BadItem(item.id, failed[item.image_key]) for item in items if item.image_key in failed]
     kept = [item for item in items if item.image_key in images]
     parts = {s: sentence_parts(s, scorer) for item in kept for s in item.sentences}
     texts = _encode_texts(sorted({p for ps in parts.values() for p in ps}), encoder)
     scores = [_item_scores(item, images[item.image_key], parts, texts) for item in kept]
-    return ProbeResult(kept, scores, bad, scorer)
+    blind = blind_image(list(images.values()))
+    blind_scores = [_item_scores(item, blind, parts, texts) for item in kept] if kept else []
+    return ProbeResult(kept, scores, bad, scorer, blind_scores)
+
+
+def blind_image(embeddings: Sequence[np.ndarray]) -> np.ndarray:
+    """The blind image: the normalized mean of unit image embeddings (zeros when there are none)."""
+    if not embeddings:
+        return np.zeros(0)
+    mean = np.mean(np.stack(embeddings), axis=0)  # [E]
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
 def _item_scores(item: ProbeItem, image: np.ndarray, parts: dict[str, list[str]],
@@ -123,27 +154,31 @@ def _item_scores(item: ProbeItem, image: np.ndarray, parts: dict[str, list[str]]
     return np.array([sum(float(image @ texts[p]) for p in parts[s]) for s in item.sentences])
 
 
-def _encode_images(
-    items: Sequence[ProbeItem], encoder: Encoder
-) -> tuple[dict[str, np.ndarray], list[BadItem]]:
-    """Embeddings by image key; an image that fails to load marks all its items bad."""
+def encode_images(loaders: Mapping[str, Callable[[], Image.Image]], encoder: Encoder
+                  ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Embeds images by key, decoding at most `IMAGE_CHUNK` at a time.
+
+    Args:
+        loaders: per key, a function returning the RGB image (raising `ImageError` when it cannot).
+        encoder: the model.
+
+    Returns:
+        The embeddings by key, and the reason by key for images that failed to load.
+    """
     embeddings: dict[str, np.ndarray] = {}
     failed: dict[str, str] = {}
-    for start in range(0, len(items), IMAGE_CHUNK):
+    keys = list(loaders)
+    for start in range(0, len(keys), IMAGE_CHUNK):
         loaded: dict[str, Image.Image] = {}
-        for item in items[start : start + IMAGE_CHUNK]:
-            key = item.image_key
-            if key in embeddings or key in loaded or key in failed:
-                continue
+        for key in keys[start : start + IMAGE_CHUNK]:
             try:
-                loaded[key] = load_item_image(item)
+                loaded[key] = loaders[key]()
             except ImageError as err:
                 failed[key] = str(err)
         if loaded:
             vectors = encoder.encode_images(list(loaded.values()))
             embeddings.update(zip(loaded, vectors, strict=True))
-    bad = [BadItem(item.id, failed[item.image_key]) for item in items if item.image_key in failed]
-    return embeddings, bad
+    return embeddings, failed
 
 
 def _encode_texts(texts: list[str], encoder: Encoder) -> dict[str, np.ndarray]:

@@ -3,12 +3,24 @@
 Intervals are percentile bootstraps from a seeded numpy Generator, so the same scores always give the
 same interval; below `MIN_BOOTSTRAP_N` items a bootstrap is too coarse and the Wilson score interval
 is used instead.
+
+Pair-balanced accuracy: items with one false sentence whose two sentences name different labels (their
+relations, see `sentence_labels`) have a *direction* ``true label -> false label``. Two labels seen in
+both directions form a pair ("left of / right of"); the pair's accuracy is the mean of its two
+directions' accuracies, and pair-balanced accuracy is the macro mean over pairs. A model that prefers one
+label of a pair whatever the image is right on one direction and wrong on the other: exactly 0.5. Its
+interval is a stratified bootstrap: items are resampled within each direction, so every direction keeps
+its size. Items in no pair (one direction only, several false sentences) are counted as ``unpaired``.
+
+Blind baseline: the same items scored against the blind image (`clipforge.probe.run`); ``gain`` is
+accuracy minus blind accuracy, with a paired bootstrap (the same resampled items for both).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,20 +39,35 @@ PAIR_OPPOSITES = {"left of": "right of", "right of": "left of", "on": "under", "
                   "in front of": "behind", "behind": "in front of"}
 
 
+def resampled_means(columns: Any, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap means of each column of `columns` [n, k], every column resampled with the same rows.
+
+    Returns:
+        [n_resamples, k] means.
+    """
+    data = np.asarray(columns, dtype=np.float64)
+    n, k = data.shape
+    means = np.empty((n_resamples, k))
+    rows = max(1, _CHUNK_VALUES // max(n * k, 1))
+    for start in range(0, n_resamples, rows):
+        count = min(rows, n_resamples - start)
+        means[start : start + count] = data[rng.integers(0, n, size=(count, n))].mean(axis=1)  # [count, k]
+    return means
+
+
+def percentile_interval(samples: Any, level: float = LEVEL) -> tuple[float, float]:
+    """The central `level` interval of bootstrap samples."""
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(np.asarray(samples, dtype=np.float64), [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
 def bootstrap_ci(values: Any, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = LEVEL
                  ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values`."""
-    data = np.asarray(values, dtype=np.float64)
-    n = len(data)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    rows = max(1, _CHUNK_VALUES // max(n, 1))
-    for start in range(0, n_resamples, rows):
-        count = min(rows, n_resamples - start)
-        means[start : start + count] = data[rng.integers(0, n, size=(count, n))].mean(axis=1)  # [count]
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(low), float(high)
+    data = np.asarray(values, dtype=np.float64)[:, None]  # [n, 1]
+    means = resampled_means(data, n_resamples, np.random.default_rng(seed))[:, 0]
+    return percentile_interval(means, level)
 
 
 def wilson_ci(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -132,6 +159,7 @@ def summarize(result: ProbeResult, group_metric: str | None = None, n_resamples:
         "confusion": confusion(result),
         "margin": margin_summary(result.margins),
         "bad": len(result.bad),
+        **honest_scores(result, n_resamples, seed),
     }
     if group_metric == "whatsup":
         summary["whatsup"] = whatsup_scores(result, n_resamples, seed)
@@ -176,3 +204,89 @@ def winoground_scores(result: ProbeResult, n_resamples: int = N_RESAMPLES, seed:
     group = [t and i for t, i in zip(text, image, strict=True)]
     blocks = {"text": text, "image": image, "group": group}
     return {name: accuracy_block(flags, n_resamples, seed) for name, flags in blocks.items()}
+
+
+def pair_directions(result: ProbeResult) -> tuple[dict[tuple[str, str], dict[str, list[int]]], int]:
+    """Item indices by pair and direction, and how many items are in no pair (module docstring).
+
+    Returns:
+        ``{(a, b): {a: [indices of a -> b items], b: [indices of b -> a items]}}`` with ``a < b``, and
+        the number of unpaired items.
+    """
+    directions: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for index, item in enumerate(result.items):
+        labels = sentence_labels(item)
+        if len(labels) == 2 and labels[0] != labels[1]:
+            directions[(labels[0], labels[1])].append(index)
+    pairs = {(a, b): {a: directions[(a, b)], b: directions[(b, a)]}
+             for a, b in sorted(directions) if a < b and (b, a) in directions}
+    return pairs, len(result.items) - sum(len(i) for d in pairs.values() for i in d.values())
+
+
+@dataclass(frozen=True)
+class _Estimate:
+    """(model, blind) accuracy: the value [2] and its bootstrap samples [R, 2]."""
+
+    value: np.ndarray
+    samples: np.ndarray
+
+    @classmethod
+    def of(cls, correct: np.ndarray, blind: np.ndarray, indices: list[int] | np.ndarray, n_resamples: int,
+           rng: np.random.Generator) -> _Estimate:
+        """Accuracies of the items at `indices`, the model's and the blind pick resampled together."""
+        both = np.stack([correct[indices], blind[indices]], axis=1)  # [n, 2]
+        return cls(both.mean(axis=0), resampled_means(both, n_resamples, rng))
+
+    @classmethod
+    def mean(cls, parts: list[_Estimate]) -> _Estimate:
+        """The unweighted mean of estimates (directions of a pair, pairs of a suite)."""
+        return cls(np.mean([p.value for p in parts], axis=0), np.mean([p.samples for p in parts], axis=0))
+
+
+def _interval_block(value: float | None, samples: np.ndarray | None) -> dict[str, Any]:
+    if value is None or samples is None:
+        return {"accuracy": None, "ci95": [None, None]}
+    return {"accuracy": value, "ci95": list(percentile_interval(samples))}
+
+
+def _column(estimate: _Estimate | None, column: int) -> dict[str, Any]:
+    if estimate is None:
+        return _interval_block(None, None)
+    return _interval_block(float(estimate.value[column]), estimate.samples[:, column])
+
+
+def _gain(estimate: _Estimate | None) -> dict[str, Any]:
+    """Model minus blind accuracy, with the interval of the paired difference."""
+    if estimate is None:
+        return _interval_block(None, None)
+    value = float(estimate.value[0] - estimate.value[1])
+    return _interval_block(value, estimate.samples[:, 0] - estimate.samples[:, 1])
+
+
+def honest_scores(result: ProbeResult, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """``{"pair_balanced": ..., "blind": ...}``: pair-balanced accuracy and the blind baseline with CIs.
+
+    ``blind`` is None when the result has no blind scores.
+    """
+    correct = result.correct.astype(np.float64)
+    has_blind = len(result.blind_scores) == len(result.items) > 0
+    blind = result.blind_correct.astype(np.float64) if has_blind else np.zeros_like(correct)
+    rng = np.random.default_rng(seed)
+    pairs, unpaired = pair_directions(result)
+    estimates = {
+        pair: _Estimate.mean([_Estimate.of(correct, blind, i, n_resamples, rng) for i in dirs.values()])
+        for pair, dirs in pairs.items()
+    }
+    overall = _Estimate.mean(list(estimates.values())) if estimates else None
+    rows = {f"{a} / {b}": {**_column(estimates[(a, b)], 0), "n": sum(map(len, dirs.values())),
+                           "directions": {label: {"accuracy": float(correct[i].mean()), "n": len(i)}
+                                          for label, i in dirs.items()}}
+            for (a, b), dirs in pairs.items()}
+    balanced = {**_column(overall, 0), "n": len(correct) - unpaired, "n_pairs": len(pairs),
+                "unpaired": unpaired, "pairs": rows}
+    if not has_blind:
+        return {"pair_balanced": balanced, "blind": None}
+    items = _Estimate.of(correct, blind, np.arange(len(correct)), n_resamples, rng)
+    return {"pair_balanced": balanced, "blind": {
+        **accuracy_block(blind.astype(bool), n_resamples, seed), "gain": _gain(items),
+        "pair_balanced": _column(overall, 1), "gain_pair_balanced": _gain(overall)}}

@@ -48,14 +48,16 @@ class Example:
 
 
 def probe_block(result: ProbeResult, tag: str) -> dict[str, Any]:
-    """``{"accuracy", "n", "ci95", "per_relation", "per_relation_ci95"}`` of one probe kind."""
-    keep = [i for i, item in enumerate(result.items) if item.tag == tag]
-    sub = ProbeResult([result.items[i] for i in keep], [result.scores[i] for i in keep], [], result.scorer)
+    """``{"accuracy", "n", "ci95", "per_relation", "per_relation_ci95", "pair_balanced", "blind"}`` of one
+    probe kind; the last two are ``{"accuracy", "ci95"}`` (see `clipforge.probe.stats`)."""
+    sub = result.subset([i for i, item in enumerate(result.items) if item.tag == tag])
     summary = summarize(sub, n_resamples=N_RESAMPLES, seed=PROBE_SEED)
     per_relation = {rel: block["accuracy"] for rel, block in summary["per_relation"].items()}
     per_relation_ci = {rel: block["ci95"] for rel, block in summary["per_relation"].items()}
+    honest = {key: {"accuracy": summary[key]["accuracy"], "ci95": summary[key]["ci95"]}
+              for key in ("pair_balanced", "blind")}
     return {"accuracy": summary["accuracy"], "n": summary["n"], "ci95": summary["ci95"],
-            "per_relation": per_relation, "per_relation_ci95": per_relation_ci}
+            "per_relation": per_relation, "per_relation_ci95": per_relation_ci, **honest}
 
 
 def top_captions(features: RetrievalFeatures, index: int, k: int = TOP_CAPTIONS

@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image
 
 from clipforge.fileio import write_json, write_text_atomic
+from clipforge.probe.report import HONEST_NOTE
 from clipforge.quickstart.evaluate import Example
 
 MODEL_COLORS = {"plain": "#9c9c9c", "hardneg": "#e15759"}
@@ -141,6 +142,13 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _interval(block: dict[str, Any] | None) -> str:
+    if not block or block.get("accuracy") is None:
+        return "-"
+    low, high = block["ci95"]
+    return f"{_pct(block['accuracy'])} <small>[{_pct(low)}, {_pct(high)}]</small>"
+
+
 def summary_table(models: dict[str, Any]) -> str:
     """One row per metric, one column per model."""
     rows: list[tuple[str, list[str]]] = []
@@ -157,6 +165,10 @@ def summary_table(models: dict[str, Any]) -> str:
             interval = f"<small>[{_pct(low)}, {_pct(high)}] n={block['n']}</small>"
             cells.append(f"{_pct(block['accuracy'])} {interval}")
         rows.append((f"probe {tag}", cells))
+        for key, label in (("pair_balanced", "pair-balanced"), ("blind", "blind baseline")):
+            cells = [_interval(m["probe"][tag].get(key)) for m in models.values()]
+            if any(cell != "-" for cell in cells):
+                rows.append((f"probe {tag} {label}", cells))
     head = "".join(f"<th>{html.escape(name)}</th>" for name in models)
     body = "".join(f"<tr><td>{html.escape(label)}</td>{''.join(f'<td>{c}</td>' for c in cells)}</tr>"
                    for label, cells in rows)
@@ -208,6 +220,7 @@ def render_html(report: dict[str, Any], examples: list[Example]) -> str:
         "<h1>clipforge quickstart: hard negatives vs plain InfoNCE</h1>",
         f"<p class='conclusion'><b>{html.escape(report['conclusion'])}</b></p>", intro,
         "<h2>Results on held-out scenes (95% CIs for probes)</h2>", summary_table(models),
+        f"<p><small>{HONEST_NOTE}</small></p>",
         "<h2>Training curves</h2>", curves_plot(report["training"]),
         "<h2>Probe accuracy</h2>", probe_plots(models),
         "<h2>Example test scenes and their top retrieved captions</h2>",
