@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from clipforge.probe import SCORERS, ProbeConfig, parse_model_option, probe
+from clipforge.probe.pipeline import headline
 
 
 def register(group: click.Group) -> None:
@@ -15,8 +16,9 @@ def register(group: click.Group) -> None:
 
 @click.command("probe")
 @click.option("--suite", required=True,
-              help="pairs:FILE.jsonl, preposition-swap:DATA, synthetic:DIR, spatialvoc2k:FILE, whatsup:FILE, "
-                   "aro:FILE, sugarcrepe:FILE_OR_DIR or winoground:FILE.jsonl.")
+              help="pairs:FILE.jsonl, preposition-swap:DATA, flip:DATA, collage:DATA, synthetic:DIR, "
+                   "spatialvoc2k:FILE, whatsup:FILE, aro:FILE, sugarcrepe:FILE_OR_DIR, winoground:FILE.jsonl "
+                   "or bias:DATA (DATA: a --data spec such as flickr8k:ROOT:test).")
 @click.option("--model", "models", multiple=True, required=True,
               help="NAME=SPEC (registry name, model folder, HF folder or OpenAI .pt); repeat to compare.")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -30,17 +32,19 @@ def register(group: click.Group) -> None:
 @click.option("--resamples", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Bootstrap resamples for the 95% intervals.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the suite kind: top_k=20 or queries=FILE for bias:, seed=1 for collage:.")
+@click.option("--write-suite", is_flag=True,
+              help="Also write the items as a pairs suite (OUT/suite/pairs.jsonl, generated images as PNG).")
 def probe_command(suite: str, models: tuple[str, ...], images: Path | None, out: Path, scorer: str,
-                  limit: int | None, batch_size: int, resamples: int, seed: int) -> None:
+                  limit: int | None, batch_size: int, resamples: int, seed: int, options: tuple[str, ...],
+                  write_suite: bool) -> None:
     """Does each model score the true sentence above the false ones? Accuracy with CIs, per tag."""
     config = ProbeConfig(suite, tuple(parse_model_option(m) for m in models), out, images, scorer, limit,
-                         batch_size, resamples, seed)
+                         batch_size, resamples, seed, options, write_suite)
     report = probe(config)
     for name, summary in report["models"].items():
-        low, high = summary["ci95"]
-        accuracy = "n/a" if summary["accuracy"] is None else f"{100 * summary['accuracy']:.1f}%"
-        interval = "" if low is None else f" [{100 * low:.1f}, {100 * high:.1f}]"
-        click.echo(f"{name}: {accuracy}{interval} on {summary['n']} items")
+        click.echo(f"{name}: {headline(summary)}")
     if report["bad"]["count"]:
         click.echo(f"skipped {report['bad']['count']} unreadable items (listed in probe.json)", err=True)
     click.echo(f"wrote {out / 'probe.json'} and {out / 'probe.html'}")

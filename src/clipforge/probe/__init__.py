@@ -13,7 +13,8 @@ from clipforge.probe.pipeline import ProbeConfig, parse_model_option, probe
 from clipforge.probe.run import ClipEncoder, Encoder, ProbeResult, run_probe
 from clipforge.probe.scorers import SCORERS, relation_clauses
 from clipforge.probe.stats import bootstrap_ci, summarize, wilson_ci
-from clipforge.probe.suites import Suite, load_suite
+from clipforge.probe.items import Suite
+from clipforge.probe.suites import load_suite
 
 __all__ = [
     "SCORERS",

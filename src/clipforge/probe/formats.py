@@ -6,7 +6,8 @@ the file and line, so one bad entry never stops a run. Images are resolved under
 
 Formats (the public ones as their authors distribute them):
     pairs        JSONL, one item a line: ``{"image", "true", "false": str | [str, ...], "tag"}``
-                 (optional ``"relation"`` and ``"id"``; the synthetic generator's probes.jsonl).
+                 (optional ``"relation"``, ``"id"``, ``"group"`` and ``"labels"`` — what each sentence stands
+                 for, true first; the synthetic generator's probes.jsonl; `write_pairs` writes it).
     SpatialVOC2K JSON ``{image_id: {"width", "height", "objects": {k: {"name", "xmin", "ymin", "xmax",
                  "ymax"}}, "relations": [{"object_0", "object_1", "all": [prepositions]}]}}``; French
                  labels are translated. The true sentence uses a preposition from ``all``, the false one
@@ -24,6 +25,7 @@ Formats (the public ones as their authors distribute them):
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterable
@@ -32,8 +34,9 @@ from typing import Any
 
 from PIL import Image
 
-from clipforge.errors import DataError
-from clipforge.probe.items import BadItem, ProbeItem
+from clipforge.errors import DataError, ImageError
+from clipforge.fileio import write_bytes_atomic, write_text_atomic
+from clipforge.probe.items import BadItem, ProbeItem, load_item_image
 from clipforge.probe.spatial import ANTONYMS, canonical_relation, relation_label
 
 Loaded = tuple[list[ProbeItem], list[BadItem]]
@@ -99,6 +102,10 @@ def item_from_record(record: Any, where: str, images: Path | None) -> ProbeItem:
     if isinstance(image, str):
         image = resolve_image(images, image) if images is not None else Path(image)
     relation = record.get("relation")
+    labels = record.get("labels") or []
+    if not isinstance(labels, list) or (labels and len(labels) != 1 + len(false)):
+        raise DataError(f"{where}: 'labels' must list one label per sentence, true first")
+    group = record.get("group")
     # Synthetic probes have one item per scene and kind: name them so, on disk and in memory alike.
     default_id = f"scene{record['scene']}/{record.get('tag')}" if "scene" in record else where
     return ProbeItem(
@@ -108,6 +115,8 @@ def item_from_record(record: Any, where: str, images: Path | None) -> ProbeItem:
         false=tuple(_text(f, "false", where) for f in false),
         tag=str(record.get("tag") or "all"),
         relation=relation if isinstance(relation, str) and relation else None,
+        labels=tuple(str(label) for label in labels),
+        group=str(group) if group is not None else None,
     )
 
 
@@ -143,6 +152,33 @@ def read_pairs(path: Path, images: Path) -> Loaded:
         except DataError as err:
             bad.append(BadItem(where, str(err)))
     return items, bad
+
+
+def write_pairs(items: Iterable[ProbeItem], folder: Path) -> tuple[Path, list[BadItem]]:
+    """Writes items as a pairs suite: ``folder/pairs.jsonl``, every image as a PNG under ``folder/images``.
+
+    Generated images (mirrors, collages) and crops are written as rendered, so ``pairs:folder/pairs.jsonl``
+    scores exactly like the suite in memory. Items whose image cannot be read are left out and returned.
+    """
+    lines: list[str] = []
+    names: dict[str, str] = {}
+    bad: list[BadItem] = []
+    for item in items:
+        if item.image_key not in names:
+            try:
+                image = load_item_image(item)
+            except ImageError as err:
+                bad.append(BadItem(item.id, str(err)))
+                continue
+            names[item.image_key] = f"images/{len(names):06d}.png"
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            write_bytes_atomic(folder / names[item.image_key], buffer.getvalue())
+        record = {"id": item.id, "image": names[item.image_key], "true": item.true,
+                  "false": list(item.false), "tag": item.tag, "relation": item.relation,
+                  "labels": list(item.labels), "group": item.group}
+        lines.append(json.dumps(record))
+    return write_text_atomic(folder / "pairs.jsonl", "\n".join(lines) + "\n"), bad
 
 
 def _entries(data: Any, path: Path, kind: type) -> list[Any]:

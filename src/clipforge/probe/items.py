@@ -5,15 +5,29 @@ Every suite format is read into `ProbeItem`s, so scoring and statistics never se
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from PIL import Image
 
 from clipforge.data.transforms import load_image, to_rgb
 from clipforge.errors import ImageError
 
-ImageSource = str | Path | bytes | Image.Image
+
+class ImageRecipe(Protocol):
+    """An image made on demand (a mirrored photo, a collage): a stable name and the pixels.
+
+    `clipforge.data.spatial_aug.Mirrored` and `Collage` are recipes.
+    """
+
+    @property
+    def key(self) -> str: ...
+
+    def render(self) -> Image.Image: ...
+
+
+ImageSource = str | Path | bytes | Image.Image | ImageRecipe
 
 
 @dataclass(frozen=True)
@@ -22,7 +36,7 @@ class ProbeItem:
 
     Attributes:
         id: a name unique within the suite (used in reports and in the bad-item list).
-        image: a path, encoded bytes or an already-loaded PIL image.
+        image: a path, encoded bytes, an already-loaded PIL image or a recipe rendered when scored.
         true: the sentence that describes the image.
         false: the sentences that must score lower (at least one).
         tag: the group the item is reported under (swap kind, preposition, category).
@@ -52,7 +66,12 @@ class ProbeItem:
     def image_key(self) -> str:
         """Identifies the pixels to encode, so items sharing an image (and crop) share one embedding."""
         # In-memory images are told apart by object: items made from one record share the object.
-        base = str(self.image) if isinstance(self.image, str | Path) else f"mem:{id(self.image)}"
+        if isinstance(self.image, str | Path):
+            base = str(self.image)
+        elif isinstance(self.image, bytes | Image.Image):
+            base = f"mem:{id(self.image)}"
+        else:
+            base = self.image.key
         return base if self.crop is None else f"{base}@{','.join(f'{v:g}' for v in self.crop)}"
 
 
@@ -70,7 +89,13 @@ def load_item_image(item: ProbeItem) -> Image.Image:
     Raises:
         ImageError: the file is missing or unreadable, or the crop box is empty.
     """
-    image = item.image if isinstance(item.image, Image.Image) else load_image(item.image)
+    source = item.image
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, str | Path | bytes):
+        image = load_image(source)
+    else:
+        image = source.render()
     image = to_rgb(image)
     if item.crop is None:
         return image
@@ -78,3 +103,22 @@ def load_item_image(item: ProbeItem) -> Image.Image:
     if w <= 0 or h <= 0:
         raise ImageError(f"empty crop box {item.crop} for item {item.id}")
     return image.crop((round(x), round(y), round(x + w), round(y + h)))
+
+
+@dataclass
+class Suite:
+    """Loaded probe items and what could not be read (`clipforge.probe.suites.load_suite` makes one).
+
+    Attributes:
+        spec: the spec the suite was loaded from.
+        kind: its kind (see `clipforge.probe.suites`).
+        items: the items, in file order.
+        bad: entries that could not be read (images are checked later, when scored).
+        group_metric: the group scores `summarize` adds for this kind, if any.
+    """
+
+    spec: str
+    kind: str
+    items: list[ProbeItem]
+    bad: list[BadItem] = field(default_factory=list)
+    group_metric: str | None = None

@@ -15,10 +15,10 @@ from PIL import Image
 
 from clipforge.errors import ImageError
 from clipforge.fileio import write_json, write_text_atomic
-from clipforge.probe.items import BadItem, ProbeItem, load_item_image
+from clipforge.probe.analysis import Analysis
+from clipforge.probe.items import BadItem, ProbeItem, Suite, load_item_image
 from clipforge.probe.run import ProbeResult
 from clipforge.probe.stats import LEVEL, MIN_BOOTSTRAP_N, summarize
-from clipforge.probe.suites import Suite
 
 COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
 HARDEST = 12
@@ -156,6 +156,21 @@ def _pair_table(models: dict[str, Any]) -> str:
             cells.append(f"{_interval(block)}<br><small>{directions}</small>")
         rows.append(f"<tr><th>{html.escape(pair)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "".join(rows) + "</table>"
+
+
+def write_analysis_report(suite: Analysis, summaries: dict[str, dict[str, Any]], out: Path, n_resamples: int,
+                          seed: int) -> dict[str, Any]:
+    """Writes ``out/probe.json`` and ``out/probe.html`` of an analysis suite from each model's summary.
+
+    The analysis counterpart of `write_probe_report`.
+
+    Returns:
+        The content of probe.json.
+    """
+    report = build_analysis_report(suite.spec, suite.kind, summaries, suite.bad, n_resamples, seed)
+    write_json(report, out / "probe.json")
+    write_analysis_html(report, suite.html(summaries), out / "probe.html")
+    return report
 
 
 def build_analysis_report(suite: str, kind: str, summaries: dict[str, dict[str, Any]], bad: list[BadItem],

@@ -4,26 +4,35 @@ Kinds:
     ``pairs:FILE.jsonl``           our JSONL pairs (images under ``--images``, default: the file's folder)
     ``preposition-swap:DATA``      captions of any ``--data`` spec (e.g. ``flickr8k:ROOT:test``) with a
                                    spatial phrase; the false sentence swaps it for its antonym
+    ``flip:DATA``                  captions with left/right, on the photo and on its mirror image
+    ``collage:DATA``               two photos of different caption-mined categories, side by side or stacked
+                                   (`clipforge.probe.exact_spatial`; options ``seed``, ``size``)
     ``synthetic:DIR``              the synthetic generator's ``DIR/probes.jsonl``
     ``spatialvoc2k:FILE.json``     SpatialVOC2K annotations
     ``whatsup:FILE.json``          What'sUp controlled images or COCO/GQA-spatial
     ``aro:FILE.json``              ARO VG-Relation or VG-Attribution
     ``sugarcrepe:FILE_OR_DIR``     SugarCrepe category file(s)
     ``winoground:FILE.jsonl``      Winoground examples
+
+Analysis kinds (`clipforge.probe.analysis`; not item lists, each scores models its own way):
+    ``bias:DATA``                  gender skew of retrieval for neutral queries (`clipforge.probe.bias`)
+
+``--option KEY=VALUE`` sets a kind's options; kinds without options refuse any.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from clipforge.data.negatives import SpatialSwap, spatial_swaps
 from clipforge.data.readers import WebDatasetData
 from clipforge.data.specs import open_data
-from clipforge.errors import DataError
-from clipforge.probe import formats
-from clipforge.probe.items import BadItem, ProbeItem
+from clipforge.errors import ConfigError, DataError
+from clipforge.probe import bias, formats
+from clipforge.probe.analysis import Analysis, parse_options
+from clipforge.probe.exact_spatial import CollageOptions, collage_items, flip_items
+from clipforge.probe.items import BadItem, ProbeItem, Suite
 from clipforge.probe.spatial import canonical_relation
 
 _READERS: dict[str, Callable[[Path, Path], formats.Loaded]] = {
@@ -34,56 +43,80 @@ _READERS: dict[str, Callable[[Path, Path], formats.Loaded]] = {
     "sugarcrepe": formats.read_sugarcrepe,
     "winoground": formats.read_winoground,
 }
-KINDS = ("pairs", "preposition-swap", "synthetic", *list(_READERS)[1:])
+# Analysis kinds: open(location, options, limit).
+ANALYSES: dict[str, Callable[[str, Sequence[str], int | None], Analysis]] = {"bias": bias.open_bias}
+ITEM_KINDS = ("pairs", "preposition-swap", "flip", "collage", "synthetic", *list(_READERS)[1:])
+KINDS = (*ITEM_KINDS, *ANALYSES)
 GROUP_METRICS = {"whatsup": "whatsup", "winoground": "winoground"}
 
 
-@dataclass
-class Suite:
-    """Loaded probe items and what could not be read.
-
-    Attributes:
-        spec: the spec the suite was loaded from.
-        kind: its kind (see the module docstring).
-        items: the items, in file order.
-        bad: entries that could not be read (images are checked later, when scored).
-        group_metric: the group scores `summarize` adds for this kind, if any.
-    """
-
-    spec: str
-    kind: str
-    items: list[ProbeItem]
-    bad: list[BadItem] = field(default_factory=list)
-    group_metric: str | None = None
-
-
-def load_suite(spec: str, images: str | Path | None = None, limit: int | None = None) -> Suite:
-    """Loads the suite named by `spec`.
+def open_suite(spec: str, images: str | Path | None = None, limit: int | None = None,
+               options: Sequence[str] = ()) -> Suite | Analysis:
+    """Opens an item suite or an analysis (see the module docstring).
 
     Args:
-        spec: ``KIND:LOCATION`` (see the module docstring).
+        spec: ``KIND:LOCATION``.
         images: folder the suite's image paths are relative to (default: the file's folder).
-        limit: keep only the first `limit` items (whole groups are not split for What'sUp/Winoground).
+        limit: keep only the first `limit` items (whole groups are kept; an analysis reads that many images).
+        options: ``KEY=VALUE`` options of the kind.
 
     Raises:
         DataError: the spec is malformed or its file is missing or not of the expected format.
+        ConfigError: an option the kind does not take.
     """
+    kind, location = _split_spec(spec)
+    if kind in ANALYSES:
+        return ANALYSES[kind](location, options, limit)
+    return load_suite(spec, images, limit, options)
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
     kind, colon, location = spec.partition(":")
     if not colon or not location:
         raise DataError(f"suite spec '{spec}' must look like KIND:LOCATION (kinds: {', '.join(KINDS)})")
     if kind not in KINDS:
         raise DataError(f"unknown suite kind '{kind}' in '{spec}' (kinds: {', '.join(KINDS)})")
+    return kind, location
+
+
+def load_suite(spec: str, images: str | Path | None = None, limit: int | None = None,
+               options: Sequence[str] = ()) -> Suite:
+    """Loads the item suite named by `spec`.
+
+    Args:
+        spec: ``KIND:LOCATION`` (see the module docstring).
+        images: folder the suite's image paths are relative to (default: the file's folder).
+        limit: keep only the first `limit` items (whole groups are not split).
+        options: ``KEY=VALUE`` options (``collage:`` only).
+
+    Raises:
+        DataError: the spec is malformed or its file is missing or not of the expected format.
+        ConfigError: an option the kind does not take, or an analysis kind (use `open_suite`).
+    """
+    kind, location = _split_spec(spec)
+    if kind in ANALYSES:
+        raise ConfigError(f"'{kind}:' is an analysis, not an item suite: open it with open_suite")
+    if options and kind != "collage":
+        raise ConfigError(f"suite kind '{kind}' takes no --option (got '{options[0]}')")
     if kind == "preposition-swap":
         items, bad = preposition_swap_items(location, limit)
+    elif kind == "flip":
+        items, bad = flip_items(location)
+    elif kind == "collage":
+        items, bad = collage_items(location, parse_options(CollageOptions, options, "collage options"))
     else:
-        path = Path(location).expanduser()
-        if kind == "synthetic":
-            path = path / "probes.jsonl"
-        if not path.exists():
-            raise DataError(f"suite file not found: {path}")
-        root = Path(images).expanduser() if images is not None else (path if path.is_dir() else path.parent)
-        items, bad = _READERS.get(kind, formats.read_pairs)(path, root)
+        items, bad = _read_suite_file(kind, location, images)
     return Suite(spec, kind, _limited(items, limit), bad, GROUP_METRICS.get(kind))
+
+
+def _read_suite_file(kind: str, location: str, images: str | Path | None) -> formats.Loaded:
+    path = Path(location).expanduser()
+    if kind == "synthetic":
+        path = path / "probes.jsonl"
+    if not path.exists():
+        raise DataError(f"suite file not found: {path}")
+    root = Path(images).expanduser() if images is not None else (path if path.is_dir() else path.parent)
+    return _READERS.get(kind, formats.read_pairs)(path, root)
 
 
 def _limited(items: list[ProbeItem], limit: int | None) -> list[ProbeItem]:
