@@ -109,3 +109,25 @@ def test_results_without_pairs_or_blind_scores_report_none() -> None:
     honest = honest_scores(result)
     assert honest["blind"] is None
     assert honest["pair_balanced"]["accuracy"] is None and honest["pair_balanced"]["unpaired"] == 2
+
+
+def test_grouped_items_resample_whole_groups() -> None:
+    # Ten flip-like groups: a 'left of' item and its mirrored 'right of' item; blind gets exactly one right.
+    correct = [True, True, True, False, False, True, True, True, False, False] * 2
+    relations = [r for _ in range(10) for r in ("left of", "right of")]
+    blind = [i % 2 == 0 for i in range(20)]
+    result = _result(relations, correct, blind)
+    result.items[:] = [ProbeItem(it.id, it.image, it.true, it.false, it.tag, it.relation, it.labels,
+                                 group=f"g{i // 2}") for i, it in enumerate(result.items)]
+    honest = honest_scores(result, n_resamples=300, seed=7)
+    assert honest["blind"]["pair_balanced"] == {"accuracy": 0.5, "ci95": [0.5, 0.5]}
+    # Naive: draw groups with the same generator, rebuild each resampled suite, recompute the statistic.
+    weights = np.random.default_rng(7).multinomial(10, np.full(10, 0.1), size=300)
+    flags = np.array(correct)
+    samples = []
+    for draw in weights:
+        chosen = [g for g, count in enumerate(draw) for _ in range(count)]
+        left = [flags[2 * g] for g in chosen]
+        right = [flags[2 * g + 1] for g in chosen]
+        samples.append((np.mean(left) + np.mean(right)) / 2)
+    assert honest["pair_balanced"]["ci95"] == pytest.approx(list(np.quantile(samples, [0.025, 0.975])))

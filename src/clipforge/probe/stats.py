@@ -8,18 +8,24 @@ Pair-balanced accuracy: items with one false sentence whose two sentences name d
 relations, see `sentence_labels`) have a *direction* ``true label -> false label``. Two labels seen in
 both directions form a pair ("left of / right of"); the pair's accuracy is the mean of its two
 directions' accuracies, and pair-balanced accuracy is the macro mean over pairs. A model that prefers one
-label of a pair whatever the image is right on one direction and wrong on the other: exactly 0.5. Its
-interval is a stratified bootstrap: items are resampled within each direction, so every direction keeps
-its size. Items in no pair (one direction only, several false sentences) are counted as ``unpaired``.
+label of a pair whatever the image is right on one direction and wrong on the other: exactly 0.5. Items in
+no pair (one direction only, several false sentences) are counted as ``unpaired``.
 
 Blind baseline: the same items scored against the blind image (`clipforge.probe.run`); ``gain`` is
-accuracy minus blind accuracy, with a paired bootstrap (the same resampled items for both).
+accuracy minus blind accuracy.
+
+Intervals of these (`honest_scores`): when every item belongs to a group (the two images of a ``flip:``
+caption, the eight items of a ``collage:`` photo pair, What'sUp, Winoground), whole groups are resampled,
+since items that share photos are not independent; otherwise items are resampled within each direction
+(stratified), so every direction keeps its size. The model's and the blind pick are always resampled
+together (paired), and so are the two directions of a pair when groups are resampled.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +62,9 @@ def resampled_means(columns: Any, n_resamples: int, rng: np.random.Generator) ->
 
 
 def percentile_interval(samples: Any, level: float = LEVEL) -> tuple[float, float]:
-    """The central `level` interval of bootstrap samples."""
+    """The central `level` interval of bootstrap samples (NaN samples, undefined draws, are ignored)."""
     tail = (1.0 - level) / 2.0
-    low, high = np.quantile(np.asarray(samples, dtype=np.float64), [tail, 1.0 - tail])
+    low, high = np.nanquantile(np.asarray(samples, dtype=np.float64), [tail, 1.0 - tail])
     return float(low), float(high)
 
 
@@ -231,16 +237,36 @@ class _Estimate:
     samples: np.ndarray
 
     @classmethod
-    def of(cls, correct: np.ndarray, blind: np.ndarray, indices: list[int] | np.ndarray, n_resamples: int,
-           rng: np.random.Generator) -> _Estimate:
-        """Accuracies of the items at `indices`, the model's and the blind pick resampled together."""
-        both = np.stack([correct[indices], blind[indices]], axis=1)  # [n, 2]
-        return cls(both.mean(axis=0), resampled_means(both, n_resamples, rng))
-
-    @classmethod
     def mean(cls, parts: list[_Estimate]) -> _Estimate:
         """The unweighted mean of estimates (directions of a pair, pairs of a suite)."""
         return cls(np.mean([p.value for p in parts], axis=0), np.mean([p.samples for p in parts], axis=0))
+
+
+Estimator = Callable[[np.ndarray], _Estimate]
+
+
+def _item_estimator(flags: np.ndarray, n_resamples: int, rng: np.random.Generator) -> Estimator:
+    """Estimates from the items at the given indices, resampled on their own (a stratum)."""
+    def estimate(indices: np.ndarray) -> _Estimate:
+        both = flags[indices]  # [n, 2] model, blind
+        return _Estimate(both.mean(axis=0), resampled_means(both, n_resamples, rng))
+    return estimate
+
+
+def _group_estimator(flags: np.ndarray, groups: list[str], n_resamples: int, rng: np.random.Generator
+                     ) -> Estimator:
+    """Estimates under one shared resampling of whole groups: each draw weights group g by its count."""
+    unit = np.unique(np.array(groups), return_inverse=True)[1]  # [n] group index of each item
+    n_groups = int(unit.max()) + 1
+    weights = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)  # [R, G]
+
+    def estimate(indices: np.ndarray) -> _Estimate:
+        counts = np.bincount(unit[indices], minlength=n_groups)  # [G]
+        sums = np.stack([np.bincount(unit[indices], flags[indices, k], n_groups) for k in (0, 1)], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a draw without the indices' groups: NaN
+            samples = (weights @ sums) / (weights @ counts)[:, None]  # [R, 2]
+        return _Estimate(sums.sum(axis=0) / counts.sum(), samples)
+    return estimate
 
 
 def _interval_block(value: float | None, samples: np.ndarray | None) -> dict[str, Any]:
@@ -271,12 +297,14 @@ def honest_scores(result: ProbeResult, n_resamples: int = N_RESAMPLES, seed: int
     correct = result.correct.astype(np.float64)
     has_blind = len(result.blind_scores) == len(result.items) > 0
     blind = result.blind_correct.astype(np.float64) if has_blind else np.zeros_like(correct)
-    rng = np.random.default_rng(seed)
+    flags, rng = np.stack([correct, blind], axis=1), np.random.default_rng(seed)  # [n, 2]
+    groups = [item.group for item in result.items if item.group is not None]
+    grouped = len(groups) == len(result.items) > 0
+    estimate = _group_estimator(flags, groups, n_resamples, rng) if grouped else \
+        _item_estimator(flags, n_resamples, rng)
     pairs, unpaired = pair_directions(result)
-    estimates = {
-        pair: _Estimate.mean([_Estimate.of(correct, blind, i, n_resamples, rng) for i in dirs.values()])
-        for pair, dirs in pairs.items()
-    }
+    estimates = {pair: _Estimate.mean([estimate(np.array(i)) for i in dirs.values()])
+                 for pair, dirs in pairs.items()}
     overall = _Estimate.mean(list(estimates.values())) if estimates else None
     rows = {f"{a} / {b}": {**_column(estimates[(a, b)], 0), "n": sum(map(len, dirs.values())),
                            "directions": {label: {"accuracy": float(correct[i].mean()), "n": len(i)}
@@ -286,7 +314,7 @@ def honest_scores(result: ProbeResult, n_resamples: int = N_RESAMPLES, seed: int
                 "unpaired": unpaired, "pairs": rows}
     if not has_blind:
         return {"pair_balanced": balanced, "blind": None}
-    items = _Estimate.of(correct, blind, np.arange(len(correct)), n_resamples, rng)
+    items = estimate(np.arange(len(correct)))
     return {"pair_balanced": balanced, "blind": {
         **accuracy_block(blind.astype(bool), n_resamples, seed), "gain": _gain(items),
         "pair_balanced": _column(overall, 1), "gain_pair_balanced": _gain(overall)}}
