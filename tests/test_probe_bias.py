@@ -2,6 +2,7 @@
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -150,3 +151,10 @@ def test_cli_compares_models_and_writes_a_self_contained_page(collection: Path, 
     assert page.count("http") == page.count("http://www.w3.org/2000/svg")  # no external assets
     refused = CliRunner().invoke(main, [*args[:-2], "--out", str(tmp_path / "x"), "--write-suite"])
     assert refused.exit_code != 0 and "is an analysis" in refused.output and "Traceback" not in refused.output
+
+
+@pytest.mark.flickr8k
+def test_flickr8k_test_labels(flickr8k_root: Path) -> None:
+    suite = open_bias(f"flickr8k:{flickr8k_root}:test", [], None)
+    assert len(suite.photos) == 1000
+    assert Counter(suite.labels) == {"male": 347, "female": 170, "unknown": 483}

@@ -205,3 +205,14 @@ def test_written_suite_scores_like_the_suite_in_memory(categories: Path, tmp_pat
     np.testing.assert_allclose(np.array(memory.blind_scores), np.array(disk.blind_scores), atol=1e-6)
     assert [i.labels for i in memory.items] == [i.labels for i in disk.items]
     assert [i.group for i in memory.items] == [i.group for i in disk.items]
+
+
+@pytest.mark.flickr8k
+def test_real_suites_on_flickr8k_test(flickr8k_root: Path) -> None:
+    flip = load_suite(f"flip:flickr8k:{flickr8k_root}:test")
+    assert len(flip.items) == 34 and Counter(i.tag for i in flip.items) == {"left of": 17, "right of": 17}
+    collage = load_suite(f"collage:flickr8k:{flickr8k_root}:test")
+    per_group = Counter(item.group for item in collage.items)
+    assert set(per_group.values()) == {8} and len(per_group) > 200
+    photos = [key for group in per_group for key in str(group).split("+")]
+    assert len(photos) == len(set(photos))  # every photo in one pair at most

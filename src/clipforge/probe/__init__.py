@@ -8,12 +8,11 @@ In memory::
 """
 
 from clipforge.probe.formats import items_from_records, items_from_synthetic
-from clipforge.probe.items import BadItem, ProbeItem
+from clipforge.probe.items import BadItem, ProbeItem, Suite
 from clipforge.probe.pipeline import ProbeConfig, parse_model_option, probe
 from clipforge.probe.run import ClipEncoder, Encoder, ProbeResult, run_probe
 from clipforge.probe.scorers import SCORERS, relation_clauses
 from clipforge.probe.stats import bootstrap_ci, summarize, wilson_ci
-from clipforge.probe.items import Suite
 from clipforge.probe.suites import load_suite
 
 __all__ = [

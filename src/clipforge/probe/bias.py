@@ -44,7 +44,7 @@ from clipforge.errors import ConfigError, DataError
 from clipforge.probe.analysis import headline, parse_options
 from clipforge.probe.exact_spatial import photo_of
 from clipforge.probe.items import BadItem
-from clipforge.probe.report import COLORS, thumbnail_html
+from clipforge.probe.report import COLORS, bar_rows_svg, thumbnail_html
 from clipforge.probe.run import Encoder, encode_images
 from clipforge.probe.stats import accuracy_block, bootstrap_ci, percentile_interval, wilson_ci
 
@@ -303,25 +303,13 @@ def skew_chart(models: dict[str, dict[str, Any]]) -> str:
     """Horizontal bars per query, one per model, from zero to the skew, with the interval as a whisker."""
     queries = [row["query"] for row in next(iter(models.values()))["queries"]]
     by_model = [{row["query"]: row for row in s["queries"]} for s in models.values()]
-    label_w, half, bar_h = 260, 220, 10
-    row_h = bar_h * len(models) + 8
-    zero = label_w + half
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_w + 2 * half + 20}' "
-             f"height='{row_h * len(queries) + 30}'>"]
-    for tick in (-1.0, -0.5, 0.0, 0.5, 1.0):
-        x = zero + tick * half
-        parts.append(f"<line x1='{x}' y1='0' x2='{x}' y2='{row_h * len(queries)}' stroke='#ddd'/>"
-                     f"<text x='{x - 10}' y='{row_h * len(queries) + 14}'>{tick:+.1f}</text>")
-    for r, query in enumerate(queries):
-        y0 = r * row_h + 4
-        parts.append(f"<text x='0' y='{y0 + row_h / 2}'>{html.escape(query[:40])}</text>")
-        for i, rows in enumerate(by_model):
-            color = COLORS[i % len(COLORS)]
-            parts.append(_skew_bar(rows.get(query), zero, half, y0 + i * bar_h, bar_h, color))
-    legend = " ".join(f"<span style='color:{COLORS[i % len(COLORS)]}'>&#9632; {html.escape(n)}</span>"
-                      for i, n in enumerate(models))
-    return ("".join(parts) + "</svg><div>towards women &larr; 0 &rarr; towards men. " + legend + "</div>"
-            f"<p>Example frames: <span style='color:{LABEL_COLORS['male']}'>male</span>, "
+    label_w, half = 260, 220
+    ticks = [((tick + 1) * half, f"{tick:+.1f}") for tick in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+    series = [(name, COLORS[i % len(COLORS)]) for i, name in enumerate(models)]
+    chart = bar_rows_svg(queries, series, ticks, lambda query, i, y, h: _skew_bar(
+        by_model[i].get(query), label_w + half, half, y, h, series[i][1]), label_w, 2 * half, 10)
+    return (chart + "<p>Left of 0: towards women; right: towards men. Example frames: "
+            f"<span style='color:{LABEL_COLORS['male']}'>male</span>, "
             f"<span style='color:{LABEL_COLORS['female']}'>female</span>, unknown (grey).</p>")
 
 

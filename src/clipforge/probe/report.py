@@ -243,28 +243,53 @@ def interval_bars(rows: list[str], series: list[tuple[str, str, dict[str, Any]]]
         markers: an optional red tick per row (e.g. chance), named `marker_name` in the legend.
     """
     label_w, bar_w, bar_h = 200, 480, 12
-    row_h = bar_h * len(series) + 10
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_w + bar_w + 70}' "
-             f"height='{row_h * len(rows) + 30}'>"]
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        x = label_w + frac * bar_w
-        parts.append(f"<line x1='{x}' y1='0' x2='{x}' y2='{row_h * len(rows)}' stroke='#ddd'/>"
-                     f"<text x='{x - 8}' y='{row_h * len(rows) + 14}'>{int(frac * 100)}%</text>")
-    for row, label in enumerate(rows):
-        y0 = row * row_h + 5
-        parts.append(f"<text x='0' y='{y0 + row_h / 2}'>{html.escape(label[:32])}</text>")
-        for i, (_, color, blocks) in enumerate(series):
-            parts.append(_bar(blocks.get(label), label_w, bar_w, y0 + i * bar_h, bar_h, color))
+    ticks = [(frac * bar_w, f"{int(frac * 100)}%") for frac in (0.0, 0.25, 0.5, 0.75, 1.0)]
+
+    def bar(label: str, i: int, y: float, height: int) -> str:
+        svg = _bar(series[i][2].get(label), label_w, bar_w, y, height, series[i][1])
         level = (markers or {}).get(label)
-        if level is not None:
+        if level is not None and i == len(series) - 1:  # one tick across the row's bars
             x = label_w + level * bar_w
-            parts.append(f"<line x1='{x:.1f}' y1='{y0}' x2='{x:.1f}' y2='{y0 + bar_h * len(series)}' "
-                         "stroke='#e15759' stroke-width='2'/>")
+            svg += (f"<line x1='{x:.1f}' y1='{y - i * bar_h}' x2='{x:.1f}' y2='{y + bar_h}' "
+                    "stroke='#e15759' stroke-width='2'/>")
+        return svg
+
+    extra = f" <span style='color:#e15759'>| {html.escape(marker_name)}</span>" if markers else ""
+    return bar_rows_svg(rows, [(name, color) for name, color, _ in series], ticks, bar, label_w, bar_w,
+                        bar_h, extra)
+
+
+BarRenderer = Callable[[str, int, float, int], str]
+
+
+def bar_rows_svg(labels: list[str], series: list[tuple[str, str]], ticks: list[tuple[float, str]],
+                 bar: BarRenderer, label_w: int, plot_w: int, bar_h: int = 12, legend_extra: str = "") -> str:
+    """A chart with one row per label and one bar per series in it, plus a colour legend.
+
+    Args:
+        labels: the rows.
+        series: ``(name, colour)`` of each bar of a row (the models).
+        ticks: ``(x from the plot's left edge, text)`` of the vertical grid lines.
+        bar: ``bar(label, series index, y, height)`` returns a bar's SVG.
+        label_w: width of the label column; the plot starts there.
+        plot_w: width of the plot.
+        bar_h: height of one bar.
+        legend_extra: HTML appended to the legend.
+    """
+    row_h = bar_h * len(series) + 10
+    height = row_h * len(labels)
+    width = label_w + plot_w + 70
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height + 30}'>"]
+    for x, text in ticks:
+        parts.append(f"<line x1='{label_w + x}' y1='0' x2='{label_w + x}' y2='{height}' stroke='#ddd'/>"
+                     f"<text x='{label_w + x - 8}' y='{height + 14}'>{html.escape(text)}</text>")
+    for row, label in enumerate(labels):
+        y0 = row * row_h + 5
+        parts.append(f"<text x='0' y='{y0 + row_h / 2}'>{html.escape(label[:40])}</text>")
+        parts += [bar(label, i, y0 + i * bar_h, bar_h) for i in range(len(series))]
     legend = " ".join(f"<span style='color:{color}'>&#9632; {html.escape(name)}</span>"
-                      for name, color, _ in series)
-    if markers:
-        legend += f" <span style='color:#e15759'>| {html.escape(marker_name)}</span>"
-    return "".join(parts) + "</svg><div>" + legend + "</div>"
+                      for name, color in series)
+    return "".join(parts) + "</svg><div>" + legend + legend_extra + "</div>"
 
 
 def _bar(block: dict[str, Any] | None, x0: int, width: int, y: float, height: int, color: str) -> str:

@@ -26,12 +26,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from clipforge.data.negatives import SpatialSwap, spatial_swaps
-from clipforge.data.readers import WebDatasetData
 from clipforge.data.specs import open_data
 from clipforge.errors import ConfigError, DataError
 from clipforge.probe import bias, formats
 from clipforge.probe.analysis import Analysis, parse_options
-from clipforge.probe.exact_spatial import CollageOptions, collage_items, flip_items
+from clipforge.probe.exact_spatial import CollageOptions, collage_items, flip_items, photo_of
 from clipforge.probe.items import BadItem, ProbeItem, Suite
 from clipforge.probe.spatial import canonical_relation
 
@@ -146,8 +145,7 @@ def preposition_swap_items(data_spec: str, limit: int | None = None) -> tuple[li
         if limit is not None and len(items) >= limit:
             break
         try:
-            # Shard members have no path of their own: read their bytes now.
-            image = data.read_bytes(record) if isinstance(data, WebDatasetData) else Path(record.source)
+            image = photo_of(data, record).source
         except OSError as err:
             bad.append(BadItem(record.key, f"cannot read image: {err}"))
             continue
