@@ -154,7 +154,9 @@ def main(root: Path, lit: tuple[str, ...], quickstart: tuple[str, ...], syntheti
                                        out / kind))
             text = TABLES[kind](report)
         seconds = time.perf_counter() - start
-        blocks[f"{kind}-tables"] = text + f"\n\nWall time: {seconds:.0f} s ({threads} torch threads)."
+        title = f"**`{kind}:` on Flickr8k test**" if kind != "synthetic" else "**quickstart test scenes**"
+        timing = f"Wall time: {seconds:.0f} s ({threads} torch threads)."
+        blocks[f"{kind}-tables"] = f"{title}\n\n{text}\n\n{timing}"
         click.echo(f"{kind}: {seconds:.0f} s")
     for name, text in blocks.items():
         click.echo(f"\n## {name}\n{text}")
