@@ -9,7 +9,21 @@ from pathlib import Path
 
 
 class ClipforgeError(Exception):
-    """Base class of all clipforge errors."""
+    """Base class of all clipforge errors; the CLI exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class Interrupted(ClipforgeError):
+    """A run stopped on SIGINT or SIGTERM after saving its state; the message says how to resume.
+
+    The exit status is the shell's for death by that signal (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
 
 
 class ConfigError(ClipforgeError, ValueError):
@@ -18,6 +32,10 @@ class ConfigError(ClipforgeError, ValueError):
 
 class CheckpointError(ClipforgeError):
     """A checkpoint is missing, truncated or of an unknown format."""
+
+
+class DiskFullError(CheckpointError):
+    """A run's output could not be written: no space left on its disk (says where and about how much)."""
 
 
 class ImageError(ClipforgeError):

@@ -44,7 +44,8 @@ class _Group(click.Group):
             try:
                 return super().invoke(ctx)
             except ClipforgeError as err:
-                raise click.ClickException(one_line(str(err))) from err
+                click.echo(f"Error: {one_line(str(err))}", err=True)  # the line a ClickException would print
+                raise click.exceptions.Exit(err.exit_code) from err
 
 
 def _show_warning(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,15 @@ from clipforge.errors import ConfigError, DataError, ImageError
 
 Transform = Callable[[Image.Image], torch.Tensor]
 MODES = ("pairs", "images")
+
+
+def ignore_interrupts(_worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: workers ignore Ctrl-C, which reaches the whole process group.
+
+    The main process stops the run at a step boundary and then shuts its workers down; a worker that
+    died of the same Ctrl-C would fail the batch that step still needs.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass(frozen=True)
@@ -285,7 +295,8 @@ class ImageTextLoader:
         items = epoch_order(self.records, cfg.mode, cfg.shuffle, cfg.seed, epoch)[start:]
         stream = ImageTextStream(self.data, self.records, items, self.transform, cfg.batch_size)
         loader = DataLoader(
-            stream, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate
+            stream, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate,
+            worker_init_fn=ignore_interrupts,
         )
         self.position = start
         for batch in loader:

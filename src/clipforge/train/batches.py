@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from clipforge.data.loader import Batch, ImageTextLoader
+from clipforge.data.loader import Batch, ImageTextLoader, ignore_interrupts
 from clipforge.data.negatives import text_hard_negatives
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import DataError
@@ -174,7 +174,7 @@ class MapBatches(Generic[T]):
         if self._batches is None:
             sampler = _StepSampler(self.n, self.batch_size, self.seed, self.position)
             loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
-                                num_workers=self.num_workers)
+                                num_workers=self.num_workers, worker_init_fn=ignore_interrupts)
             self._batches = iter(loader)
         self.position += 1
         return next(self._batches)

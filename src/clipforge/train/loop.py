@@ -13,6 +13,8 @@ import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from typing import Any, Generic
 import numpy as np
 import torch
 
-from clipforge.errors import ConfigError
+from clipforge.errors import CheckpointError, ConfigError, Interrupted
 from clipforge.fileio import write_text_atomic
 from clipforge.models.base import Model
 from clipforge.progress import Progress, Say, on_terminal, quiet, to_stderr
@@ -30,17 +32,22 @@ from clipforge.train.config import EvalSection, TrainRunConfig, TrainSection
 from clipforge.train.distributed import DistEnv, average_gradients, init_from_env, mean_over_ranks, shutdown
 from clipforge.train.optim import build_optimizer, build_scheduler
 from clipforge.train.state import (
+    CHECKPOINTS,
     TrainingState,
     check_run_dir,
+    checkpoint_name,
     list_checkpoints,
     load_checkpoint,
     prepare_run_dir,
     promote,
+    remove_stale_temps,
     save_checkpoint,
     save_final,
 )
 from clipforge.train.task import B, EvalHook, M, Task
 from clipforge.train.tasks import build_task
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -64,17 +71,79 @@ class RunLog:
             self._truncate(resume_step)
 
     def _truncate(self, step: int) -> None:
-        """Drops lines an interrupted run wrote after the checkpoint it resumes from."""
+        """Drops lines an interrupted run wrote after the checkpoint it resumes from.
+
+        A run killed mid-write leaves a torn last line; it is dropped too (it was written after the
+        checkpoint). A malformed line before the last one is damage, not a kill: that is an error.
+
+        Raises:
+            CheckpointError: a line other than the last is not JSON.
+        """
         if not self.path.is_file():
             return
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        lines = [line for line in self.path.read_text(errors="replace").splitlines() if line.strip()]
+        last = len(lines) - 1
+        records = [_parse_line(line, self.path, i + 1, i == last) for i, line in enumerate(lines)]
+        kept = [
+            line for line, record in zip(lines, records, strict=True)
+            if record is not None and record.get("step", 0) <= step
+        ]
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise CheckpointError(f"cannot append to {self.path}: {err.strerror or err}") from err
+
+
+def _parse_line(line: str, path: Path, number: int, last: bool) -> dict[str, Any] | None:
+    """A `log.jsonl` record; None for a torn last line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        if last:
+            return None
+        raise CheckpointError(f"{path}: line {number} is not JSON ({err.msg})") from err
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path}: line {number} is not a JSON object")
+    return record
+
+
+class StopRequest:
+    """The first SIGINT or SIGTERM of a run; the loop saves a checkpoint at the next step boundary and stops.
+
+    Later signals are ignored (Ctrl-C reaches every process of the group, and the quickstart forwards
+    SIGTERM to its trainers): the checkpoint is at most one step away. SIGKILL still stops at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.signum = self.signum or signum
+
+    def agreed(self, env: DistEnv) -> bool:
+        """Whether any rank was signalled, so that all ranks stop at the same step."""
+        return mean_over_ranks(float(self.signum > 0)) > 0 if env.world_size > 1 else self.signum > 0
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """Catches SIGINT and SIGTERM while the steps run (off the main thread, signals keep their handlers)."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {signum: signal.signal(signum, request) for signum in STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -244,6 +313,8 @@ def _train(
         check_run_dir(run_dir)
     elif env.is_main:
         prepare_run_dir(run_dir, config)
+    if env.is_main:
+        remove_stale_temps(run_dir)
     trainer = build_trainer(config, env, say)
     hook = on_eval or (trainer.task.evaluator() if env.is_main else None)
     checkpoints = list_checkpoints(run_dir) if resume else []
@@ -253,8 +324,9 @@ def _train(
         start, elapsed = state.step, state.elapsed_s
     log = RunLog(run_dir / "log.jsonl", env.is_main, start if resume else None)
     bar = config.train.progress and env.is_main and on_terminal()
-    with Progress("train", config.train.steps, say, bar=bar, start=start, unit="step", tenths=False) as bars:
-        return _run_steps(trainer, run_dir, start, elapsed, hook, log, bars)
+    progress = Progress("train", config.train.steps, say, bar=bar, start=start, unit="step", tenths=False)
+    with progress as bars, stop_requests() as stop:
+        return _run_steps(trainer, run_dir, start, elapsed, hook, log, bars, stop)
 
 
 def _log_step(
@@ -279,6 +351,7 @@ def _run_steps(
     hook: EvalHook[Any] | None,
     log: RunLog,
     progress: Progress,
+    stop: StopRequest,
 ) -> TrainResult:
     cfg, env = trainer.config, trainer.env
     loss, rate = math.nan, 0.0
@@ -306,8 +379,11 @@ def _run_steps(
             if selector is not None:
                 metrics = evals[-1]["eval"]
                 selector.update(trainer.model, step, trainer.task.selection_score(metrics), metrics)
-        if env.is_main and cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+        saved = bool(cfg.train.checkpoint_every) and step % cfg.train.checkpoint_every == 0
+        if env.is_main and saved:
             save_checkpoint(run_dir, trainer.model, trainer.state(step, elapsed), cfg.train.keep_checkpoints)
+        if step < cfg.train.steps and stop.agreed(env):
+            _stop(trainer, run_dir, step, elapsed, saved, stop.signum)
         if selector is not None and selector.should_stop:
             log.write({"step": step, "early_stop": True, "best_score": selector.best})
             break
@@ -317,6 +393,20 @@ def _run_steps(
     elif env.is_main:
         save_final(run_dir, trainer.model, _provenance(trainer))
     return TrainResult(run_dir, final, step, loss, rate, evals)
+
+
+def _stop(
+    trainer: Trainer[Any, Any], run_dir: Path, step: int, elapsed: float, saved: bool, signum: int
+) -> None:
+    """Saves a checkpoint of `step` (unless the step just saved one) and raises Interrupted."""
+    train_cfg = trainer.config.train
+    checkpoint = run_dir / CHECKPOINTS / checkpoint_name(step)
+    if trainer.env.is_main and not saved:
+        state = trainer.state(step, elapsed)
+        checkpoint = save_checkpoint(run_dir, trainer.model, state, train_cfg.keep_checkpoints)
+    name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+    raise Interrupted(f"{name}: stopped at step {step}/{train_cfg.steps}, saved {checkpoint}; "
+                      f"resume with: clipforge train --resume {run_dir}", signum)
 
 
 def _eval_line(step: int, steps: int, metrics: dict[str, Any], began: float, start: int) -> str:

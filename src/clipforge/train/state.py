@@ -8,14 +8,18 @@ Layout of ``DIR``::
     final/                         the trained model in clipforge format (`clipforge.load` reads it)
 
 Checkpoints are written into a temporary folder and renamed into place, so a folder named
-``step_NNNNNN`` is always complete, even if the process is killed while writing.
+``step_NNNNNN`` is always complete, even if the process is killed while writing. A failed write deletes
+its temporary folder; a killed one leaves it, and the next start of the run deletes it.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +29,15 @@ import torch
 
 from clipforge.checkpoint import save as save_model
 from clipforge.checkpoint.files import WEIGHTS_NAME, load_safetensors, load_state_dict_strict
-from clipforge.errors import CheckpointError, ConfigError
-from clipforge.fileio import check_writable_dir, write_json
+from clipforge.errors import CheckpointError, ConfigError, DiskFullError
+from clipforge.fileio import check_writable_dir, write_bytes_atomic, write_json
 from clipforge.models.base import Model
 from clipforge.train.config import TrainRunConfig, config_with_overrides, read_config_file
 
 RUN_CONFIG = "config.json"
 STATE_NAME = "state.pt"
 CHECKPOINTS = "checkpoints"
+TMP_PREFIX = ".tmp_"  # folders being written; stale after a kill
 
 
 def checkpoint_name(step: int) -> str:
@@ -103,20 +108,91 @@ class TrainingState:
 
 
 def save_checkpoint(run_dir: Path, model: Model, state: TrainingState, keep: int) -> Path:
-    """Writes ``checkpoints/step_NNNNNN`` atomically and deletes all but the newest `keep`."""
+    """Writes ``checkpoints/step_NNNNNN`` atomically and deletes all but the newest `keep`.
+
+    Raises:
+        DiskFullError: the disk filled up; nothing of the new checkpoint is left behind.
+    """
     root = run_dir / CHECKPOINTS
     root.mkdir(exist_ok=True)
-    final = root / checkpoint_name(state.step)
-    tmp = root / f".tmp_{checkpoint_name(state.step)}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp / "model")
     payload = {**vars(state), "rng": rng_state()}
-    torch.save(payload, tmp / STATE_NAME)
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
+
+    def write(tmp: Path) -> None:
+        save_model(model, tmp / "model")
+        buffer = io.BytesIO()  # torch.save straight to disk fails with a raw C++ error when the disk is full
+        torch.save(payload, buffer)
+        write_bytes_atomic(tmp / STATE_NAME, buffer.getvalue())
+
+    size = model_bytes(model) + tensor_bytes(payload)
+    final = write_folder(root / checkpoint_name(state.step), write, size)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_folder(final: Path, write: Callable[[Path], object], size: int) -> Path:
+    """Writes the folder `final` through `write(tmp)` into a temporary sibling renamed into place.
+
+    On any failure the temporary folder is deleted (a full disk must not stay full), and a full disk
+    is reported as such.
+
+    Args:
+        final: the folder to create or replace.
+        write: fills the folder it is given.
+        size: about how many bytes `write` writes (for the disk-full message).
+
+    Raises:
+        DiskFullError: no space (or quota) left on the folder's disk.
+    """
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(err):
+            raise DiskFullError(f"no space left on {final.parent} (needs ~{size / 2**20:.0f} MB)") from err
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    return final
+
+
+def _is_disk_full(err: BaseException | None) -> bool:
+    """Whether `err`, or an error it was raised from, is ENOSPC or EDQUOT."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def remove_stale_temps(run_dir: Path) -> int:
+    """Deletes the temporary folders that a killed run left in `run_dir`; returns how many.
+
+    A run folder is written by one run at a time, so every temporary folder in it is stale at start.
+    """
+    folders = (run_dir, run_dir / CHECKPOINTS)
+    stale = [path for folder in folders for path in folder.glob(f"{TMP_PREFIX}*") if path.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
+
+
+def model_bytes(model: Model) -> int:
+    """Bytes of the model's weights and buffers as saved."""
+    return tensor_bytes(model.state_dict())
+
+
+def tensor_bytes(data: object) -> int:
+    """Bytes of all tensors in nested dicts, lists and tuples."""
+    if isinstance(data, torch.Tensor):
+        return data.numel() * data.element_size()
+    if isinstance(data, dict):
+        return sum(tensor_bytes(value) for value in data.values())
+    if isinstance(data, list | tuple):
+        return sum(tensor_bytes(value) for value in data)
+    return 0
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -139,21 +215,11 @@ def load_checkpoint(path: Path, model: Model) -> TrainingState:
 
 def save_final(run_dir: Path, model: Model, extra: dict[str, Any], name: str = "final") -> Path:
     """Writes ``final/`` (or another model folder of the run) via a temporary folder, like the checkpoints."""
-    final = run_dir / name
-    tmp = run_dir / f".tmp_{name}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, extra=extra)
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    return final
+    return write_folder(run_dir / name, lambda tmp: save_model(model, tmp, extra=extra), model_bytes(model))
 
 
 def promote(run_dir: Path, name: str) -> Path:
     """Makes the run's model folder `name` (e.g. ``best``) its ``final/``, atomically."""
-    final = run_dir / "final"
-    tmp = run_dir / f".tmp_final_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run_dir / name, tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    return final
+    source = run_dir / name
+    size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    return write_folder(run_dir / "final", lambda tmp: shutil.copytree(source, tmp), size)
