@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import random
 import shutil
@@ -31,11 +32,13 @@ from clipforge.checkpoint import save as save_model
 from clipforge.checkpoint.files import WEIGHTS_NAME, load_safetensors, load_state_dict_strict
 from clipforge.errors import CheckpointError, ConfigError, DiskFullError
 from clipforge.fileio import check_writable_dir, write_bytes_atomic, write_json
+from clipforge.fileio import remove_stale_temps as remove_stale_files
 from clipforge.models.base import Model
 from clipforge.train.config import TrainRunConfig, config_with_overrides, read_config_file
 
 RUN_CONFIG = "config.json"
 STATE_NAME = "state.pt"
+LOG_NAME = "log.jsonl"
 CHECKPOINTS = "checkpoints"
 TMP_PREFIX = ".tmp_"  # folders being written; stale after a kill
 
@@ -150,15 +153,20 @@ def write_folder(final: Path, write: Callable[[Path], object], size: int) -> Pat
         write(tmp)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_disk_full(err):
-            raise DiskFullError(f"no space left on {final.parent} (needs ~{size / 2**20:.0f} MB)") from err
+        if is_disk_full(err):
+            raise disk_full(final.parent, size) from err
         raise
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     return final
 
 
-def _is_disk_full(err: BaseException | None) -> bool:
+def disk_full(folder: Path, size: int) -> DiskFullError:
+    """The one-line error for a write of about `size` bytes into `folder` that found the disk full."""
+    return DiskFullError(f"no space left on {folder} (needs ~{math.ceil(size / 2**20)} MB)")
+
+
+def is_disk_full(err: BaseException | None) -> bool:
     """Whether `err`, or an error it was raised from, is ENOSPC or EDQUOT."""
     while err is not None:
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -176,7 +184,7 @@ def remove_stale_temps(run_dir: Path) -> int:
     stale = [path for folder in folders for path in folder.glob(f"{TMP_PREFIX}*") if path.is_dir()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
-    return len(stale)
+    return len(stale) + sum(remove_stale_files(run_dir / name) for name in (RUN_CONFIG, LOG_NAME))
 
 
 def model_bytes(model: Model) -> int:
@@ -205,7 +213,7 @@ def load_checkpoint(path: Path, model: Model) -> TrainingState:
     """Loads the weights into `model`, restores the RNGs and returns the rest of the state."""
     load_state_dict_strict(model, load_safetensors(path / "model" / WEIGHTS_NAME), str(path))
     try:
-        payload = torch.load(path / STATE_NAME, weights_only=True)
+        payload = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as err:
         raise CheckpointError(f"cannot read training state {path / STATE_NAME}: {err}") from err
     set_rng_state(payload.pop("rng"))
