@@ -32,6 +32,9 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
+_DEVICE_HELP = "Where the model runs: cpu, cuda, or auto (cuda when available)."
+
+
 def runtime_options(command: F) -> F:
     """Adds ``--device auto|cpu|cuda`` and ``--threads N`` to a command that runs a model.
 
@@ -42,7 +45,19 @@ def runtime_options(command: F) -> F:
         "--threads", type=click.IntRange(min=0), default=0, show_default=True, expose_value=False,
         callback=lambda _ctx, _param, value: set_threads(value), help="CPU threads for torch (0: default).",
     )(command)
-    return click.option(
-        "--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
-        help="Where the model runs: cpu, cuda, or auto (cuda when available).",
+    return click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+                        help=_DEVICE_HELP)(command)
+
+
+def run_options(command: F) -> F:
+    """``--device`` and ``--threads`` for a command whose run config records them (train, quickstart).
+
+    Both reach the command as values (None when not given, leaving the config's own), because a training
+    run pins its thread count itself and ``--resume`` must keep what the run was started with.
+    """
+    command = click.option(
+        "--threads", type=click.IntRange(min=0), default=None,
+        help="CPU threads for torch (0: torch's default) [default: the run config's].",
     )(command)
+    return click.option("--device", type=click.Choice(DEVICES), default=None,
+                        help=f"{_DEVICE_HELP} [default: the run config's, cpu]")(command)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from clipforge.cli.output import runtime_options
 from clipforge.probe import SCORERS, ProbeConfig, parse_model_option, probe
 from clipforge.probe.pipeline import headline
 
@@ -36,12 +37,13 @@ def register(group: click.Group) -> None:
               help="An option of the suite kind: top_k=20 or queries=FILE for bias:, seed=1 for collage:.")
 @click.option("--write-suite", is_flag=True,
               help="Also write the items as a pairs suite (OUT/suite/pairs.jsonl, generated images as PNG).")
+@runtime_options
 def probe_command(suite: str, models: tuple[str, ...], images: Path | None, out: Path, scorer: str,
                   limit: int | None, batch_size: int, resamples: int, seed: int, options: tuple[str, ...],
-                  write_suite: bool) -> None:
+                  write_suite: bool, device: str) -> None:
     """Does each model score the true sentence above the false ones? Accuracy with CIs, per tag."""
     config = ProbeConfig(suite, tuple(parse_model_option(m) for m in models), out, images, scorer, limit,
-                         batch_size, resamples, seed, options, write_suite)
+                         batch_size, resamples, seed, options, write_suite, device)
     report = probe(config)
     for name, summary in report["models"].items():
         click.echo(f"{name}: {headline(summary)}")

@@ -136,12 +136,12 @@ class TowerModel(ContrastiveModel):
 
     def project_image_features(self, features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Joint-space embeddings [B, E] of image backbone features [B, F]."""
-        embeddings = self.image_head(features)
+        embeddings = self.image_head(features.to(self.logit_scale.device))
         return F.normalize(embeddings, dim=-1) if normalize else embeddings
 
     def project_text_features(self, features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Joint-space embeddings [B, E] of text backbone features [B, D]."""
-        embeddings = self.text_head(features)
+        embeddings = self.text_head(features.to(self.logit_scale.device))
         return F.normalize(embeddings, dim=-1) if normalize else embeddings
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipforge.device import resolve_device
 from clipforge.errors import ConfigError
 from clipforge.probe.analysis import Analysis
 from clipforge.probe.formats import write_pairs
@@ -32,6 +33,7 @@ class ProbeConfig:
         seed: bootstrap seed.
         options: ``KEY=VALUE`` options of the suite kind (e.g. ``top_k=20`` for ``bias:``).
         write_suite: also write the items as a pairs suite, images included, under ``out/suite``.
+        device: where the models run: ``cpu``, ``cuda`` or ``auto``.
     """
 
     suite: str
@@ -45,6 +47,7 @@ class ProbeConfig:
     seed: int = 0
     options: tuple[str, ...] = ()
     write_suite: bool = False
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         check_scorer(self.scorer)
@@ -76,6 +79,7 @@ def probe(config: ProbeConfig) -> dict[str, Any]:
     Returns:
         The content of probe.json.
     """
+    resolve_device(config.device)  # a missing GPU fails before the suite is read
     suite = open_suite(config.suite, config.images, config.limit, config.options)
     if isinstance(suite, Suite):
         return _probe_items(suite, config)
@@ -89,15 +93,17 @@ def _probe_items(suite: Suite, config: ProbeConfig) -> dict[str, Any]:
         write_pairs(suite.items, config.out / "suite")
     results: dict[str, ProbeResult] = {}
     for name, spec in config.models:
-        encoder = ClipEncoder.load(spec, config.batch_size)
+        encoder = ClipEncoder.load(spec, config.batch_size, config.device)
         results[name] = run_probe(suite.items, encoder, config.scorer)
     return write_probe_report(suite, config.scorer, results, config.out, config.n_resamples, config.seed)
 
 
 def _probe_analysis(suite: Analysis, config: ProbeConfig) -> dict[str, Any]:
     resamples, seed = config.n_resamples, config.seed
-    summaries = {name: suite.analyze(ClipEncoder.load(spec, config.batch_size), resamples, seed)
-                 for name, spec in config.models}
+    summaries = {
+        name: suite.analyze(ClipEncoder.load(spec, config.batch_size, config.device), resamples, seed)
+        for name, spec in config.models
+    }
     return write_analysis_report(suite, summaries, config.out, resamples, seed)
 
 

@@ -48,9 +48,9 @@ class ClipEncoder:
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, spec: str, batch_size: int = 64) -> ClipEncoder:
-        """Loads a model from any spec `clipforge.checkpoint.load` understands."""
-        model, preprocess, tokenizer = load(spec)
+    def load(cls, spec: str, batch_size: int = 64, device: str = "cpu") -> ClipEncoder:
+        """Loads a model from any spec `clipforge.checkpoint.load` understands, on `device`."""
+        model, preprocess, tokenizer = load(spec, device)
         return cls(model, preprocess, tokenizer, batch_size)
 
     @torch.inference_mode()
@@ -59,7 +59,7 @@ class ClipEncoder:
         out = []
         for start in range(0, len(images), self.batch_size):
             pixels = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
-            out.append(self.model.encode_image(pixels, normalize=True).float())
+            out.append(self.model.encode_image(pixels, normalize=True).float().cpu())
         return torch.cat(out).numpy()
 
     @torch.inference_mode()
@@ -68,7 +68,7 @@ class ClipEncoder:
         out = []
         for start in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(list(texts[start : start + self.batch_size]))
-            out.append(self.model.encode_text(tokens, normalize=True).float())
+            out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
         return torch.cat(out).numpy()
 
 

@@ -60,6 +60,13 @@ class PairBatch:
             self.negative_mask[start:stop],
         )
 
+    def to(self, device: torch.device) -> PairBatch:
+        """The batch on `device`; on the CPU, the batch itself."""
+        if self.images.device == device:
+            return self
+        tensors = (self.images, self.tokens, self.negative_tokens, self.negative_mask)
+        return PairBatch(*(t.to(device) for t in tensors))
+
 
 @dataclass(frozen=True)
 class PairEncoder:

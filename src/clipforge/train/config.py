@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipforge.device import DEVICES
 from clipforge.errors import ConfigError
 from clipforge.fileio import MAX_JSON_BYTES, read_regular_file
 from clipforge.typed import parse_dataclass, to_dict
@@ -86,6 +87,8 @@ class TrainSection:
         schedule: ``cosine`` (decay to `min_lr_ratio * lr`) or ``constant`` (after warmup).
         grad_clip: max global gradient norm (0 = no clipping).
         threads: torch intra-op threads (0 = torch's default); pin it for reproducible float sums.
+        device: where the model trains: ``cpu`` (default), ``cuda`` (also ``cuda:N``) or ``auto``. Bit-exact
+            resume is guaranteed on the CPU.
         deterministic: ask torch for deterministic kernels.
         checkpoint_every: steps between resumable checkpoints (0 = none).
         keep_checkpoints: how many of the newest checkpoints to keep.
@@ -108,6 +111,7 @@ class TrainSection:
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 0
+    device: str = "cpu"
     deterministic: bool = True
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
@@ -205,6 +209,8 @@ def validate(config: TrainRunConfig, where: str) -> None:
     _check(t.keep_checkpoints >= 1, where, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
     _check(t.log_every >= 1, where, f"train.log_every must be >= 1, got {t.log_every}")
     _check(t.threads >= 0, where, f"train.threads must be >= 0, got {t.threads}")
+    _check(t.device.partition(":")[0] in DEVICES, where,
+           f"train.device must be one of {', '.join(DEVICES)}, got '{t.device}'")
     _check(loss.kind in LOSSES, where, f"loss.kind must be one of {LOSSES}, got '{loss.kind}'")
     _check(loss.hard_negatives >= 0, where, f"loss.hard_negatives must be >= 0, got {loss.hard_negatives}")
     _check(config.data.n_train >= 1, where, f"data.n_train must be >= 1, got {config.data.n_train}")

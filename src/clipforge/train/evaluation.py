@@ -90,8 +90,8 @@ def _real_eval_batches(spec: str, collate: PairCollate, size: int, limit: int) -
 
 def retrieval_recall(model: ContrastiveModel, batches: list[PairBatch]) -> dict[str, Any]:
     """Recall@1 of image->text and text->image retrieval among all held-out pairs (one caption each)."""
-    images = torch.cat([model.encode_image(b.images, normalize=True) for b in batches])  # [N, E]
-    texts = torch.cat([model.encode_text(b.tokens, normalize=True) for b in batches])  # [N, E]
+    images = torch.cat([model.encode_image(b.images, normalize=True).cpu() for b in batches])  # [N, E]
+    texts = torch.cat([model.encode_text(b.tokens, normalize=True).cpu() for b in batches])  # [N, E]
     recall = recall_at_k(images, texts, torch.arange(images.shape[0]), ks=(1,))
     return {"i2t_r1": recall["i2t_r1"], "t2i_r1": recall["t2i_r1"], "n": int(images.shape[0])}
 
@@ -130,4 +130,4 @@ def cached_retrieval(
         texts = encoder.texts(torch.stack([text_table[c] for c in captions]))  # [T, E]
     else:
         texts = torch.cat([encoder.texts(tokenizer(chunk)) for chunk in chunks(captions, batch_size)])
-    return recall_at_k(images, texts, owner)
+    return recall_at_k(images.cpu(), texts.cpu(), owner)

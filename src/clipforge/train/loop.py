@@ -16,7 +16,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic
@@ -24,6 +24,7 @@ from typing import Any, Generic
 import numpy as np
 import torch
 
+from clipforge.device import resolve_device
 from clipforge.errors import CheckpointError, ConfigError, Interrupted
 from clipforge.fileio import write_text_atomic
 from clipforge.models.base import Model
@@ -33,9 +34,12 @@ from clipforge.train.distributed import DistEnv, average_gradients, init_from_en
 from clipforge.train.optim import build_optimizer, build_scheduler
 from clipforge.train.state import (
     CHECKPOINTS,
+    LOG_NAME,
     TrainingState,
     check_run_dir,
     checkpoint_name,
+    disk_full,
+    is_disk_full,
     list_checkpoints,
     load_checkpoint,
     prepare_run_dir,
@@ -97,6 +101,8 @@ class RunLog:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as err:
+            if is_disk_full(err):
+                raise disk_full(self.path.parent, 2**20) from err
             raise CheckpointError(f"cannot append to {self.path}: {err.strerror or err}") from err
 
 
@@ -120,10 +126,12 @@ class StopRequest:
     SIGTERM to its trainers): the checkpoint is at most one step away. SIGKILL still stops at once.
     """
 
-    def __init__(self) -> None:
-        self.signum = 0
+    def __init__(self, forward: Callable[[int], None] | None = None) -> None:
+        self.signum, self.forward = 0, forward
 
     def __call__(self, signum: int, _frame: object) -> None:
+        if not self.signum and self.forward is not None:
+            self.forward(signum)
         self.signum = self.signum or signum
 
     def agreed(self, env: DistEnv) -> bool:
@@ -132,9 +140,13 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def stop_requests() -> Iterator[StopRequest]:
-    """Catches SIGINT and SIGTERM while the steps run (off the main thread, signals keep their handlers)."""
-    request = StopRequest()
+def stop_requests(forward: Callable[[int], None] | None = None) -> Iterator[StopRequest]:
+    """Catches SIGINT and SIGTERM in the block (off the main thread, signals keep their handlers).
+
+    Args:
+        forward: called with the first signal, e.g. to pass it on to child processes.
+    """
+    request = StopRequest(forward)
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
@@ -224,6 +236,7 @@ class Trainer(Generic[M, B]):
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     env: DistEnv
+    device: torch.device
 
     @property
     def model(self) -> M:
@@ -235,7 +248,8 @@ class Trainer(Generic[M, B]):
     def step(self) -> float:
         """One optimizer step on the next global batch; returns its loss."""
         cfg = self.config.train
-        loss = backward_step(self.task, self.task.batches.next_batch(), self.env, cfg.accum_steps)
+        batch = self.task.batches.next_batch().to(self.device)
+        loss = backward_step(self.task, batch, self.env, cfg.accum_steps)
         params = self.parameters()
         average_gradients(params)
         if cfg.grad_clip > 0:
@@ -263,12 +277,20 @@ class Trainer(Generic[M, B]):
 
 
 def build_trainer(config: TrainRunConfig, env: DistEnv, say: Say) -> Trainer[Any, Any]:
-    """Seeds, then builds the task (model, batches), the optimizer and the schedule, in a fixed order."""
+    """Seeds, then builds the task (model, batches), the optimizer and the schedule, in a fixed order.
+
+    Raises:
+        ConfigError: the device is not available, or is CUDA in a multi-process run.
+    """
+    device = resolve_device(config.train.device)
+    if device.type != "cpu" and env.world_size > 1:
+        raise ConfigError("train.device: multi-process (torchrun) training runs on the CPU only")
     seed_everything(config.train.seed)
     task = build_task(config, say)
+    task.model.to(device)
     optimizer = build_optimizer([task.model], config.train)
     scheduler = build_scheduler(optimizer, config.train)
-    return Trainer(config, task, optimizer, scheduler, env)
+    return Trainer(config, task, optimizer, scheduler, env, device)
 
 
 def run_eval(hook: EvalHook[M], model: M, step: int) -> dict[str, Any]:
@@ -309,6 +331,7 @@ def train(
 def _train(
     config: TrainRunConfig, run_dir: Path, resume: bool, on_eval: EvalHook[Any] | None, say: Say, env: DistEnv
 ) -> TrainResult:
+    resolve_device(config.train.device)  # a missing GPU fails before the run folder is made
     if resume:
         check_run_dir(run_dir)
     elif env.is_main:
@@ -322,7 +345,7 @@ def _train(
     if checkpoints:
         state = trainer.restore(checkpoints[-1])
         start, elapsed = state.step, state.elapsed_s
-    log = RunLog(run_dir / "log.jsonl", env.is_main, start if resume else None)
+    log = RunLog(run_dir / LOG_NAME, env.is_main, start if resume else None)
     bar = config.train.progress and env.is_main and on_terminal()
     progress = Progress("train", config.train.steps, say, bar=bar, start=start, unit="step", tenths=False)
     with progress as bars, stop_requests() as stop:
@@ -404,9 +427,16 @@ def _stop(
     if trainer.env.is_main and not saved:
         state = trainer.state(step, elapsed)
         checkpoint = save_checkpoint(run_dir, trainer.model, state, train_cfg.keep_checkpoints)
-    name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
-    raise Interrupted(f"{name}: stopped at step {step}/{train_cfg.steps}, saved {checkpoint}; "
+    raise Interrupted(f"{signal_name(signum)}: stopped at step {step}/{train_cfg.steps}, saved {checkpoint}; "
                       f"resume with: clipforge train --resume {run_dir}", signum)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGINT`` for 2."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _eval_line(step: int, steps: int, metrics: dict[str, Any], began: float, start: int) -> str:

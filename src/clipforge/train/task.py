@@ -28,6 +28,10 @@ class Batch(Protocol):
         """Samples `start:stop` of the batch."""
         ...
 
+    def to(self, device: torch.device) -> Self:
+        """The batch on `device` (where the model trains)."""
+        ...
+
 
 B = TypeVar("B", bound=Batch)
 B_co = TypeVar("B_co", bound=Batch, covariant=True)
