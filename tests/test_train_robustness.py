@@ -171,3 +171,47 @@ def test_a_signal_saves_a_checkpoint_stops_workers_and_the_resumed_run_matches(
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 26))
     assert "step_000025" in os.listdir(run / "checkpoints")
+
+
+QUICKSTART = """
+import sys
+from clipforge.errors import Interrupted
+from clipforge.quickstart import QuickstartConfig, run_quickstart
+config = QuickstartConfig(model="tiny-convnet", steps=150, batch_size=16, warmup_steps=2, n_train=200,
+                          n_val=32, n_test=40, n_zeroshot=24, eval_every=75, n_examples=2)
+try:
+    run_quickstart(config, sys.argv[1], say=lambda line: None)
+except Interrupted as err:
+    print(f"Error: {err}", file=sys.stderr)
+    sys.exit(err.exit_code)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_sigterm_stops_both_quickstart_runs_without_orphans_and_resume_finishes(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    parent = subprocess.Popen([sys.executable, "-c", QUICKSTART, str(out)], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while min(_logged_steps(out / "plain"), _logged_steps(out / "hardneg")) < 2:
+        assert parent.poll() is None and time.monotonic() < deadline, "quickstart ended before step 2"
+        time.sleep(0.02)
+    children = _descendants(parent.pid)
+    assert len(children) >= 2, children  # the two training processes (and multiprocessing's helpers)
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 143, err.decode()
+    assert f"resume with: clipforge quickstart --resume {out}" in err.decode()
+    time.sleep(0.2)
+    assert [pid for pid in children if _alive(pid)] == []
+    for name in ("plain", "hardneg"):
+        assert (out / name / "final").is_dir() or list((out / name / "checkpoints").glob("step_*")), name
+    assert not (out / "report.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "clipforge.cli.main", "quickstart", "--resume", str(out)],
+                             cwd=REPO, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["steps"] == 150
+    for name in ("plain", "hardneg"):
+        assert report["training"][name]["curve"]["step"] == list(range(1, 151))

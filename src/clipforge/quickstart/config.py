@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clipforge.device import DEVICES
 from clipforge.errors import ConfigError
 from clipforge.synthetic.text import NEGATIVE_KINDS
 
@@ -33,6 +34,8 @@ class QuickstartConfig:
         eval_every: steps between points of the validation curve.
         seed: seed of the data and of the training runs.
         n_examples: example scenes shown in report.html.
+        device: where both models train (``cpu``, ``cuda`` or ``auto``); the small evaluation runs on the CPU.
+        threads: torch threads of each of the two training processes (0: torch's default).
     """
 
     model: str = QUICKSTART_MODEL
@@ -48,11 +51,17 @@ class QuickstartConfig:
     eval_every: int = 150
     seed: int = 0
     n_examples: int = 8
+    device: str = "cpu"
+    threads: int = 1
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "n_train", "n_val", "n_test", "n_zeroshot", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"quickstart: {name} must be >= 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ConfigError(f"quickstart: threads must be >= 0, got {self.threads}")
+        if self.device.partition(":")[0] not in DEVICES:
+            raise ConfigError(f"quickstart: device must be one of {', '.join(DEVICES)}, got '{self.device}'")
         unknown = [k for k in self.negative_kinds if k not in NEGATIVE_KINDS]
         if unknown or not self.negative_kinds:
             raise ConfigError(f"quickstart: negative_kinds must be a non-empty subset of {NEGATIVE_KINDS}, "

@@ -2,6 +2,7 @@
 
 `run_quickstart` writes, under its output folder::
 
+    quickstart.json          the QuickstartConfig (what --resume re-reads)
     data/                    held-out test scenes (`write_synthetic` layout: probes.jsonl, captions.csv)
     zeroshot/                held-out single-object scenes for zero-shot shape and colour accuracy
     plain/, hardneg/         the two training runs (log.jsonl, final/ in the clipforge model format)
@@ -11,6 +12,9 @@
 Every number comes from the library code the CLI uses (`clipforge eval`, `clipforge probe`), run on the
 files above, so ``clipforge probe --suite synthetic:OUT/data --model hardneg=OUT/hardneg/final`` gives
 the same probe accuracies as report.json.
+
+Ctrl-C or SIGTERM during training reaches both training processes, which save a checkpoint at their next
+step and stop; `resume_quickstart` (``clipforge quickstart --resume OUT``) continues them and finishes.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import os
 import queue
+import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from clipforge.errors import ClipforgeError
-from clipforge.fileio import check_writable_dir
+from clipforge.device import resolve_device
+from clipforge.errors import ClipforgeError, ConfigError, Interrupted
+from clipforge.fileio import check_writable_dir, read_json_object, write_json
 from clipforge.models.registry import get_model_config
 from clipforge.progress import Say, to_stderr
 from clipforge.quickstart.config import MODELS, QuickstartConfig
@@ -39,8 +47,12 @@ from clipforge.train.config import (
     TrainRunConfig,
     TrainSection,
 )
-from clipforge.train.loop import train
+from clipforge.train.loop import signal_name, stop_requests, train
+from clipforge.train.state import RUN_CONFIG
+from clipforge.typed import parse_dataclass
 from clipforge.version import __version__
+
+QUICKSTART_CONFIG = "quickstart.json"
 
 
 def train_config(config: QuickstartConfig, hard_negatives: bool) -> TrainRunConfig:
@@ -49,9 +61,10 @@ def train_config(config: QuickstartConfig, hard_negatives: bool) -> TrainRunConf
     return TrainRunConfig(
         model=ModelSection(config.model),
         data=DataSection(n_train=config.n_train, n_val=config.n_val, seed=config.seed),
-        # One thread each: the two runs train side by side, one per core (see `train_both`).
+        # One thread each by default: the two runs train side by side, one per core (see `train_both`).
         train=TrainSection(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                           warmup_steps=config.warmup_steps, seed=config.seed, threads=1, progress=False),
+                           warmup_steps=config.warmup_steps, seed=config.seed, threads=config.threads,
+                           device=config.device, progress=False),
         loss=LossSection(hard_negatives=len(kinds), negative_kinds=kinds),
         eval=EvalSection(every=config.eval_every),
     )
@@ -87,68 +100,106 @@ def write_test_data(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def train_one(config: QuickstartConfig, out_dir: Path, name: str, say: Say) -> dict[str, Any]:
+def train_one(config: QuickstartConfig, out_dir: Path, name: str, say: Say, resume: bool = False
+              ) -> dict[str, Any]:
     """Trains one of the two models into ``out_dir/name``; returns its curves and timing.
 
     The engine's own evaluation makes the validation curve, and its progress lines (one per evaluation,
-    with an ETA) go to `say`, marked with the model's name.
+    with an ETA) go to `say`, marked with the model's name. With `resume`, a finished run is kept and an
+    interrupted one continues from its newest checkpoint (`seconds` then counts this process's part).
     """
-    run = train_config(config, hard_negatives=name == "hardneg")
+    run, run_dir = train_config(config, hard_negatives=name == "hardneg"), out_dir / name
     began = time.perf_counter()
-    result = train(run, out_dir / name, say=lambda line: say(f"  {name}: {line}"))
-    return {"seconds": round(time.perf_counter() - began, 1), "steps": result.steps,
-            "final_loss": result.loss, "curve": read_curve(out_dir / name / "log.jsonl")}
+    if not (resume and (run_dir / "final").is_dir()):
+        started = resume and (run_dir / RUN_CONFIG).is_file()
+        train(run, run_dir, resume=started, say=lambda line: say(f"  {name}: {line}"))
+    curve = read_curve(run_dir / "log.jsonl")
+    return {"seconds": round(time.perf_counter() - began, 1), "steps": curve["step"][-1],
+            "final_loss": curve["loss"][-1], "curve": curve}
 
 
-def _train_worker(config: QuickstartConfig, out_dir: Path, name: str, messages: Any) -> None:
-    """Child process: trains one model, sending progress lines and then its result (or error) back."""
+def _train_worker(config: QuickstartConfig, out_dir: Path, name: str, resume: bool, messages: Any) -> None:
+    """Child process: trains one model, sending progress lines and then its result (or error) back.
+
+    Ctrl-C reaches the whole process group: the trainer acts on it between steps, and outside the steps
+    the child ignores it (the parent passes the stop on as SIGTERM).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        messages.put(("result", name, train_one(config, out_dir, name, messages.put)))
+        messages.put(("result", name, train_one(config, out_dir, name, messages.put, resume)))
+    except Interrupted as err:
+        messages.put(("stopped", name, err.signum))
     except Exception as err:  # any failure must reach the parent, which would otherwise wait forever
         messages.put(("error", name, f"{type(err).__name__}: {err}"))
 
 
-def train_both(config: QuickstartConfig, out_dir: Path, say: Say) -> dict[str, Any]:
+def train_both(config: QuickstartConfig, out_dir: Path, say: Say, resume: bool = False) -> dict[str, Any]:
     """Trains `plain` and `hardneg` at the same time in two single-threaded processes.
 
-    Small models use two cores better as two processes than as one process with two threads.
+    Small models use two cores better as two processes than as one process with two threads. SIGINT or
+    SIGTERM stops both at their next step (each saves a checkpoint); no process outlives this call.
 
     Raises:
         ClipforgeError: a run failed or its process died.
+        Interrupted: stopped by a signal; the message names the command that resumes.
     """
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
-    workers = [context.Process(target=_train_worker, args=(config, out_dir, name, messages))
-               for name in MODELS]
-    for worker in workers:
-        worker.start()
+    workers = {name: context.Process(target=_train_worker, args=(config, out_dir, name, resume, messages))
+               for name in MODELS}
     results: dict[str, Any] = {}
-    try:
-        while len(results) < len(MODELS):
-            message = _next_message(messages, workers)
-            if isinstance(message, str):
-                say(message)
-            elif message[0] == "error":
-                raise ClipforgeError(f"training {message[1]} failed: {message[2]}")
-            else:
-                results[message[1]] = message[2]
-    finally:
-        for worker in workers:
-            worker.join(timeout=1 if len(results) < len(MODELS) else None)
-            if worker.is_alive():
-                worker.terminate()
+    stopped: dict[str, int] = {}
+    with stop_requests(lambda _signum: _stop_workers(workers)) as stop:
+        for worker in workers.values():
+            worker.start()
+        try:
+            while len(results) + len(stopped) < len(MODELS):
+                kind, name, payload = _next_message(messages, workers, {*results, *stopped}, say)
+                if kind == "result":
+                    results[name] = payload
+                elif kind == "stopped" or stop.signum:  # a child killed while stopping has nothing to save
+                    stopped[name] = payload if kind == "stopped" else stop.signum
+                else:
+                    raise ClipforgeError(f"training {name} failed: {payload}")
+        finally:
+            for worker in workers.values():
+                worker.join(timeout=None if len(results) + len(stopped) == len(MODELS) else 1)
+                if worker.is_alive():
+                    worker.terminate()
+                    worker.join()
+    if stopped:
+        signum = stop.signum or next(iter(stopped.values()))
+        raise Interrupted(f"{signal_name(signum)}: the quickstart stopped while training (each run keeps "
+                          f"its checkpoint); resume with: clipforge quickstart --resume {out_dir}", signum)
     return {name: results[name] for name in MODELS}
 
 
-def _next_message(messages: Any, workers: list[Any]) -> Any:
-    """The next message of the workers; fails when one died without a word (killed, out of memory)."""
+def _stop_workers(workers: dict[str, Any]) -> None:
+    """Passes a stop on to the training processes as SIGTERM (each saves a checkpoint and exits)."""
+    for worker in workers.values():
+        if worker.pid is not None and worker.is_alive():
+            os.kill(worker.pid, signal.SIGTERM)
+
+
+def _next_message(messages: Any, workers: dict[str, Any], done: set[str], say: Say) -> tuple[str, str, Any]:
+    """The next result, stop or error of the workers, passing progress lines to `say`.
+
+    A worker that died without a word (killed, out of memory) gives ``("died", name, exit code)``.
+    """
     while True:
         try:
-            return messages.get(timeout=5)
+            message = messages.get(timeout=1)
         except queue.Empty:
-            dead = [w for w in workers if w.exitcode not in (None, 0)]
+            dead = [n for n, w in workers.items() if n not in done and w.exitcode not in (None, 0)]
             if dead:
-                raise ClipforgeError(f"a training process died (exit code {dead[0].exitcode})") from None
+                code = workers[dead[0]].exitcode
+                return "died", dead[0], f"its process died (exit code {code})"
+            continue
+        if isinstance(message, str):
+            say(message)
+        else:
+            kind, name, payload = message
+            return str(kind), str(name), payload
 
 
 def read_curve(log_path: Path) -> dict[str, list[float]]:
@@ -175,17 +226,46 @@ def run_quickstart(config: QuickstartConfig, out_dir: str | Path, say: Say = to_
 
     Returns:
         The content of report.json.
-    """
 
+    Raises:
+        Interrupted: SIGINT or SIGTERM during training (see `resume_quickstart`).
+    """
     out = Path(out_dir)
+    resolve_device(config.device)  # a missing GPU fails before anything is written
     prepare_out(out)
+    write_json(_jsonable(config), out / QUICKSTART_CONFIG)
+    return _run(config, out, say, resume=False)
+
+
+def resume_quickstart(out_dir: str | Path, say: Say = to_stderr) -> dict[str, Any]:
+    """Finishes an interrupted quickstart with the settings it was started with (``quickstart.json``).
+
+    The scenes are written again (they are a function of the seed), finished models are kept and
+    interrupted runs continue from their newest checkpoint.
+
+    Raises:
+        ClipforgeError: `out_dir` holds no quickstart, or a finished one.
+    """
+    out = Path(out_dir)
+    if not (out / QUICKSTART_CONFIG).is_file():
+        raise ClipforgeError(f"not a quickstart folder (no {QUICKSTART_CONFIG}): {out}")
+    if (out / "report.json").exists():
+        raise ClipforgeError(f"this quickstart has finished already: {out / 'report.json'}")
+    where = str(out / QUICKSTART_CONFIG)
+    config = parse_dataclass(QuickstartConfig, read_json_object(out / QUICKSTART_CONFIG, ConfigError), where)
+    for name in ("data", "zeroshot"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    return _run(config, out, say, resume=True)
+
+
+def _run(config: QuickstartConfig, out: Path, say: Say, resume: bool) -> dict[str, Any]:
     began = time.perf_counter()
     say(f"[1/3] writing {config.n_test} held-out test scenes and {config.n_zeroshot} zero-shot scenes")
     dataset = write_test_data(config, out)
     budget = f"{config.steps} steps of {config.batch_size} scenes each"
     say(f"[2/3] training plain and hardneg side by side ({budget}; hardneg adds "
         f"{', '.join(config.negative_kinds)} negatives)")
-    training = train_both(config, out, say)
+    training = train_both(config, out, say, resume)
     say("[3/3] evaluating both models on the held-out scenes (retrieval, zero-shot, probes)")
     models, examples = evaluate_models(config, out, say)
     report = {"conclusion": conclusion(models, config.steps, QuickstartConfig.steps), "models": models,
