@@ -1,4 +1,4 @@
-"""--device and --threads on the commands that train or probe (train, quickstart, probe)."""
+"""--device and --threads on the commands that train or probe (train, quickstart, probe, skills score)."""
 
 from pathlib import Path
 from typing import Any
@@ -43,14 +43,20 @@ def test_train_records_device_and_threads_and_pins_the_threads(
 
 
 @NO_CUDA
-@pytest.mark.parametrize("command", ["train", "quickstart", "probe"])
+@pytest.mark.parametrize("command", ["train", "quickstart", "probe", "skills"])
 def test_cuda_without_a_gpu_is_one_line_and_writes_nothing(tmp_path: Path, command: str) -> None:
     out = tmp_path / "out"
+    if command == "skills":
+        skill_set = ["skills", "make", "--out", str(tmp_path / "set"), "--n-per-skill", "1"]
+        made = CliRunner().invoke(main, skill_set)
+        assert made.exit_code == 0, made.output
     args = {
         "train": _small_train(out, "--device", "cuda"),
         "quickstart": ["quickstart", "--out", str(out), "--quick", "--device", "cuda"],
         "probe": ["probe", "--suite", f"synthetic:{tmp_path}", "--model", "tiny-vit", "--out", str(out),
                   "--device", "cuda"],
+        "skills": ["skills", "score", "--skills", str(tmp_path / "set"), "--images", str(tmp_path / "set"),
+                   "--clip", "tiny-vit", "--out", str(out), "--device", "cuda"],
     }[command]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output

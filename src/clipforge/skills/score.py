@@ -57,6 +57,7 @@ class ScoreConfig:
         batch_size: images or texts encoded at once.
         examples: passed and failed examples per skill drawn in skills.html.
         parser: parser thresholds.
+        device: where the CLIP runs: ``cpu``, ``cuda`` or ``auto``.
     """
 
     clip: str | None = None
@@ -67,6 +68,7 @@ class ScoreConfig:
     batch_size: int = 64
     examples: int = 6
     parser: ParserConfig = field(default_factory=ParserConfig)
+    device: str = "cpu"
 
 
 @dataclass
@@ -461,7 +463,7 @@ def score_images(skills_dir: Path, images_dir: Path, config: ScoreConfig) -> Ski
     records = load_skill_set(skills_dir, config.split)
     generated = read_images(images_dir, records)
     truth = read_images(skills_dir, records)
-    encoder = ClipEncoder.load(config.clip, config.batch_size) if config.clip else None
+    encoder = ClipEncoder.load(config.clip, config.batch_size, config.device) if config.clip else None
     reference = _reference_images(config.reference) if config.reference is not None else None
     result = evaluate(records, generated, truth, config, encoder, reference)
     result.report.update(skills_dir=str(skills_dir), images_dir=str(images_dir), split=config.split,
