@@ -81,14 +81,16 @@ def test_training_lowers_the_loss_with_siglip_and_hard_negatives(tmp_path: Path)
 def test_resume_from_a_checkpoint_continues_bit_for_bit(tmp_path: Path) -> None:
     config = load_config(TINY, _small("train.steps=6", "train.checkpoint_every=3", "loss.hard_negatives=2"))
     train(config, tmp_path / "full")
-    # Pretend the run died after step 4: only the step-3 checkpoint and a log reaching step 4 survive.
+    # Pretend the run was killed writing step 5's log line: the step-3 checkpoint, a log reaching step 4
+    # and a torn line survive (resume drops the torn line).
     partial = tmp_path / "partial"
     shutil.copytree(tmp_path / "full", partial)
     shutil.rmtree(partial / "final")
     shutil.rmtree(partial / "checkpoints" / "step_000006")
     log = partial / "log.jsonl"
-    kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= 4]
-    log.write_text("".join(line + "\n" for line in kept))
+    lines = log.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["step"] <= 4]
+    log.write_text("".join(line + "\n" for line in kept) + lines[len(kept)][:17])
     train(load_run_config(partial), partial, resume=True)
     for name, tensor in _weights(tmp_path / "full").items():
         assert torch.equal(tensor, _weights(partial)[name]), name
