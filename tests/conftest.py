@@ -115,3 +115,12 @@ def open_clip_ref() -> types.SimpleNamespace:
     model = importlib.import_module("_open_clip_ref.model")
     resnet = importlib.import_module("_open_clip_ref.modified_resnet")
     return types.SimpleNamespace(model=model, modified_resnet=resnet)
+
+
+@pytest.fixture
+def one_thread():
+    """Runs the test on one torch thread: tiny models are many times slower on two busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,6 +1,6 @@
 """clipforge: train, use, search with and probe CLIP-style image-text models, offline on a CPU."""
 
-from clipforge.checkpoint import load, save
+from clipforge.checkpoint import load, load_folder, save
 from clipforge.eval.zeroshot import classify, zero_shot_classifier
 from clipforge.models import (
     CLIP,
@@ -24,6 +24,7 @@ __all__ = [
     "get_model_config",
     "list_models",
     "load",
+    "load_folder",
     "register_model",
     "save",
     "tokenize",

@@ -1,6 +1,6 @@
-"""Checkpoint formats: clipforge folders, OpenAI `.pt` files, Hugging Face CLIP folders."""
+"""Checkpoint formats: clipforge folders (of every model kind), OpenAI `.pt` files, Hugging Face CLIP folders."""
 
-from clipforge.checkpoint.io import detect_format, load, load_model
+from clipforge.checkpoint.io import detect_format, load, load_folder, load_model
 from clipforge.checkpoint.native import save
 
-__all__ = ["detect_format", "load", "load_model", "save"]
+__all__ = ["detect_format", "load", "load_folder", "load_model", "save"]

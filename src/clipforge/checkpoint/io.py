@@ -12,13 +12,13 @@ from pathlib import Path
 
 from clipforge.checkpoint.files import CONFIG_NAME, read_config
 from clipforge.checkpoint.hf import load_hf_folder
-from clipforge.checkpoint.native import FORMAT_NAME, load_clipforge_folder
+from clipforge.checkpoint.native import FORMAT_NAME, load_any_folder, load_clipforge_folder
 from clipforge.checkpoint.open_clip import OPEN_CLIP_CONFIG, load_open_clip_folder
 from clipforge.checkpoint.openai import load_openai_checkpoint
 from clipforge.data.transforms import Preprocess
 from clipforge.device import resolve_device
 from clipforge.errors import CheckpointError, RandomWeightsWarning
-from clipforge.models.base import ContrastiveModel
+from clipforge.models.base import ContrastiveModel, Model
 from clipforge.models.registry import create_model, list_models
 from clipforge.tokenizer import TextTokenizer, get_tokenizer
 
@@ -88,3 +88,14 @@ def load(spec: str | Path, device: str = "cpu") -> tuple[ContrastiveModel, Prepr
     """
     model = load_model(spec, device)
     return model, Preprocess(model.config.preprocess), get_tokenizer(model.config.tokenizer)
+
+
+def load_folder(path: str | Path, device: str = "cpu") -> Model:
+    """Loads a clipforge model folder of any kind (CLIP, dVAE, generator) in eval mode on `device`.
+
+    Raises:
+        CheckpointError: `path` is not a clipforge model folder.
+    """
+    if detect_format(path) != "clipforge":
+        raise CheckpointError(f"{path}: not a clipforge model folder (config.json with format 'clipforge')")
+    return load_any_folder(Path(path)).eval().to(resolve_device(device))

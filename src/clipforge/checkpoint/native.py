@@ -20,7 +20,8 @@ from clipforge.checkpoint.files import (
 from clipforge.fileio import write_bytes_atomic, write_text_atomic
 from clipforge.models.base import ContrastiveModel, Model
 from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
-from clipforge.models.registry import create_model
+from clipforge.errors import CheckpointError
+from clipforge.models.registry import create_any_model, parse_model_config
 from clipforge.version import __version__
 
 FORMAT_NAME = "clipforge"
@@ -45,10 +46,23 @@ def save(model: Model, path: str | Path, extra: dict[str, Any] | None = None) ->
 
 
 def load_clipforge_folder(folder: Path) -> ContrastiveModel:
-    """Builds the architecture in `folder/config.json` and loads its weights strictly."""
+    """Builds the CLIP architecture in `folder/config.json` and loads its weights strictly.
+
+    Raises:
+        CheckpointError: the folder holds another kind of model (a dVAE, a generator).
+    """
+    model = load_any_folder(folder)
+    if not isinstance(model, ContrastiveModel):
+        raise CheckpointError(f"{folder}: holds a {type(model).__name__}, not a CLIP model "
+                              "(load it with clipforge.load_folder)")
+    return model
+
+
+def load_any_folder(folder: Path) -> Model:
+    """Builds the architecture of any kind in `folder/config.json` and loads its weights strictly."""
     meta = read_config(folder)
-    config = ModelConfig.from_dict(meta.get("model"), where=str(folder / CONFIG_NAME))
-    model = create_model(without_pretrained_init(config))
+    config = parse_model_config(meta.get("model"), where=str(folder / CONFIG_NAME))
+    model = create_any_model(without_pretrained_init(config) if isinstance(config, ModelConfig) else config)
     load_state_dict_strict(model, load_safetensors(folder / WEIGHTS_NAME), str(folder))
     return model
 

@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "clipforge.cli.serve_cmd",
     "clipforge.cli.probe_cmd",
     "clipforge.cli.skills_cmd",
+    "clipforge.cli.generate_cmd",
 ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +35,18 @@ class CLIPOutput:
     logit_scale: torch.Tensor  # scalar, exp of the learned log-scale (clamped at 100)
 
 
+class ArchitectureConfig(Protocol):
+    """A registry config of any model kind (CLIP, dVAE, generator): what a model folder stores."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form that the registry parses back to an equal config."""
+        ...
+
+
 class Model(nn.Module, ABC):
     """A network built from a registry config; `config` travels with the weights into its model folder."""
 
-    config: ModelConfig
+    config: ArchitectureConfig
 
 
 class ContrastiveModel(Model):
@@ -48,6 +57,7 @@ class ContrastiveModel(Model):
         logit_bias: SigLIP's additive logit bias (open_clip's `init_logit_bias`); None for softmax models.
     """
 
+    config: ModelConfig
     logit_scale: nn.Parameter
     logit_bias: nn.Parameter | None
 

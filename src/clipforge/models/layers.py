@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,40 @@ def activation(name: str) -> nn.Module:
     raise ValueError(f"unknown activation '{name}' (known: quick_gelu, gelu)")
 
 
+@dataclass
+class LayerCache:
+    """Keys and values [B, H, T, Dh] of the positions one attention layer has seen (incremental decoding)."""
+
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else int(self.keys.shape[2])
+
+    def extend(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Appends the new positions and returns every position's keys and values."""
+        if self.keys is not None and self.values is not None:
+            keys, values = torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+
+@dataclass
+class KVCache:
+    """One `LayerCache` per block of a `Transformer`."""
+
+    layers: list[LayerCache] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, depth: int) -> KVCache:
+        return cls([LayerCache() for _ in range(depth)])
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length if self.layers else 0
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with nn.MultiheadAttention's parameter names (packed in_proj)."""
 
@@ -36,12 +71,20 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, cache: LayerCache | None = None) -> torch.Tensor:
         batch, length, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, L, 3D]
         qkv = qkv.reshape(batch, length, 3, self.heads, width // self.heads)  # [B, L, 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, L, Dh]
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, L, Dh]
+        past = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.extend(k, v)  # [B, H, P + L, Dh]
+        mask = None
+        if causal and past > 0:  # queries sit at the end: query i sees keys up to past + i
+            mask = torch.ones(length, past + length, dtype=torch.bool, device=x.device).tril(past)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and past == 0
+        )  # [B, H, L, Dh]
         out = out.transpose(1, 2).reshape(batch, length, width)  # [B, L, D]
         return self.out_proj(out)
 
@@ -68,8 +111,8 @@ class ResidualAttentionBlock(nn.Module):
         )
         self.ln_2 = nn.LayerNorm(width, eps=eps)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=causal)
+    def forward(self, x: torch.Tensor, causal: bool = False, cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal=causal, cache=cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -92,9 +135,10 @@ class Transformer(nn.Module):
             [ResidualAttentionBlock(width, heads, mlp_ratio, act, eps) for _ in range(layers)]
         )
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        for block in self.resblocks:
-            x = block(x, causal=causal)
+    def forward(self, x: torch.Tensor, causal: bool = False, cache: KVCache | None = None) -> torch.Tensor:
+        """Runs the blocks; with a `cache`, `x` holds only the positions after those already cached."""
+        for k, block in enumerate(self.resblocks):
+            x = block(x, causal=causal, cache=None if cache is None else cache.layers[k])
         return x
 
     def init_weights(self) -> None:

@@ -1,0 +1,101 @@
+"""Resumable batch streams for both stages: rendered skill scenes for the dVAE, and a pool of
+(caption, image tokens) pairs encoded once by the dVAE for the transformer.
+
+Each source can say where it is (`state_dict`), so a resumed run sees exactly the batches the
+interrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipforge.dalle.scenes import SkillScene, SkillSceneConfig, skill_scene
+from clipforge.models.dvae import DVAE
+from clipforge.tokenizer import TextTokenizer
+
+
+def pixels(scenes: Sequence[SkillScene]) -> torch.Tensor:
+    """Rendered scenes as float pixels [B, 3, S, S] in [0, 1]."""
+    arrays = np.stack([np.asarray(s.render()) for s in scenes])  # [B, S, S, 3]
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, S, S]
+
+
+class SceneBatches:
+    """Endless batches of rendered skill scenes: batch i holds scenes i*B .. (i+1)*B - 1 of the stream."""
+
+    def __init__(self, config: SkillSceneConfig, seed: int, batch_size: int) -> None:
+        self.config, self.seed, self.batch_size = config, seed, batch_size
+        self.position = 0
+
+    def next_scenes(self) -> list[SkillScene]:
+        start = self.position
+        self.position += self.batch_size
+        return [skill_scene(self.config, self.seed, i) for i in range(start, self.position)]
+
+    def next_batch(self) -> torch.Tensor:
+        """Pixels [B, 3, S, S] in [0, 1]."""
+        return pixels(self.next_scenes())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+
+
+@dataclass
+class TokenPairs:
+    """Captions and image tokens of a fixed set of scenes."""
+
+    text: torch.Tensor  # [N, Lt] BPE ids
+    image: torch.Tensor  # [N, G * G] dVAE codes
+
+    def __len__(self) -> int:
+        return int(self.text.shape[0])
+
+
+@torch.no_grad()
+def encode_scenes(
+    dvae: DVAE, tokenizer: TextTokenizer, scenes: Sequence[SkillScene], batch_size: int = 256
+) -> TokenPairs:
+    """Tokenizes the prompts and encodes the renders of `scenes` (the dVAE in eval mode)."""
+    dvae.eval()
+    chunks = [dvae.encode(pixels(scenes[i : i + batch_size])) for i in range(0, len(scenes), batch_size)]
+    return TokenPairs(tokenizer([s.text for s in scenes]), torch.cat(chunks))
+
+
+class TokenBatches:
+    """Endless shuffled batches over `TokenPairs`; a caption is dropped to the empty one with
+    probability `caption_dropout` (a new draw each epoch), for classifier-free guidance."""
+
+    def __init__(self, pairs: TokenPairs, empty: torch.Tensor, batch_size: int, seed: int,
+                 caption_dropout: float) -> None:
+        self.pairs, self.empty, self.batch_size = pairs, empty, batch_size
+        self.seed, self.caption_dropout = seed, caption_dropout
+        self.epoch, self.offset = 0, 0
+
+    def _epoch_plan(self) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return rng.permutation(len(self.pairs)), rng.random(len(self.pairs)) < self.caption_dropout
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions [B, Lt] (BPE ids, some emptied) and image tokens [B, N]."""
+        if self.offset + self.batch_size > len(self.pairs):
+            self.epoch, self.offset = self.epoch + 1, 0
+        order, dropped = self._epoch_plan()
+        rows = torch.from_numpy(order[self.offset : self.offset + self.batch_size])
+        drop = torch.from_numpy(dropped[self.offset : self.offset + self.batch_size])
+        self.offset += self.batch_size
+        text = torch.where(drop[:, None], self.empty, self.pairs.text[rows])  # [B, Lt]
+        return text, self.pairs.image[rows]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
