@@ -75,3 +75,21 @@ def test_token_batches_shuffle_drop_captions_and_resume() -> None:
     assert 0 < dropped < 7 * 8 * 0.5  # about a quarter of 56 captions
     first_epoch = torch.cat([img for _, img in batches + later[:2]])
     assert sorted(map(tuple, first_epoch.tolist())) == sorted(map(tuple, pairs.image.tolist()))
+
+
+def test_token_cache_is_keyed_by_dvae_weights_and_data(tmp_path) -> None:
+    from clipforge.dalle.tokens import pairs_key, scene_pairs
+
+    dvae, tokenizer = clipforge.create_model("tiny-dvae"), ClipTokenizer(12)
+    first = scene_pairs(dvae, tokenizer, CONFIG, 0, 20, tmp_path)
+    (cached,) = list(tmp_path.glob("pairs-*.safetensors"))
+    again = scene_pairs(dvae, tokenizer, CONFIG, 0, 20, tmp_path)
+    assert torch.equal(first.image, again.image) and torch.equal(first.text, again.text)
+    key = pairs_key(dvae, CONFIG, 0, 20, 12)
+    assert key != pairs_key(dvae, CONFIG, 1, 20, 12) and key != pairs_key(dvae, CONFIG, 0, 21, 12)
+    cached.write_bytes(b"torn")
+    recomputed = scene_pairs(dvae, tokenizer, CONFIG, 0, 20, tmp_path)  # an unreadable file is replaced
+    assert torch.equal(recomputed.image, first.image) and cached.stat().st_size > 4
+    with torch.no_grad():
+        dvae.codebook.weight[0, 0] += 1.0
+    assert pairs_key(dvae, CONFIG, 0, 20, 12) != key  # other weights: another file

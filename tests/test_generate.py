@@ -1,0 +1,105 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import clipforge
+from clipforge.cli.main import main
+from clipforge.errors import ConfigError, DataError
+from clipforge.generate import GenerateConfig, generate
+from clipforge.generate.prompts import read_prompt_file, read_skill_prompts
+from clipforge.generate.rerank import ClipReranker, rank_order
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def generator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return clipforge.save(clipforge.create_model("tiny-generator"), tmp_path_factory.mktemp("gen") / "model")
+
+
+def _skill_set(root: Path) -> Path:
+    records = {"color": [{"id": "0", "text": "a red star", "skill": "color", "split": "val"},
+                         {"id": "1", "text": "a blue circle", "skill": "color", "split": "val"}],
+               "spatial": [{"id": "0", "text": "a star above a square", "skill": "spatial", "split": "val"}]}
+    for skill, data in records.items():
+        folder = root / skill / "scenes"
+        folder.mkdir(parents=True)
+        (folder / f"{skill}_val.json").write_text(json.dumps({"data": data}))
+    return root
+
+
+def test_skill_set_prompts_keep_skill_and_id(tmp_path: Path) -> None:
+    prompts = read_skill_prompts(_skill_set(tmp_path), "val")
+    assert [(p.skill, p.id, p.text) for p in prompts] == [("color", "0", "a red star"),
+                                                          ("color", "1", "a blue circle"),
+                                                          ("spatial", "0", "a star above a square")]
+    with pytest.raises(DataError, match="no skill set"):
+        read_skill_prompts(tmp_path, "train")
+    (tmp_path / "color" / "scenes" / "color_val.json").write_text("{}")
+    with pytest.raises(DataError, match="color_val.json"):
+        read_skill_prompts(tmp_path, "val")
+
+
+def test_prompt_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("a red star\n\n  two circles \n")
+    assert [p.text for p in read_prompt_file(path)] == ["a red star", "two circles"]
+    path.write_text("\n")
+    with pytest.raises(DataError, match="no prompts"):
+        read_prompt_file(path)
+
+
+def test_generate_reranks_keeps_the_best_and_records_everything(tmp_path: Path, generator_dir: Path) -> None:
+    clip = str(clipforge.save(clipforge.create_model("tiny-vit"), tmp_path / "clip"))
+    config = GenerateConfig(str(generator_dir), tmp_path / "out", skills=_skill_set(tmp_path / "skills"), n=4,
+                            rerank=clip, keep=2, seed=3)
+    report = generate(config)
+    assert json.loads((tmp_path / "out" / "generations.json").read_text()) == report
+    reranker = ClipReranker(clip)
+    for prompt in report["prompts"]:
+        candidates = prompt["candidates"]
+        scores = np.array([c["score"] for c in candidates])
+        assert [c["rank"] for c in candidates] == rank_order(scores).tolist()
+        kept = sorted((c for c in candidates if c["file"]), key=lambda c: c["rank"])
+        names = [f"{prompt['skill']}/image_{prompt['id']}_{r}.png" for r in (0, 1)]
+        assert [c["file"] for c in kept] == names
+        assert min(c["score"] for c in kept) >= max(c["score"] for c in candidates if not c["file"])
+        best = Image.open(tmp_path / "out" / kept[0]["file"])
+        assert best.size == (32, 32)
+        rescored = reranker.scores([best.convert("RGB")], [prompt["text"]])[0]
+        assert rescored == pytest.approx(kept[0]["score"], abs=1e-4)  # the file is the image that was scored
+        assert (tmp_path / "out" / prompt["grid"]).is_file()
+    again = generate(GenerateConfig(str(generator_dir), tmp_path / "again", skills=tmp_path / "skills", n=4,
+                                    seed=3))  # no re-ranking: all four kept, in draw order
+    for prompt, plain in zip(report["prompts"], again["prompts"], strict=True):
+        for ranked, drawn in zip(prompt["candidates"], plain["candidates"], strict=True):
+            assert ranked["seed"] == drawn["seed"] and drawn["file"].endswith(f"_{drawn['sample']}.png")
+            if ranked["file"]:  # the same candidate, written under its rank
+                same = [np.asarray(Image.open(tmp_path / d / c["file"])) for d, c in
+                        (("out", ranked), ("again", drawn))]
+                assert np.array_equal(*same)
+
+
+def test_cli_prompts_and_errors(tmp_path: Path, generator_dir: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["generate", "--model", str(generator_dir), "--prompt", "a red star",
+                                  "--prompt", "two circles", "-n", "3", "--cond-scale", "2", "--top-k", "8",
+                                  "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "o" / "images").iterdir()) == [
+        f"{p:04d}_{k}.png" for p in (0, 1) for k in range(3)]
+    record = json.loads((tmp_path / "o" / "generations.json").read_text())
+    assert record["sampling"]["cond_scale"] == 2.0 and record["prompts"][1]["text"] == "two circles"
+    both = runner.invoke(main, ["generate", "--model", str(generator_dir), "--prompt", "x", "--skills",
+                                str(tmp_path), "--out", str(tmp_path / "e")])
+    assert both.exit_code != 0 and "exactly one of" in both.output and "Traceback" not in both.output
+    clip = clipforge.save(clipforge.create_model("tiny-vit"), tmp_path / "clip")
+    wrong = runner.invoke(main, ["generate", "--model", str(clip), "--prompt", "x",
+                                 "--out", str(tmp_path / "w")])
+    assert wrong.exit_code != 0 and "must be a generator folder" in wrong.output
+    with pytest.raises(ConfigError, match="keep"):
+        GenerateConfig(str(generator_dir), tmp_path, prompts=("x",), n=2, keep=3)
