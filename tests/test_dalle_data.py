@@ -54,7 +54,9 @@ def test_scene_batches_resume_where_they_stopped() -> None:
     resumed = SceneBatches(CONFIG, 3, 4)
     resumed.load_state_dict(state)
     got = resumed.next_batch()
-    assert got.shape == (4, 3, 32, 32) and got.max() <= 1.0 and torch.equal(got, expected)
+    assert got.step == expected.step == 1 and len(got.rows(1, 3)) == 2
+    assert got.images.shape == (4, 3, 32, 32) and got.images.max() <= 1.0
+    assert torch.equal(got.images, expected.images)
 
 
 def test_token_batches_shuffle_drop_captions_and_resume() -> None:
@@ -69,11 +71,11 @@ def test_token_batches_shuffle_drop_captions_and_resume() -> None:
     later = [source.next_batch() for _ in range(4)]  # crosses into the next epoch (40 / 8 = 5 per epoch)
     resumed = TokenBatches(pairs, empty, 8, seed=0, caption_dropout=0.25)
     resumed.load_state_dict(state)
-    for (text, image), (text2, image2) in zip(later, [resumed.next_batch() for _ in range(4)], strict=True):
-        assert torch.equal(text, text2) and torch.equal(image, image2)
-    dropped = sum(int((t == empty).all(dim=1).sum()) for t, _ in batches + later)
+    for batch, again in zip(later, [resumed.next_batch() for _ in range(4)], strict=True):
+        assert torch.equal(batch.text, again.text) and torch.equal(batch.image, again.image)
+    dropped = sum(int((b.text == empty).all(dim=1).sum()) for b in batches + later)
     assert 0 < dropped < 7 * 8 * 0.5  # about a quarter of 56 captions
-    first_epoch = torch.cat([img for _, img in batches + later[:2]])
+    first_epoch = torch.cat([b.image for b in batches + later[:2]])
     assert sorted(map(tuple, first_epoch.tolist())) == sorted(map(tuple, pairs.image.tolist()))
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import clipforge
+from clipforge.dalle.batches import ImageBatch
 from clipforge.dalle.objectives import DVAEObjective, code_usage, dvae_loss, kl_to_uniform
 from clipforge.errors import ConfigError
 from clipforge.models.dvae import DVAE, DVAEConfig, gumbel_softmax
@@ -91,9 +92,9 @@ def test_a_few_steps_reduce_reconstruction_error() -> None:
     images[:, 0, 8:20, 8:20] = 1.0  # a red square on black
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     objective = DVAEObjective(beta=1e-3, beta_warmup=0, anneal_steps=0, temperature_end=1.0)
-    first = dvae_loss(model, images, 0, objective)[1]["recon_mse"]
+    first = dvae_loss(model, ImageBatch(images, 0), objective)[1]["recon_mse"]
     for step in range(40):
-        loss, metrics = dvae_loss(model, images, step, objective)
+        loss, metrics = dvae_loss(model, ImageBatch(images, step), objective)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -109,3 +110,14 @@ def test_dvae_folder_round_trip(tmp_path) -> None:
     images = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded.encode(images), model.encode(images))
     assert preprocess.config.image_size == 32 and preprocess.config.std == (1.0, 1.0, 1.0)
+
+
+def test_held_out_metrics_use_the_hard_path() -> None:
+    from clipforge.dalle.evaluation import dvae_metrics
+
+    model = clipforge.create_model("tiny-dvae").eval()
+    images = torch.rand(5, 3, 32, 32)
+    metrics = dvae_metrics(model, images, batch_size=2)
+    expected = float(((model.decode(model.encode(images)) - images) ** 2).mean())
+    assert metrics["recon_mse"] == pytest.approx(expected, rel=1e-5)
+    assert metrics == {**metrics, **code_usage(model.encode(images), 16)}

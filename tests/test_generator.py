@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import clipforge
+from clipforge.dalle.batches import TokenBatch
 from clipforge.dalle.objectives import PriorObjective, prior_loss
 from clipforge.dalle.sampling import (
     SamplingConfig,
@@ -62,9 +63,9 @@ def test_forward_is_causal(model: Generator) -> None:
 def test_loss_weighting_follows_dalle() -> None:
     model = clipforge.create_model("tiny-generator")
     text, image = _text(), torch.randint(0, 16, (3, 64))
-    loss, parts = prior_loss(model, text, image, PriorObjective(1.0, 7.0))
+    loss, parts = prior_loss(model, TokenBatch(text, image), PriorObjective(1.0, 7.0))
     assert loss.item() == pytest.approx((parts["text_loss"] + 7 * parts["image_loss"]) / 8, rel=1e-5)
-    only_image, _ = prior_loss(model, text, image, PriorObjective(0.0, 1.0))
+    only_image, _ = prior_loss(model, TokenBatch(text, image), PriorObjective(0.0, 1.0))
     assert only_image.item() == pytest.approx(parts["image_loss"], rel=1e-5)
 
 
@@ -161,3 +162,14 @@ def test_generator_folder_round_trip(tmp_path, model: Generator) -> None:
     assert torch.equal(sample_tokens(loaded, _text(), [1, 2, 3], config),
                        sample_tokens(model, _text(), [1, 2, 3], config))
     assert torch.equal(loaded.dvae.codebook.weight, model.dvae.codebook.weight)  # the dVAE travels inside
+
+
+def test_held_out_prior_metrics_average_over_batches(model: Generator) -> None:
+    from clipforge.dalle.batches import TokenPairs
+    from clipforge.dalle.evaluation import prior_metrics
+
+    pairs = TokenPairs(_text(3), torch.randint(0, 16, (3, 64)))
+    whole = prior_loss(model, TokenBatch(pairs.text, pairs.image), PriorObjective())[1]
+    split = prior_metrics(model, pairs, batch_size=2)  # batches of 2 and 1, weighted by size
+    assert split["image_loss"] == pytest.approx(whole["image_loss"], rel=1e-5)
+    assert split["text_loss"] == pytest.approx(whole["text_loss"], rel=1e-5)

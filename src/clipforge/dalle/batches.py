@@ -2,7 +2,7 @@
 (caption, image tokens) pairs encoded once by the dVAE for the transformer.
 
 Each source can say where it is (`state_dict`), so a resumed run sees exactly the batches the
-interrupted one would have seen.
+interrupted one would have seen. Batches can be cut into rows (rank shards, accumulation micro-batches).
 """
 
 from __future__ import annotations
@@ -25,6 +25,20 @@ def pixels(scenes: Sequence[SkillScene]) -> torch.Tensor:
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, S, S]
 
 
+@dataclass
+class ImageBatch:
+    """Pixels [B, 3, S, S] in [0, 1], and the training step they are for (the dVAE's schedules use it)."""
+
+    images: torch.Tensor
+    step: int
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def rows(self, start: int, stop: int) -> ImageBatch:
+        return ImageBatch(self.images[start:stop], self.step)
+
+
 class SceneBatches:
     """Endless batches of rendered skill scenes: batch i holds scenes i*B .. (i+1)*B - 1 of the stream."""
 
@@ -32,20 +46,31 @@ class SceneBatches:
         self.config, self.seed, self.batch_size = config, seed, batch_size
         self.position = 0
 
-    def next_scenes(self) -> list[SkillScene]:
+    def next_batch(self) -> ImageBatch:
         start = self.position
         self.position += self.batch_size
-        return [skill_scene(self.config, self.seed, i) for i in range(start, self.position)]
-
-    def next_batch(self) -> torch.Tensor:
-        """Pixels [B, 3, S, S] in [0, 1]."""
-        return pixels(self.next_scenes())
+        scenes = [skill_scene(self.config, self.seed, i) for i in range(start, self.position)]
+        return ImageBatch(pixels(scenes), start // self.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position = int(state["position"])
+
+
+@dataclass
+class TokenBatch:
+    """Captions [B, Lt] (BPE ids) and image tokens [B, N]."""
+
+    text: torch.Tensor
+    image: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.text.shape[0])
+
+    def rows(self, start: int, stop: int) -> TokenBatch:
+        return TokenBatch(self.text[start:stop], self.image[start:stop])
 
 
 @dataclass
@@ -78,13 +103,18 @@ class TokenBatches:
         self.pairs, self.empty, self.batch_size = pairs, empty, batch_size
         self.seed, self.caption_dropout = seed, caption_dropout
         self.epoch, self.offset = 0, 0
+        self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def _epoch_plan(self) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        return rng.permutation(len(self.pairs)), rng.random(len(self.pairs)) < self.caption_dropout
+        """The epoch's order and dropped captions: a function of (seed, epoch), computed once per epoch."""
+        if self._plan is None or self._plan[0] != self.epoch:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            plan = rng.permutation(len(self.pairs)), rng.random(len(self.pairs)) < self.caption_dropout
+            self._plan = (self.epoch, *plan)
+        return self._plan[1], self._plan[2]
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captions [B, Lt] (BPE ids, some emptied) and image tokens [B, N]."""
+    def next_batch(self) -> TokenBatch:
+        """A batch whose dropped captions are the empty one."""
         if self.offset + self.batch_size > len(self.pairs):
             self.epoch, self.offset = self.epoch + 1, 0
         order, dropped = self._epoch_plan()
@@ -92,7 +122,7 @@ class TokenBatches:
         drop = torch.from_numpy(dropped[self.offset : self.offset + self.batch_size])
         self.offset += self.batch_size
         text = torch.where(drop[:, None], self.empty, self.pairs.text[rows])  # [B, Lt]
-        return text, self.pairs.image[rows]
+        return TokenBatch(text, self.pairs.image[rows])
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "offset": self.offset}

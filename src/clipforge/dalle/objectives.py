@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from clipforge.dalle.batches import ImageBatch, TokenBatch
 from clipforge.errors import ConfigError
 from clipforge.models.dvae import DVAE
 from clipforge.models.generator import Generator
@@ -70,13 +71,12 @@ def code_usage(tokens: torch.Tensor, codebook_size: int) -> dict[str, float]:
     return {"perplexity": float(entropy.exp()), "dead_codes": int((counts == 0).sum())}
 
 
-def dvae_loss(
-    model: DVAE, images: torch.Tensor, step: int, objective: DVAEObjective
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of pixels [B, 3, S, S] in [0, 1] at training step `step`, and its loggable parts."""
-    temperature, beta = objective.temperature(step), objective.beta_at(step)
-    out = model(images, temperature=temperature, hard=objective.straight_through)
-    reconstruction = F.mse_loss(out.reconstruction, images)
+def dvae_loss(model: DVAE, batch: ImageBatch, objective: DVAEObjective
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of a batch at its training step (the schedules' position), and its loggable parts."""
+    temperature, beta = objective.temperature(batch.step), objective.beta_at(batch.step)
+    out = model(batch.images, temperature=temperature, hard=objective.straight_through)
+    reconstruction = F.mse_loss(out.reconstruction, batch.images)
     kl = kl_to_uniform(out.logits)
     usage = code_usage(out.logits.argmax(dim=1), model.config.codebook_size)
     metrics = {"recon_mse": reconstruction.item(), "kl": kl.item(), "temperature": temperature,
@@ -105,14 +105,13 @@ class PriorObjective:
             raise ConfigError("prior objective: caption_dropout must be in [0, 1)")
 
 
-def prior_loss(
-    model: Generator, text: torch.Tensor, image: torch.Tensor, objective: PriorObjective
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of captions [B, Lt] (BPE ids) and image tokens [B, N], and its loggable parts."""
-    out = model(text, image)
-    targets = model.text_ids(text)[:, 1:]  # [B, Lt - 1]
+def prior_loss(model: Generator, batch: TokenBatch, objective: PriorObjective
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of a batch of captions and image tokens, and its loggable parts."""
+    out = model(batch.text, batch.image)
+    targets = model.text_ids(batch.text)[:, 1:]  # [B, Lt - 1]
     text_loss = F.cross_entropy(out.text_logits.flatten(0, 1), targets.flatten())
-    image_loss = F.cross_entropy(out.image_logits.flatten(0, 1), image.flatten())
+    image_loss = F.cross_entropy(out.image_logits.flatten(0, 1), batch.image.flatten())
     weights = objective.text_weight + objective.image_weight
     loss = (objective.text_weight * text_loss + objective.image_weight * image_loss) / weights
     return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}

@@ -14,15 +14,16 @@ is respected: no scene shows a held-out (colour, shape) object, and no spatial s
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
 from PIL import Image
 
 from clipforge.errors import ConfigError
+from clipforge.synthetic.render import Box
 from clipforge.synthetic.scene import (
     OPPOSITE,
-    SPATIAL_RELATIONS,
     Scene,
     SceneConfig,
     SceneObject,
@@ -34,7 +35,6 @@ from clipforge.synthetic.scene import (
 from clipforge.synthetic.text import NUMBER_WORDS, RELATION_WORDS
 
 SKILLS = ("object", "count", "color", "spatial")
-_GAP = 2  # pixels between objects
 _TRIES = 200
 
 
@@ -51,6 +51,16 @@ class SkillSceneConfig:
     scene: SceneConfig = SceneConfig(image_size=32)
     skill_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     max_count: int = 4
+
+    @property
+    def border_px(self) -> int:
+        """Free pixels between objects and the image edge (as in the skill sets)."""
+        return max(3, math.ceil(0.06 * self.scene.image_size))
+
+    @property
+    def gap_px(self) -> int:
+        """Free pixels between two objects' boxes (as in the skill sets)."""
+        return max(3, round(0.08 * self.scene.image_size))
 
     def __post_init__(self) -> None:
         if len(self.skill_weights) != 4 or min(self.skill_weights) < 0 or sum(self.skill_weights) <= 0:
@@ -127,10 +137,10 @@ def _sample(config: SkillSceneConfig, skill: str, rng: random.Random
     scene = config.scene
     count = rng.randint(1, config.max_count) if skill == "count" else 2 if skill == "spatial" else 1
     kinds = _kinds(scene, skill, rng, count)
-    boxes: list[tuple[int, int, int, int]] = []
+    boxes: list[Box] = []
     for _ in range(count):
         side = scene.side(rng.choice(scene.sizes))
-        box = _free_box(side, scene.image_size, boxes, rng)
+        box = _free_box(config, side, boxes, rng)
         if box is None:
             return None
         boxes.append(box)
@@ -145,23 +155,18 @@ def _sample(config: SkillSceneConfig, skill: str, rng: random.Random
     return objects, relation
 
 
-def _size_word(config: SceneConfig, box: tuple[int, int, int, int]) -> str:
+def _size_word(config: SceneConfig, box: Box) -> str:
     return next(size for size in config.sizes if config.side(size) == box[2] - box[0])
 
 
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    """Whether the boxes come closer than `_GAP` pixels."""
-    return a[0] < b[2] + _GAP and b[0] < a[2] + _GAP and a[1] < b[3] + _GAP and b[1] < a[3] + _GAP
-
-
-def _free_box(side: int, image_size: int, boxes: list[tuple[int, int, int, int]], rng: random.Random
-              ) -> tuple[int, int, int, int] | None:
+def _free_box(config: SkillSceneConfig, side: int, boxes: list[Box], rng: random.Random) -> Box | None:
+    """A box `border_px` inside the image and `gap_px` away from `boxes`, or None."""
+    low, high, gap = config.border_px, config.scene.image_size - config.border_px - side, config.gap_px
     for _ in range(_TRIES):
-        x0, y0 = rng.randint(1, image_size - side - 1), rng.randint(1, image_size - side - 1)
+        x0, y0 = rng.randint(low, high), rng.randint(low, high)
         box = (x0, y0, x0 + side, y0 + side)
-        if not any(_overlaps(box, other) for other in boxes):
+        if not any(box[0] < b[2] + gap and b[0] < box[2] + gap and box[1] < b[3] + gap and b[1] < box[3] + gap
+                   for b in boxes):
             return box
     return None
 
-
-SPATIAL_WORDS = tuple(RELATION_WORDS[r] for r in SPATIAL_RELATIONS)
