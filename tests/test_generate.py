@@ -103,3 +103,15 @@ def test_cli_prompts_and_errors(tmp_path: Path, generator_dir: Path) -> None:
     assert wrong.exit_code != 0 and "must be a generator folder" in wrong.output
     with pytest.raises(ConfigError, match="keep"):
         GenerateConfig(str(generator_dir), tmp_path, prompts=("x",), n=2, keep=3)
+
+
+def test_readme_generate_line_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    first = "clipforge generate --model tiny-generator"
+    line = next(row for row in readme.splitlines() if row.startswith(first))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, shlex.split(line)[1:])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "gen-demo" / "images").glob("*.png"))) == 8
