@@ -46,11 +46,14 @@ class SkillSceneConfig:
         scene: vocabulary, image size, sizes, margin and hold-out (its other fields are unused).
         skill_weights: relative frequency of object, count, color and spatial scenes.
         max_count: the largest count drawn for count scenes.
+        align_px: when positive, boxes start on multiples of this many pixels (e.g. the dVAE's cell
+            side, so that an object is always drawn by the same tokens); 0 places them anywhere.
     """
 
     scene: SceneConfig = SceneConfig(image_size=32)
     skill_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     max_count: int = 4
+    align_px: int = 0
 
     @property
     def border_px(self) -> int:
@@ -106,8 +109,10 @@ def skill_scene(config: SkillSceneConfig, seed: int, index: int) -> SkillScene:
     """Scene `index` of the stream seeded with `seed` (the same arguments give the same scene)."""
     rng = scene_rng(seed, "generator", index, "skill")
     skill = rng.choices(SKILLS, weights=config.skill_weights)[0]
+    # drawn once, so that placement retries cannot skew the count distribution towards few objects
+    count = rng.randint(1, config.max_count) if skill == "count" else 2 if skill == "spatial" else 1
     for _ in range(_TRIES):
-        drawn = _sample(config, skill, rng)
+        drawn = _sample(config, skill, count, rng)
         if drawn is not None:
             objects, relation = drawn
             scene_config = config.scene
@@ -131,11 +136,10 @@ def _kinds(config: SceneConfig, skill: str, rng: random.Random, count: int) -> l
     return [first]
 
 
-def _sample(config: SkillSceneConfig, skill: str, rng: random.Random
+def _sample(config: SkillSceneConfig, skill: str, count: int, rng: random.Random
             ) -> tuple[tuple[SceneObject, ...], str | None] | None:
     """One placement attempt; None when it failed (the caller retries)."""
     scene = config.scene
-    count = rng.randint(1, config.max_count) if skill == "count" else 2 if skill == "spatial" else 1
     kinds = _kinds(scene, skill, rng, count)
     boxes: list[Box] = []
     for _ in range(count):
@@ -162,8 +166,11 @@ def _size_word(config: SceneConfig, box: Box) -> str:
 def _free_box(config: SkillSceneConfig, side: int, boxes: list[Box], rng: random.Random) -> Box | None:
     """A box `border_px` inside the image and `gap_px` away from `boxes`, or None."""
     low, high, gap = config.border_px, config.scene.image_size - config.border_px - side, config.gap_px
+    if config.align_px:
+        low, high = -(-low // config.align_px), high // config.align_px  # starts in units of align_px
+    step = config.align_px or 1
     for _ in range(_TRIES):
-        x0, y0 = rng.randint(low, high), rng.randint(low, high)
+        x0, y0 = rng.randint(low, high) * step, rng.randint(low, high) * step
         box = (x0, y0, x0 + side, y0 + side)
         if not any(box[0] < b[2] + gap and b[0] < box[2] + gap and box[1] < b[3] + gap and b[1] < box[3] + gap
                    for b in boxes):
