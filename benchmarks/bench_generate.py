@@ -36,13 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from clipforge import create_model
     from clipforge.dalle.sampling import SamplingConfig
+    from clipforge.models.registry import create_any_model
     from clipforge.tokenizer import get_tokenizer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = create_model(args.model).eval()
+    model = create_any_model(args.model).eval()
     config = model.config
     text = get_tokenizer(config.tokenizer)(["a red star to the left of a circle"] * args.images)
     seeds = list(range(args.images))

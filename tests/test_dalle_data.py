@@ -3,9 +3,9 @@ from collections import Counter
 import pytest
 import torch
 
-import clipforge
 from clipforge.dalle.batches import SceneBatches, TokenBatches, encode_scenes
 from clipforge.dalle.scenes import SkillSceneConfig, skill_scene
+from clipforge.models.registry import create_any_model
 from clipforge.synthetic.scene import OPPOSITE, SceneConfig, spatial_relation
 from clipforge.synthetic.text import RELATION_WORDS
 from clipforge.tokenizer import ClipTokenizer
@@ -60,7 +60,7 @@ def test_scene_batches_resume_where_they_stopped() -> None:
 
 
 def test_token_batches_shuffle_drop_captions_and_resume() -> None:
-    dvae = clipforge.create_model("tiny-dvae")
+    dvae = create_any_model("tiny-dvae")
     tokenizer = ClipTokenizer(12)
     pairs = encode_scenes(dvae, tokenizer, [skill_scene(CONFIG, 0, i) for i in range(40)], batch_size=16)
     assert pairs.text.shape == (40, 12) and pairs.image.shape == (40, 64)
@@ -82,7 +82,7 @@ def test_token_batches_shuffle_drop_captions_and_resume() -> None:
 def test_token_cache_is_keyed_by_dvae_weights_and_data(tmp_path) -> None:
     from clipforge.dalle.tokens import pairs_key, scene_pairs
 
-    dvae, tokenizer = clipforge.create_model("tiny-dvae"), ClipTokenizer(12)
+    dvae, tokenizer = create_any_model("tiny-dvae"), ClipTokenizer(12)
     first = scene_pairs(dvae, tokenizer, CONFIG, 0, 20, tmp_path)
     (cached,) = list(tmp_path.glob("pairs-*.safetensors"))
     again = scene_pairs(dvae, tokenizer, CONFIG, 0, 20, tmp_path)

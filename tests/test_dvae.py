@@ -6,16 +6,17 @@ import torch
 import clipforge
 from clipforge.dalle.batches import ImageBatch
 from clipforge.dalle.objectives import DVAEObjective, code_usage, dvae_loss, kl_to_uniform
-from clipforge.errors import ConfigError
+from clipforge.errors import CheckpointError, ConfigError
 from clipforge.models.dvae import DVAE, DVAEConfig, gumbel_softmax
-from clipforge.models.registry import list_models, parse_model_config
+from clipforge.models.registry import create_any_model, list_models, parse_model_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_knows_model_kinds_and_old_jsons_keep_meaning() -> None:
     assert "tiny-dvae" in list_models("dvae") and "tiny-generator" in list_models("generator")
-    assert "tiny-vit" in list_models("clip") and "tiny-vit" not in list_models("dvae")
+    assert "tiny-vit" in list_models() and "tiny-dvae" not in list_models()  # CLIP kinds by default
+    assert "tiny-dvae" in list_models(None)
     clip = clipforge.get_model_config("tiny-vit")
     assert parse_model_config({**clip.to_dict(), "kind": "clip"}) == clip
     with pytest.raises(ConfigError, match="unknown model kind 'gan'"):
@@ -27,7 +28,7 @@ def test_registry_knows_model_kinds_and_old_jsons_keep_meaning() -> None:
 
 
 def test_shapes_tokens_and_decode_range() -> None:
-    model = clipforge.create_model("tiny-dvae").eval()
+    model = create_any_model("tiny-dvae").eval()
     assert isinstance(model, DVAE)
     images = torch.rand(3, 3, 32, 32)
     out = model(images, temperature=0.5)
@@ -87,7 +88,7 @@ def test_schedules() -> None:
 
 
 def test_a_few_steps_reduce_reconstruction_error() -> None:
-    model = clipforge.create_model("tiny-dvae").train()
+    model = create_any_model("tiny-dvae").train()
     images = torch.zeros(8, 3, 32, 32)
     images[:, 0, 8:20, 8:20] = 1.0  # a red square on black
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -103,19 +104,23 @@ def test_a_few_steps_reduce_reconstruction_error() -> None:
 
 
 def test_dvae_folder_round_trip(tmp_path) -> None:
-    model = clipforge.create_model("tiny-dvae").eval()
+    model = create_any_model("tiny-dvae").eval()
     clipforge.save(model, tmp_path / "dvae")
-    loaded, preprocess, tokenizer = clipforge.load(tmp_path / "dvae")
-    assert isinstance(loaded, DVAE) and tokenizer is None
+    loaded = clipforge.load_folder(tmp_path / "dvae")
+    assert isinstance(loaded, DVAE) and loaded.config == model.config
     images = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded.encode(images), model.encode(images))
-    assert preprocess.config.image_size == 32 and preprocess.config.std == (1.0, 1.0, 1.0)
+    assert loaded.config.preprocess.image_size == 32 and loaded.config.preprocess.std == (1.0, 1.0, 1.0)
+    with pytest.raises(CheckpointError, match="holds a DVAE, not a CLIP model"):
+        clipforge.load(tmp_path / "dvae")
+    with pytest.raises(ConfigError, match="is a dvae, not a CLIP model"):
+        clipforge.create_model("tiny-dvae")
 
 
 def test_held_out_metrics_use_the_hard_path() -> None:
     from clipforge.dalle.evaluation import dvae_metrics
 
-    model = clipforge.create_model("tiny-dvae").eval()
+    model = create_any_model("tiny-dvae").eval()
     images = torch.rand(5, 3, 32, 32)
     metrics = dvae_metrics(model, images, batch_size=2)
     expected = float(((model.decode(model.encode(images)) - images) ** 2).mean())

@@ -12,13 +12,14 @@ from clipforge.errors import ConfigError, DataError
 from clipforge.generate import GenerateConfig, generate
 from clipforge.generate.prompts import read_prompt_file, read_skill_prompts
 from clipforge.generate.rerank import ClipReranker, rank_order
+from clipforge.models.registry import create_any_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def generator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return clipforge.save(clipforge.create_model("tiny-generator"), tmp_path_factory.mktemp("gen") / "model")
+    return clipforge.save(create_any_model("tiny-generator"), tmp_path_factory.mktemp("gen") / "model")
 
 
 def _skill_set(root: Path) -> Path:

@@ -17,7 +17,7 @@ from clipforge.dalle.sampling import (
 )
 from clipforge.models.generator import Generator, GeneratorConfig
 from clipforge.models.layers import KVCache, Transformer
-from clipforge.models.registry import get_model_config
+from clipforge.models.registry import create_any_model, get_any_config
 from clipforge.tokenizer import ClipTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,7 +27,7 @@ PROMPTS = ["a red square", "two circles", "a star to the left of a cross"]
 @pytest.fixture(scope="module")
 def model() -> Generator:
     torch.manual_seed(0)
-    base = get_model_config("tiny-generator")
+    base = get_any_config("tiny-generator")
     assert isinstance(base, GeneratorConfig)
     vocab = ClipTokenizer(12)(PROMPTS + [""]).unique().tolist()
     generator = Generator(dataclasses.replace(base, text_vocab=tuple(v for v in vocab if v != 0)))
@@ -61,7 +61,7 @@ def test_forward_is_causal(model: Generator) -> None:
 
 
 def test_loss_weighting_follows_dalle() -> None:
-    model = clipforge.create_model("tiny-generator")
+    model = create_any_model("tiny-generator")
     text, image = _text(), torch.randint(0, 16, (3, 64))
     loss, parts = prior_loss(model, TokenBatch(text, image), PriorObjective(1.0, 7.0))
     assert loss.item() == pytest.approx((parts["text_loss"] + 7 * parts["image_loss"]) / 8, rel=1e-5)
@@ -155,8 +155,8 @@ def test_guidance_extrapolates_from_the_unconditional_logits(model: Generator) -
 
 def test_generator_folder_round_trip(tmp_path, model: Generator) -> None:
     clipforge.save(model, tmp_path / "gen")
-    loaded, preprocess, tokenizer = clipforge.load(tmp_path / "gen")
-    assert isinstance(loaded, Generator) and tokenizer.context_length == 12
+    loaded = clipforge.load_folder(tmp_path / "gen")
+    assert isinstance(loaded, Generator) and loaded.config.tokenizer.context_length == 12
     assert loaded.config == model.config
     config = SamplingConfig()
     assert torch.equal(sample_tokens(loaded, _text(), [1, 2, 3], config),

@@ -1,4 +1,4 @@
-"""Checkpoint formats: clipforge folders (of every model kind), OpenAI `.pt` files, Hugging Face CLIP folders."""
+"""Checkpoint formats: clipforge folders (every model kind), OpenAI `.pt` files, Hugging Face CLIP folders."""
 
 from clipforge.checkpoint.io import detect_format, load, load_folder, load_model
 from clipforge.checkpoint.native import save

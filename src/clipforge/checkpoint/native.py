@@ -17,10 +17,10 @@ from clipforge.checkpoint.files import (
     load_state_dict_strict,
     read_config,
 )
+from clipforge.errors import CheckpointError
 from clipforge.fileio import write_bytes_atomic, write_text_atomic
 from clipforge.models.base import ContrastiveModel, Model
 from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
-from clipforge.errors import CheckpointError
 from clipforge.models.registry import create_any_model, parse_model_config
 from clipforge.version import __version__
 

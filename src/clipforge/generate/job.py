@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipforge.checkpoint import load
+from clipforge.checkpoint import load_folder
 from clipforge.dalle.sampling import SamplingConfig, image_seed, sample_images
 from clipforge.errors import ConfigError
 from clipforge.fileio import check_writable, write_bytes_atomic, write_json
@@ -32,6 +32,7 @@ from clipforge.generate.grid import candidate_grid
 from clipforge.generate.prompts import Prompt, read_prompt_file, read_skill_prompts
 from clipforge.generate.rerank import ClipReranker, rank_order
 from clipforge.models.generator import Generator
+from clipforge.models.registry import create_any_model
 from clipforge.tokenizer import get_tokenizer
 from clipforge.version import __version__
 
@@ -87,12 +88,12 @@ def resolve_prompts(config: GenerateConfig) -> list[Prompt]:
 
 
 def load_generator(spec: str) -> Generator:
-    """A generator model in eval mode.
+    """A generator folder, or a registry name (random weights, to try the command), in eval mode.
 
     Raises:
         ConfigError: `spec` holds another kind of model.
     """
-    model = load(spec)[0]
+    model = load_folder(spec) if Path(spec).is_dir() else create_any_model(spec).eval()
     if not isinstance(model, Generator):
         raise ConfigError(f"--model must be a generator folder; {spec} holds a {type(model).__name__}")
     return model

@@ -9,7 +9,6 @@ Pixels enter and leave in [0, 1].
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Any
 
 import torch

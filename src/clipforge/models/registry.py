@@ -137,7 +137,8 @@ def describe_models() -> list[str]:
 def _describe(config: AnyModelConfig) -> str:
     if isinstance(config, DVAEConfig):
         grid = f"{config.grid}x{config.grid}"
-        return f"{'dvae':<26} codes={config.codebook_size}@{grid:<5} image={config.image_size}px weights=random"
+        codes = f"{config.codebook_size}@{grid}"
+        return f"{'dvae':<26} codes={codes:<10} image={config.image_size}px weights=random"
     if isinstance(config, GeneratorConfig):
         shape = f"{config.layers}x{config.width}"
         return f"{'generator':<26} layers={shape:<7} image={config.dvae.image_size}px weights=random"
