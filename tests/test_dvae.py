@@ -5,10 +5,10 @@ import torch
 
 import clipforge
 from clipforge.dalle.batches import ImageBatch
-from clipforge.dalle.objectives import DVAEObjective, code_usage, dvae_loss, kl_to_uniform
 from clipforge.errors import CheckpointError, ConfigError
 from clipforge.models.dvae import DVAE, DVAEConfig, gumbel_softmax
 from clipforge.models.registry import create_any_model, list_models, parse_model_config
+from clipforge.train.dalle_objectives import DVAEObjective, code_usage, dvae_loss, kl_to_uniform
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,7 +118,7 @@ def test_dvae_folder_round_trip(tmp_path) -> None:
 
 
 def test_held_out_metrics_use_the_hard_path() -> None:
-    from clipforge.dalle.evaluation import dvae_metrics
+    from clipforge.train.dalle_objectives import dvae_metrics
 
     model = create_any_model("tiny-dvae").eval()
     images = torch.rand(5, 3, 32, 32)

@@ -6,7 +6,6 @@ import torch
 
 import clipforge
 from clipforge.dalle.batches import TokenBatch
-from clipforge.dalle.objectives import PriorObjective, prior_loss
 from clipforge.dalle.sampling import (
     SamplingConfig,
     draw,
@@ -19,6 +18,7 @@ from clipforge.models.generator import Generator, GeneratorConfig
 from clipforge.models.layers import KVCache, Transformer
 from clipforge.models.registry import create_any_model, get_any_config
 from clipforge.tokenizer import ClipTokenizer
+from clipforge.train.dalle_objectives import PriorObjective, prior_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a red square", "two circles", "a star to the left of a cross"]
@@ -63,9 +63,10 @@ def test_forward_is_causal(model: Generator) -> None:
 def test_loss_weighting_follows_dalle() -> None:
     model = create_any_model("tiny-generator")
     text, image = _text(), torch.randint(0, 16, (3, 64))
-    loss, parts = prior_loss(model, TokenBatch(text, image), PriorObjective(1.0, 7.0))
+    batch = TokenBatch(text, image)
+    loss, parts = prior_loss(model, batch, PriorObjective(text_weight=1.0, image_weight=7.0))
     assert loss.item() == pytest.approx((parts["text_loss"] + 7 * parts["image_loss"]) / 8, rel=1e-5)
-    only_image, _ = prior_loss(model, TokenBatch(text, image), PriorObjective(0.0, 1.0))
+    only_image, _ = prior_loss(model, batch, PriorObjective(text_weight=0.0, image_weight=1.0))
     assert only_image.item() == pytest.approx(parts["image_loss"], rel=1e-5)
 
 
@@ -166,7 +167,7 @@ def test_generator_folder_round_trip(tmp_path, model: Generator) -> None:
 
 def test_held_out_prior_metrics_average_over_batches(model: Generator) -> None:
     from clipforge.dalle.batches import TokenPairs
-    from clipforge.dalle.evaluation import prior_metrics
+    from clipforge.train.dalle_objectives import prior_metrics
 
     pairs = TokenPairs(_text(3), torch.randint(0, 16, (3, 64)))
     whole = prior_loss(model, TokenBatch(pairs.text, pairs.image), PriorObjective())[1]

@@ -1,2 +1,2 @@
-"""DALL-E-style text-to-image pieces: training objectives for the dVAE and the transformer, skill-scene
-batches, image-token caching and sampling."""
+"""DALL-E-style text-to-image pieces: skill-scene batches, image-token caching and sampling (the two
+stages' losses and training tasks live in `train.dalle_objectives` and `train.dalle_tasks`)."""

@@ -17,9 +17,10 @@ from typing import Any
 from clipforge.device import DEVICES
 from clipforge.errors import ConfigError
 from clipforge.fileio import MAX_JSON_BYTES, read_regular_file
+from clipforge.train.dalle_objectives import DVAEObjective, PriorObjective
 from clipforge.typed import parse_dataclass, to_dict
 
-TASKS = ("contrastive",)  # one entry per kind of model the engine trains (see `train.tasks`)
+TASKS = ("contrastive", "dvae", "prior")  # one entry per kind of model the engine trains (see `train.tasks`)
 LOSSES = ("infonce", "siglip")
 SCHEDULES = ("cosine", "constant")
 
@@ -163,8 +164,11 @@ class TrainRunConfig:
     """Everything a training run needs.
 
     Attributes:
-        task: what kind of model is trained, and so which loss, batches and evaluation the engine uses;
-            ``contrastive`` (CLIP, SigLIP, LiT) is the only kind today.
+        task: what kind of model is trained, and so which loss, batches and evaluation the engine uses:
+            ``contrastive`` (CLIP, SigLIP, LiT), ``dvae`` (DALL-E's discrete VAE) or ``prior`` (the
+            DALL-E-style transformer over caption and dVAE image tokens).
+        dvae: the dVAE objective and its schedules (task ``dvae``).
+        prior: the transformer's objective and its dVAE (task ``prior``).
     """
 
     task: str = "contrastive"
@@ -173,6 +177,8 @@ class TrainRunConfig:
     train: TrainSection = field(default_factory=TrainSection)
     loss: LossSection = field(default_factory=LossSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    dvae: DVAEObjective = field(default_factory=DVAEObjective)
+    prior: PriorObjective = field(default_factory=PriorObjective)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "train config") -> TrainRunConfig:
@@ -219,6 +225,8 @@ def validate(config: TrainRunConfig, where: str) -> None:
     scale = t.backbone_lr_scale
     _check(scale >= 0, where, f"train.backbone_lr_scale must be >= 0, got {scale}")
     _validate_model(config, where)
+    _check(config.task == "contrastive" or config.data.source == "synthetic", where,
+           f"task '{config.task}' trains on the synthetic skill scenes: data.source must be 'synthetic'")
 
 
 def _validate_model(config: TrainRunConfig, where: str) -> None:

@@ -8,12 +8,17 @@ from typing import Any
 from clipforge.progress import Say
 from clipforge.train.config import TrainRunConfig
 from clipforge.train.contrastive import ContrastiveTask
+from clipforge.train.dalle_tasks import DVAETask, PriorTask
 from clipforge.train.task import Task
 
 TaskFactory = Callable[[TrainRunConfig, Say], Task[Any, Any]]
 
 # Keys match `train.config.TASKS`, which validates the config before anything is built.
-TASK_FACTORIES: dict[str, TaskFactory] = {"contrastive": ContrastiveTask}
+TASK_FACTORIES: dict[str, TaskFactory] = {
+    "contrastive": ContrastiveTask,
+    "dvae": DVAETask,
+    "prior": PriorTask,
+}
 
 
 def build_task(config: TrainRunConfig, say: Say) -> Task[Any, Any]:

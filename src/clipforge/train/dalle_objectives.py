@@ -1,4 +1,4 @@
-"""The losses of both DALL-E stages, as functions of (model, batch, step) a training engine can drive.
+"""The losses and held-out metrics of both DALL-E stages, and their config sections (`[dvae]`, `[prior]`).
 
 dVAE: mean squared reconstruction error of pixels in [0, 1] plus β·KL(q ‖ uniform), the KL averaged
 over grid cells, with β warmed up linearly and the Gumbel-softmax temperature annealed exponentially
@@ -7,6 +7,10 @@ over grid cells, with β warmed up linearly and the Gumbel-softmax temperature a
 Transformer: cross-entropy of the next text token (padding tokens included, as in DALL-E) and of
 the next image token, combined as ``(w_text · text + w_image · image) / (w_text + w_image)``
 (DALL-E: 1 and 7).
+
+Held-out metrics: the dVAE's reconstruction error on the hard path (argmax tokens decoded, as the
+generator uses it) and codebook usage over the whole set; the transformer's teacher-forced text and
+image cross-entropy.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clipforge.dalle.batches import ImageBatch, TokenBatch
+from clipforge.dalle.batches import ImageBatch, TokenBatch, TokenPairs
 from clipforge.errors import ConfigError
 from clipforge.models.dvae import DVAE
 from clipforge.models.generator import Generator
@@ -86,14 +90,21 @@ def dvae_loss(model: DVAE, batch: ImageBatch, objective: DVAEObjective
 
 @dataclass(frozen=True)
 class PriorObjective:
-    """The transformer loss.
+    """The transformer's training: its loss, and which dVAE tokenizes its images.
 
     Attributes:
+        dvae: a trained dVAE folder whose weights the generator embeds and whose tokens it learns
+            (its architecture must equal the generator's `dvae`); "" keeps the generator's own
+            (random) dVAE, for tests.
+        token_cache: folder where the training pairs' image tokens are cached, keyed by the dVAE's
+            weights and the data ("" = no cache).
         text_weight, image_weight: weights of the two cross-entropies (DALL-E: 1 and 7).
         caption_dropout: probability that a training caption is replaced by the empty one, which
             teaches the unconditional model that classifier-free guidance needs.
     """
 
+    dvae: str = ""
+    token_cache: str = ""
     text_weight: float = 1.0
     image_weight: float = 7.0
     caption_dropout: float = 0.1
@@ -115,3 +126,24 @@ def prior_loss(model: Generator, batch: TokenBatch, objective: PriorObjective
     weights = objective.text_weight + objective.image_weight
     loss = (objective.text_weight * text_loss + objective.image_weight * image_loss) / weights
     return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}
+
+
+@torch.no_grad()
+def dvae_metrics(model: DVAE, images: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+    """``recon_mse`` of decoded argmax tokens, ``perplexity`` and ``dead_codes`` on pixels [N, 3, S, S]."""
+    tokens = torch.cat([model.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    error = sum(float(((model.decode(tokens[i : i + batch_size]) - images[i : i + batch_size]) ** 2).sum())
+                for i in range(0, len(images), batch_size))
+    return {"recon_mse": error / images.numel(), **code_usage(tokens, model.config.codebook_size)}
+
+
+@torch.no_grad()
+def prior_metrics(model: Generator, pairs: TokenPairs, batch_size: int = 256) -> dict[str, float]:
+    """Mean teacher-forced ``text_loss`` and ``image_loss`` over held-out pairs."""
+    totals = {"text_loss": 0.0, "image_loss": 0.0}
+    for start in range(0, len(pairs), batch_size):
+        batch = TokenBatch(pairs.text[start : start + batch_size], pairs.image[start : start + batch_size])
+        parts = prior_loss(model, batch, PriorObjective())[1]
+        for key in totals:
+            totals[key] += parts[key] * len(batch)
+    return {key: value / len(pairs) for key, value in totals.items()}

@@ -1,0 +1,131 @@
+"""Both DALL-E stages trained by the one training engine: dVAE and transformer tasks, token cache, resume."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import clipforge
+from clipforge.errors import ConfigError
+from clipforge.models.dvae import DVAE
+from clipforge.models.generator import Generator
+from clipforge.train import load_config, load_run_config, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
+COMMON = ["data.n_val=16", "train.batch_size=8", "train.threads=1", "train.warmup_steps=1",
+          "train.log_every=1"]
+
+
+def _dvae_config(*overrides: str):
+    return load_config(REPO / "configs" / "dvae-skills.toml",
+                       ["model.name=tiny-dvae", "train.steps=4", "eval.every=2", *COMMON, *overrides])
+
+
+def _prior_config(dvae: Path | str, cache: Path, *overrides: str):
+    return load_config(REPO / "configs" / "generator-skills.toml",
+                       ["model.name=tiny-generator", f"prior.dvae={dvae}", f"prior.token_cache={cache}",
+                        "data.n_train=40", "train.steps=6", "eval.every=3", *COMMON, *overrides])
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dvae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("dvae") / "run"
+    train(_dvae_config(), run)
+    return run
+
+
+def test_dvae_trains_logs_usage_and_saves_a_loadable_final(dvae_run: Path) -> None:
+    steps = [r for r in _log(dvae_run) if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert set(steps[0]) >= {"recon_mse", "kl", "temperature", "beta", "perplexity", "dead_codes"}
+    assert steps[0]["temperature"] == 1.0 and steps[1]["temperature"] < 1.0  # the anneal runs on steps
+    evals = [r["eval"] for r in _log(dvae_run) if "eval" in r]
+    assert len(evals) == 2 and set(evals[0]) == {"recon_mse", "perplexity", "dead_codes"}
+    model = clipforge.load_folder(dvae_run / "final")
+    assert isinstance(model, DVAE) and model.config == clipforge.models.registry.get_any_config("tiny-dvae")
+
+
+def test_prior_embeds_the_trained_dvae_and_caches_its_tokens(dvae_run: Path, tmp_path: Path) -> None:
+    train(_prior_config(dvae_run / "final", tmp_path / "cache"), tmp_path / "prior")
+    generator = clipforge.load_folder(tmp_path / "prior" / "final")
+    dvae = clipforge.load_folder(dvae_run / "final")
+    assert isinstance(generator, Generator) and isinstance(dvae, DVAE)
+    for name, tensor in dvae.state_dict().items():
+        assert torch.equal(generator.dvae.state_dict()[name], tensor), name  # frozen: unchanged by training
+    assert len(list((tmp_path / "cache").glob("pairs-*.safetensors"))) == 2  # training pool and held-out
+    steps = [r for r in _log(tmp_path / "prior") if "loss" in r]
+    assert set(steps[0]) >= {"text_loss", "image_loss"} and len(steps) == 6
+
+
+def test_prior_resumes_bit_for_bit(dvae_run: Path, tmp_path: Path) -> None:
+    config = _prior_config(dvae_run / "final", tmp_path / "cache", "train.checkpoint_every=3")
+    train(config, tmp_path / "full")
+    partial = tmp_path / "partial"  # died after step 4: the step-3 checkpoint and a log to step 4 survive
+    shutil.copytree(tmp_path / "full", partial)
+    shutil.rmtree(partial / "final")
+    shutil.rmtree(partial / "checkpoints" / "step_000006")
+    lines = (partial / "log.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["step"] <= 4]
+    (partial / "log.jsonl").write_text("".join(line + "\n" for line in kept))
+    train(load_run_config(partial), partial, resume=True)
+    full, resumed = (load_file(str(r / "final" / "model.safetensors")) for r in (tmp_path / "full", partial))
+    for name, tensor in full.items():
+        assert torch.equal(tensor, resumed[name]), name
+    def losses(run: Path) -> list[tuple[int, float]]:
+        return [(r["step"], r["loss"]) for r in _log(run) if "loss" in r]
+
+    assert losses(partial) == losses(tmp_path / "full") and len(losses(partial)) == 6
+
+
+def test_wrong_models_and_data_are_one_line_errors(dvae_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="task 'dvae' trains a DVAE; model.name 'tiny-vit' is a CLIP"):
+        train(_dvae_config("model.name=tiny-vit"), tmp_path / "a")
+    with pytest.raises(ConfigError, match="data.source must be 'synthetic'"):
+        _dvae_config("data.source=coco:x")
+    other = clipforge.save(clipforge.models.registry.create_any_model("skills-dvae-32"), tmp_path / "big")
+    with pytest.raises(ConfigError, match="not a dVAE with the generator's dvae architecture"):
+        train(_prior_config(other, tmp_path / "cache"), tmp_path / "b")
+
+
+def _cli(*args: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "clipforge.cli.main", "train", *args]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_prior_sigkill_then_resume_ends_bit_identical(dvae_run: Path, tmp_path: Path) -> None:
+    config = REPO / "configs" / "generator-skills.toml"
+    sets = ["model.name=tiny-generator", f"prior.dvae={dvae_run / 'final'}", f"prior.token_cache={tmp_path}",
+            "data.n_train=64", "data.n_val=16", "train.batch_size=8", "train.threads=1", "train.steps=40",
+            "train.checkpoint_every=10", "train.log_every=1", "eval.every=20"]
+    overrides = [arg for item in sets for arg in ("--set", item)]
+    full = _cli(str(config), "--out", str(tmp_path / "full"), *overrides)
+    killed = _cli(str(config), "--out", str(tmp_path / "killed"), *overrides)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "killed" / "checkpoints" / "step_000020").is_dir():
+        assert killed.poll() is None and time.monotonic() < deadline, "run ended before step_000020"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "final").exists()
+    resumed = _cli("--resume", str(tmp_path / "killed"))
+    assert resumed.wait(timeout=240) == 0, resumed.stderr.read() if resumed.stderr else ""
+    assert full.wait(timeout=240) == 0, full.stderr.read() if full.stderr else ""
+    expected = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    got = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
+    assert set(expected) == set(got)
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, got[name]), name
+    assert [r["step"] for r in _log(tmp_path / "killed") if "loss" in r] == list(range(1, 41))
