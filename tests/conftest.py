@@ -2,7 +2,10 @@ import importlib
 import importlib.util
 import os
 import random
+import signal
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -124,3 +127,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _train_cli(*args: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "clipforge.cli.main", "train", *args]
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def sigkill_then_resume(args: list[str], out: Path, kill_at: int) -> tuple[Path, Path]:
+    """Runs `clipforge train ARGS` to the end in `out/full` and, beside it, in `out/killed` SIGKILLed once
+    checkpoint `kill_at` exists and then resumed; returns the two run folders (both finished)."""
+    full = _train_cli(*args, "--out", str(out / "full"))
+    killed = _train_cli(*args, "--out", str(out / "killed"))
+    deadline = time.monotonic() + 240
+    while not (out / "killed" / "checkpoints" / f"step_{kill_at:06d}").is_dir():
+        assert killed.poll() is None and time.monotonic() < deadline, f"run ended before step {kill_at}"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (out / "killed" / "final").exists()
+    resumed = _train_cli("--resume", str(out / "killed"))
+    assert resumed.wait(timeout=240) == 0, resumed.stderr.read() if resumed.stderr else ""
+    assert full.wait(timeout=240) == 0, full.stderr.read() if full.stderr else ""
+    return out / "full", out / "killed"
+
+
+@pytest.fixture
+def sigkill_run():
+    """`sigkill_then_resume`: a training run killed with SIGKILL and resumed, beside an uninterrupted one."""
+    return sigkill_then_resume

@@ -2,10 +2,6 @@
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -99,30 +95,13 @@ def test_wrong_models_and_data_are_one_line_errors(dvae_run: Path, tmp_path: Pat
         train(_prior_config(other, tmp_path / "cache"), tmp_path / "b")
 
 
-def _cli(*args: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "clipforge.cli.main", "train", *args]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 @pytest.mark.slow
-def test_prior_sigkill_then_resume_ends_bit_identical(dvae_run: Path, tmp_path: Path) -> None:
+def test_prior_sigkill_then_resume_ends_bit_identical(dvae_run: Path, tmp_path: Path, sigkill_run) -> None:
     config = REPO / "configs" / "generator-skills.toml"
     sets = ["model.name=tiny-generator", f"prior.dvae={dvae_run / 'final'}", f"prior.token_cache={tmp_path}",
             "data.n_train=64", "data.n_val=16", "train.batch_size=8", "train.threads=1", "train.steps=40",
             "train.checkpoint_every=10", "train.log_every=1", "eval.every=20"]
-    overrides = [arg for item in sets for arg in ("--set", item)]
-    full = _cli(str(config), "--out", str(tmp_path / "full"), *overrides)
-    killed = _cli(str(config), "--out", str(tmp_path / "killed"), *overrides)
-    deadline = time.monotonic() + 240
-    while not (tmp_path / "killed" / "checkpoints" / "step_000020").is_dir():
-        assert killed.poll() is None and time.monotonic() < deadline, "run ended before step_000020"
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert not (tmp_path / "killed" / "final").exists()
-    resumed = _cli("--resume", str(tmp_path / "killed"))
-    assert resumed.wait(timeout=240) == 0, resumed.stderr.read() if resumed.stderr else ""
-    assert full.wait(timeout=240) == 0, full.stderr.read() if full.stderr else ""
+    sigkill_run([str(config), *[arg for item in sets for arg in ("--set", item)]], tmp_path, kill_at=20)
     expected = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     got = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
     assert set(expected) == set(got)

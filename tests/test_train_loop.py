@@ -3,10 +3,6 @@
 import json
 import math
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -100,26 +96,10 @@ def test_resume_from_a_checkpoint_continues_bit_for_bit(tmp_path: Path) -> None:
     assert losses(partial) == losses(tmp_path / "full") and len(losses(partial)) == 6
 
 
-def _cli(*args: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "clipforge.cli.main", "train", *args]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 @pytest.mark.slow
-def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path) -> None:
+def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path, sigkill_run) -> None:
     overrides = ["--set", "train.steps=60", "--set", "train.checkpoint_every=20"]
-    full = _cli(str(TINY), "--out", str(tmp_path / "full"), *overrides)
-    killed = _cli(str(TINY), "--out", str(tmp_path / "killed"), *overrides)
-    deadline = time.monotonic() + 240
-    while not (tmp_path / "killed" / "checkpoints" / "step_000040").is_dir():
-        assert killed.poll() is None and time.monotonic() < deadline, "run ended before step_000040"
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert not (tmp_path / "killed" / "final").exists()
-    resumed = _cli("--resume", str(tmp_path / "killed"))
-    assert resumed.wait(timeout=240) == 0, resumed.stderr.read() if resumed.stderr else ""
-    assert full.wait(timeout=240) == 0, full.stderr.read() if full.stderr else ""
+    sigkill_run([str(TINY), *overrides], tmp_path, kill_at=40)
     expected, got = _weights(tmp_path / "full"), _weights(tmp_path / "killed")
     assert set(expected) == set(got)
     for name, tensor in expected.items():
