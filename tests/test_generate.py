@@ -13,6 +13,7 @@ from clipforge.generate import GenerateConfig, generate
 from clipforge.generate.prompts import read_prompt_file, read_skill_prompts
 from clipforge.generate.rerank import ClipReranker, rank_order
 from clipforge.models.registry import create_any_model
+from clipforge.skills import SkillSetConfig, load_skill_set, make_skill_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,23 +24,19 @@ def generator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _skill_set(root: Path) -> Path:
-    records = {"color": [{"id": "0", "text": "a red star", "skill": "color", "split": "val"},
-                         {"id": "1", "text": "a blue circle", "skill": "color", "split": "val"}],
-               "spatial": [{"id": "0", "text": "a star above a square", "skill": "spatial", "split": "val"}]}
-    for skill, data in records.items():
-        folder = root / skill / "scenes"
-        folder.mkdir(parents=True)
-        (folder / f"{skill}_val.json").write_text(json.dumps({"data": data}))
+    """A real skill set (two val prompts per skill, 32 px), as `clipforge skills make` writes it."""
+    make_skill_set(root, SkillSetConfig(n_per_skill=2, image_size=32))
     return root
 
 
 def test_skill_set_prompts_keep_skill_and_id(tmp_path: Path) -> None:
     prompts = read_skill_prompts(_skill_set(tmp_path), "val")
-    assert [(p.skill, p.id, p.text) for p in prompts] == [("color", "0", "a red star"),
-                                                          ("color", "1", "a blue circle"),
-                                                          ("spatial", "0", "a star above a square")]
-    with pytest.raises(DataError, match="no skill set"):
-        read_skill_prompts(tmp_path, "train")
+    records = load_skill_set(tmp_path, "val")
+    assert [(p.skill, p.id, p.text) for p in prompts] == [
+        (skill, r.id, r.text) for skill in ("object", "count", "color", "spatial") for r in records[skill]]
+    assert len(prompts) == 8
+    with pytest.raises(DataError, match="no skill set|no skill file"):
+        read_skill_prompts(tmp_path / "nothing", "val")
     (tmp_path / "color" / "scenes" / "color_val.json").write_text("{}")
     with pytest.raises(DataError, match="color_val.json"):
         read_skill_prompts(tmp_path, "val")

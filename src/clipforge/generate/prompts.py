@@ -3,13 +3,11 @@ PaintSkills-format skill set (``DIR/{skill}/scenes/{skill}_{split}.json``, see `
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from clipforge.errors import DataError
-
-SKILL_NAMES = ("object", "count", "color", "spatial")
+from clipforge.skills import load_skill_set
 
 
 @dataclass(frozen=True)
@@ -43,16 +41,5 @@ def read_skill_prompts(root: Path, split: str) -> list[Prompt]:
     Raises:
         DataError: no skill file of that split exists, or one is malformed (the message names it).
     """
-    files = [(skill, root / skill / "scenes" / f"{skill}_{split}.json") for skill in SKILL_NAMES]
-    found = [(skill, path) for skill, path in files if path.is_file()]
-    if not found:
-        raise DataError(f"no skill set in {root}: expected e.g. {files[0][1]}")
-    return [prompt for skill, path in found for prompt in _skill_file(skill, path)]
-
-
-def _skill_file(skill: str, path: Path) -> list[Prompt]:
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))["data"]
-        return [Prompt(str(r["text"]), skill, str(r["id"])) for r in records]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DataError(f"malformed skill file {path}: {type(err).__name__}: {err}") from err
+    records = load_skill_set(root, split)
+    return [Prompt(r.text, skill, r.id) for skill, rs in records.items() for r in rs]

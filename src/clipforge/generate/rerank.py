@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, cast
 
 import numpy as np
 import torch
 from PIL import Image
 
 from clipforge.checkpoint import load
-from clipforge.errors import ConfigError
-from clipforge.models.dvae import DVAE
-from clipforge.models.generator import Generator
-
-
-class _Contrastive(Protocol):
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
-
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
 
 
 class ClipReranker:
     """Scores (image, prompt) pairs with a CLIP model loaded from `spec`."""
 
     def __init__(self, spec: str, batch_size: int = 256) -> None:
-        model, self.preprocess, self.tokenizer = load(spec)
-        if isinstance(model, DVAE | Generator) or self.tokenizer is None:
-            raise ConfigError(f"--rerank needs a CLIP model; {spec} is a {type(model).__name__}")
-        self.model = cast(_Contrastive, model)
+        self.model, self.preprocess, self.tokenizer = load(spec)  # a dVAE or generator folder is refused
         self.batch_size = batch_size
 
     @torch.no_grad()
