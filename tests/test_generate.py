@@ -13,7 +13,12 @@ from clipforge.generate import GenerateConfig, generate
 from clipforge.generate.prompts import read_prompt_file, read_skill_prompts
 from clipforge.generate.rerank import ClipReranker, rank_order
 from clipforge.models.registry import create_any_model
-from clipforge.skills import SkillSetConfig, load_skill_set, make_skill_set
+from clipforge.skills import (
+    SkillSetConfig,
+    load_skill_set,
+    make_skill_set,
+    read_images,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -113,3 +118,34 @@ def test_readme_generate_line_runs_as_written(tmp_path: Path, monkeypatch: pytes
     result = CliRunner().invoke(main, shlex.split(line)[1:])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "gen-demo" / "images").glob("*.png"))) == 8
+
+
+def test_rerank_experiment_scores_every_picker_under_the_oracle_ceiling(
+        tmp_path: Path, generator_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipforge.generate import experiment
+
+    clip = str(clipforge.save(clipforge.create_model("tiny-vit"), tmp_path / "clip"))
+    skills = _skill_set(tmp_path / "skills")
+    records = load_skill_set(skills, "val")
+    truth = read_images(skills, records)
+    blank = Image.new("RGB", (32, 32))
+
+    def candidates(model, prompts, n, seed, sampling):  # prompt i: its true render at position i % 2
+        rows = []
+        for i, prompt in enumerate(prompts):
+            row = [blank] * n
+            row[i % 2] = truth.images[prompt.skill][prompt.id][0]
+            rows.append(row)
+        return rows
+
+    monkeypatch.setattr(experiment, "draw_candidates", candidates)
+    config = experiment.RerankExperiment(str(generator_dir), skills, (("tiny", clip),), n=3, seed=1)
+    result = experiment.run_rerank_experiment(config)
+    assert list(result["pickers"]) == ["none", "tiny", "oracle"]
+    for skill in ("object", "count", "color", "spatial"):
+        assert result["pickers"]["none"][skill]["accuracy"] == 0.5  # the first of each skill's two prompts
+        assert result["pickers"]["oracle"][skill]["accuracy"] == 1.0
+        assert result["pickers"]["tiny"][skill]["accuracy"] <= 1.0
+        assert result["upper_bound"][skill]["accuracy"] == 1.0
+    with pytest.raises(ConfigError, match="distinct re-ranker names"):
+        experiment.RerankExperiment(str(generator_dir), skills, (("oracle", clip),))

@@ -1,0 +1,106 @@
+"""The re-ranking experiment: how much of a generator's skill failures does re-ranking with a CLIP repair?
+
+For every prompt of a skill set's split, `n` candidates are drawn once; then each picker keeps one:
+``none`` (the first candidate drawn, i.e. no re-ranking), each named CLIP re-ranker (the candidate it
+scores highest), and the ``oracle`` (any candidate the skill parser accepts: best of `n`, the ceiling
+of every re-ranker). Every picker's choices are scored by the skill evaluator with bootstrap CIs, beside
+its controls (ground-truth renders, shuffled prompts, chance), per skill and per case (held-out
+compositional combinations apart).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from clipforge.dalle.sampling import SamplingConfig
+from clipforge.errors import ConfigError
+from clipforge.generate.job import candidate_scores, draw_candidates, load_generator
+from clipforge.generate.prompts import Prompt, read_skill_prompts
+from clipforge.generate.rerank import ClipReranker
+from clipforge.skills import ImageSet, ScoreConfig, evaluate, load_skill_set, read_images
+
+NO_RERANKING = "none"
+ORACLE = "oracle"
+
+
+@dataclass(frozen=True)
+class RerankExperiment:
+    """One run of the experiment.
+
+    Attributes:
+        generator: a generator folder.
+        skills: a skill set folder (`clipforge skills make`); its `split` prompts are drawn.
+        rerankers: ``(name, CLIP spec)`` pairs, e.g. ``("hardneg", "runs/qs/hardneg/final")``.
+        n: candidates per prompt.
+        seed: the candidates' seed (candidate k of prompt p: ``image_seed(seed, p, k)``).
+        sampling: temperature, top-k/p and guidance.
+    """
+
+    generator: str
+    skills: Path
+    rerankers: tuple[tuple[str, str], ...] = ()
+    n: int = 16
+    split: str = "val"
+    seed: int = 0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.rerankers]
+        if self.n < 1 or len(set(names)) != len(names) or {NO_RERANKING, ORACLE} & set(names):
+            raise ConfigError(f"rerank experiment: need n >= 1 and distinct re-ranker names other than "
+                              f"'{NO_RERANKING}' and '{ORACLE}', got n={self.n}, names={names}")
+
+
+def picked(prompts: list[Prompt], candidates: list[list[Image.Image]], choice: list[list[int]]) -> ImageSet:
+    """The chosen candidates of every prompt as an `ImageSet` the skill evaluator scores."""
+    images = ImageSet()
+    for prompt, group, chosen in zip(prompts, candidates, choice, strict=True):
+        for k in chosen:
+            name = f"{prompt.skill}/image_{prompt.id}_{k}.png"
+            images.add(str(prompt.skill), str(prompt.id), group[k], name)
+    return images
+
+
+def picker_choices(config: RerankExperiment, prompts: list[Prompt], candidates: list[list[Image.Image]]
+                   ) -> dict[str, list[list[int]]]:
+    """Which candidates each picker keeps, per prompt (the oracle keeps all: it is scored best-of-n)."""
+    choices = {NO_RERANKING: [[0] for _ in prompts]}
+    for name, spec in config.rerankers:
+        scores = candidate_scores(ClipReranker(spec), prompts, candidates)
+        choices[name] = [[int(np.argmax(s))] for s in scores if s is not None]
+    choices[ORACLE] = [list(range(config.n)) for _ in prompts]
+    return choices
+
+
+def summarize(report: dict[str, Any], best_of_n: bool) -> dict[str, Any]:
+    """Per skill: accuracy with its CI and per-case blocks (best-of-n accuracy for the oracle)."""
+    out = {}
+    for skill, block in report["skills"].items():
+        main = block.get("best_of_k", block) if best_of_n else block  # n = 1: best of one is the one
+        cases = {} if best_of_n else block["per_case"]
+        out[skill] = {"accuracy": main["accuracy"], "ci95": main["ci95"], "n_prompts": main["n_prompts"],
+                      "per_case": cases}
+    return out
+
+
+def run_rerank_experiment(config: RerankExperiment) -> dict[str, Any]:
+    """Draws the candidates once, applies every picker and scores each with the skill evaluator."""
+    records = load_skill_set(config.skills, config.split)
+    truth = read_images(config.skills, records)
+    prompts = read_skill_prompts(config.skills, config.split)
+    candidates = draw_candidates(load_generator(config.generator), prompts, config.n, config.seed,
+                                 config.sampling)
+    pickers: dict[str, Any] = {}
+    controls: dict[str, Any] = {}
+    for name, choice in picker_choices(config, prompts, candidates).items():
+        images = picked(prompts, candidates, choice)
+        report = evaluate(records, images, truth, ScoreConfig(seed=config.seed)).report
+        pickers[name] = summarize(report, best_of_n=name == ORACLE)
+        controls = {key: report[key] for key in ("upper_bound", "shuffle", "chance")}
+    return {"generator": config.generator, "n": config.n, "seed": config.seed, "split": config.split,
+            "rerankers": dict(config.rerankers), "pickers": pickers, **controls}
