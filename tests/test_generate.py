@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -12,7 +13,8 @@ from clipforge.errors import ConfigError, DataError
 from clipforge.generate import GenerateConfig, generate
 from clipforge.generate.prompts import read_prompt_file, read_skill_prompts
 from clipforge.generate.rerank import ClipReranker, rank_order
-from clipforge.models.registry import create_any_model
+from clipforge.models.dvae import DVAE
+from clipforge.models.registry import create_any_model, get_any_config
 from clipforge.skills import (
     SkillSetConfig,
     load_skill_set,
@@ -149,3 +151,30 @@ def test_rerank_experiment_scores_every_picker_under_the_oracle_ceiling(
         assert result["upper_bound"][skill]["accuracy"] == 1.0
     with pytest.raises(ConfigError, match="distinct re-ranker names"):
         experiment.RerankExperiment(str(generator_dir), skills, (("oracle", clip),))
+
+
+class _Lookup(DVAE):
+    """A perfect 'dVAE': each image's tokens are its index in a table, decoded back exactly."""
+
+    def __init__(self) -> None:
+        super().__init__(get_any_config("tiny-dvae"))
+        self.table: list[torch.Tensor] = []
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.table += list(images)
+        first = len(self.table) - len(images)
+        return torch.arange(first, len(self.table))[:, None].repeat(1, 64) % 16  # [B, G * G]
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.table[-len(tokens):])
+
+
+def test_reconstruction_report_scores_what_the_dvae_draws_back(tmp_path: Path) -> None:
+    from clipforge.generate.experiment import reconstruction_report
+
+    skills = _skill_set(tmp_path / "skills")
+    perfect = reconstruction_report(_Lookup(), skills)
+    assert all(block["accuracy"] == 1.0 for block in perfect["skills"].values())
+    assert perfect["dead_codes"] == 8 and perfect["perplexity"] == pytest.approx(8.0)  # codes 0..7, 64 each
+    random_dvae = reconstruction_report(create_any_model("tiny-dvae").eval(), skills)
+    assert all(block["accuracy"] < 1.0 for block in random_dvae["skills"].values())

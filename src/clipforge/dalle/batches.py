@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from clipforge.dalle.scenes import SkillScene, SkillSceneConfig, skill_scene
 from clipforge.models.dvae import DVAE
@@ -21,7 +22,12 @@ from clipforge.tokenizer import TextTokenizer
 
 def pixels(scenes: Sequence[SkillScene]) -> torch.Tensor:
     """Rendered scenes as float pixels [B, 3, S, S] in [0, 1]."""
-    arrays = np.stack([np.asarray(s.render()) for s in scenes])  # [B, S, S, 3]
+    return image_pixels([s.render() for s in scenes])
+
+
+def image_pixels(images: Sequence[Image.Image]) -> torch.Tensor:
+    """RGB images of one size as float pixels [B, 3, S, S] in [0, 1]."""
+    arrays = np.stack([np.asarray(image.convert("RGB")) for image in images])  # [B, S, S, 3]
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, S, S]
 
 

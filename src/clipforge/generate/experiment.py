@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
+from clipforge.dalle.batches import image_pixels
 from clipforge.dalle.sampling import SamplingConfig
 from clipforge.errors import ConfigError
-from clipforge.generate.job import candidate_scores, draw_candidates, load_generator
+from clipforge.generate.job import candidate_scores, draw_candidates, load_generator, to_pil
 from clipforge.generate.prompts import Prompt, read_skill_prompts
 from clipforge.generate.rerank import ClipReranker
+from clipforge.models.dvae import DVAE
 from clipforge.skills import ImageSet, ScoreConfig, evaluate, load_skill_set, read_images
+from clipforge.train.dalle_objectives import code_usage
 
 NO_RERANKING = "none"
 ORACLE = "oracle"
@@ -104,3 +108,22 @@ def run_rerank_experiment(config: RerankExperiment) -> dict[str, Any]:
         controls = {key: report[key] for key in ("upper_bound", "shuffle", "chance")}
     return {"generator": config.generator, "n": config.n, "seed": config.seed, "split": config.split,
             "rerankers": dict(config.rerankers), "pickers": pickers, **controls}
+
+
+@torch.no_grad()
+def reconstruction_report(dvae: DVAE, skills: Path, split: str = "val") -> dict[str, Any]:
+    """The skill evaluator on dVAE reconstructions (argmax tokens decoded) of a skill set's ground truth,
+    with the codebook usage of those tokens: what the generator could draw at best."""
+    records = load_skill_set(skills, split)
+    truth = read_images(skills, records)
+    rebuilt = ImageSet()
+    tokens = []
+    for skill, by_id in truth.images.items():
+        for record_id, images in by_id.items():
+            codes = dvae.encode(image_pixels(images))  # [k, G * G]
+            tokens.append(codes)
+            for k, image in enumerate(to_pil(dvae.decode(codes))):
+                rebuilt.add(skill, record_id, image, f"{skill}/image_{record_id}_{k}.png")
+    report = evaluate(records, rebuilt, truth, ScoreConfig()).report
+    usage = code_usage(torch.cat(tokens), dvae.config.codebook_size)
+    return {"skills": summarize(report, best_of_n=False), **usage}
