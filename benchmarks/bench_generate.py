@@ -1,6 +1,6 @@
 """Sampling speed of a generator: key/value-cache decoding vs recomputing the prefix for every token.
 
-    python benchmarks/bench_generate.py [--model dalle-32px] [--images 64] [--threads 2] [--write]
+    python benchmarks/bench_generate.py [--model skills-generator-32] [--images 64] [--threads 2] [--write]
 
 Draws the same images both ways (same seeds, so the same tokens: checked) at the architecture's own
 image-token length, and reports images/s and the speed-up (tokens and decoding to pixels included).
@@ -28,7 +28,7 @@ def time_sampling(model, text, seeds, config) -> tuple[float, object]:  # noqa: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="dalle-32px")
+    parser.add_argument("--model", default="skills-generator-32")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--cond-scale", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
