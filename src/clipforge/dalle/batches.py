@@ -44,6 +44,9 @@ class ImageBatch:
     def rows(self, start: int, stop: int) -> ImageBatch:
         return ImageBatch(self.images[start:stop], self.step)
 
+    def to(self, device: torch.device) -> ImageBatch:
+        return ImageBatch(self.images.to(device), self.step)
+
 
 class SceneBatches:
     """Endless batches of rendered skill scenes: batch i holds scenes i*B .. (i+1)*B - 1 of the stream."""
@@ -77,6 +80,9 @@ class TokenBatch:
 
     def rows(self, start: int, stop: int) -> TokenBatch:
         return TokenBatch(self.text[start:stop], self.image[start:stop])
+
+    def to(self, device: torch.device) -> TokenBatch:
+        return TokenBatch(self.text.to(device), self.image.to(device))
 
 
 @dataclass

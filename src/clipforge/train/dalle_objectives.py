@@ -130,19 +130,24 @@ def prior_loss(model: Generator, batch: TokenBatch, objective: PriorObjective
 
 @torch.no_grad()
 def dvae_metrics(model: DVAE, images: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
-    """``recon_mse`` of decoded argmax tokens, ``perplexity`` and ``dead_codes`` on pixels [N, 3, S, S]."""
-    tokens = torch.cat([model.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-    error = sum(float(((model.decode(tokens[i : i + batch_size]) - images[i : i + batch_size]) ** 2).sum())
-                for i in range(0, len(images), batch_size))
-    return {"recon_mse": error / images.numel(), **code_usage(tokens, model.config.codebook_size)}
+    """``recon_mse`` of decoded argmax tokens, ``perplexity`` and ``dead_codes`` on pixels [N, 3, S, S]
+    (moved, a batch at a time, to the model's device)."""
+    device = model.codebook.weight.device
+    chunks = [images[i : i + batch_size].to(device) for i in range(0, len(images), batch_size)]
+    tokens = [model.encode(chunk) for chunk in chunks]
+    pairs = zip(tokens, chunks, strict=True)
+    error = sum(float(((model.decode(t) - chunk) ** 2).sum()) for t, chunk in pairs)
+    return {"recon_mse": error / images.numel(), **code_usage(torch.cat(tokens), model.config.codebook_size)}
 
 
 @torch.no_grad()
 def prior_metrics(model: Generator, pairs: TokenPairs, batch_size: int = 256) -> dict[str, float]:
     """Mean teacher-forced ``text_loss`` and ``image_loss`` over held-out pairs."""
     totals = {"text_loss": 0.0, "image_loss": 0.0}
+    device = model.image_head.weight.device
     for start in range(0, len(pairs), batch_size):
-        batch = TokenBatch(pairs.text[start : start + batch_size], pairs.image[start : start + batch_size])
+        rows = slice(start, start + batch_size)
+        batch = TokenBatch(pairs.text[rows], pairs.image[rows]).to(device)
         parts = prior_loss(model, batch, PriorObjective())[1]
         for key in totals:
             totals[key] += parts[key] * len(batch)
