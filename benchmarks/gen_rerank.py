@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generator", type=_pair, action="append", default=[])
     parser.add_argument("--rerank", type=_pair, action="append", default=[])
     parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--split", default="val", help="val (held-out) or train (dev, to choose settings on)")
+    parser.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from clipforge.checkpoint import load_folder
+    from clipforge.dalle.sampling import SamplingConfig
     from clipforge.generate.experiment import RerankExperiment, reconstruction_report, run_rerank_experiment
     from clipforge.models.dvae import DVAE
     from clipforge.skills import SkillSetConfig, make_skill_set
@@ -99,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
                   *dvae_table(record["dvae"]), ""]
     for name, folder in args.generator:
         start = time.perf_counter()
-        config = RerankExperiment(folder, args.skills, tuple(args.rerank), n=args.n, seed=args.seed)
+        sampling = SamplingConfig(cond_scale=args.cond_scale)
+        config = RerankExperiment(folder, args.skills, tuple(args.rerank), n=args.n, split=args.split,
+                                  seed=args.seed, sampling=sampling)
         result = run_rerank_experiment(config)
         result["seconds"] = round(time.perf_counter() - start, 1)
         record["generators"][name] = result
