@@ -136,6 +136,12 @@ class TowerModel(ContrastiveModel):
     def text_head(self) -> nn.Module:
         """Text backbone features [B, D] -> joint-space embeddings [B, E]."""
 
+    @property
+    def image_feature_kind(self) -> str:
+        """Names what `image_backbone_features` returns when it is not the pooled vector ("grid"), so a
+        feature cache keeps the two apart; "" for pooled features."""
+        return ""
+
     def image_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features [B, F] of preprocessed images [B, 3, S, S]."""
         return self.image_backbone(images)

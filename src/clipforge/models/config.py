@@ -22,6 +22,7 @@ RESIZE_MODES = ("shortest",)
 TOKENIZERS = ("clip-bpe", "wordpiece")
 PRETRAINED_WEIGHTS = ("package", "none")
 PROJECTION_HEADS = ("mlp", "linear")
+IMAGE_POOLS = ("mean", "attention")
 CLIP_BPE_VOCAB = 49408
 MINILM_MAX_POSITIONS = 512
 # Semantic bounds: beyond them a config is a typo or an attack, not a model (sizes are also bounded by
@@ -138,7 +139,12 @@ class ConvNetConfig:
 
 @dataclass(frozen=True)
 class EfficientNetConfig:
-    """Pretrained EfficientNet-Lite0 image tower (1280-d pooled features) with a projection head."""
+    """Pretrained EfficientNet-Lite0 image tower (1280-d pooled features) with a projection head.
+
+    `pool="attention"` keeps the last feature map (7x7 at 224 px) and adds an attention-pooling head with
+    2-D position embeddings (`pool_width` wide, `pool_heads` heads) to the head on the mean features, so
+    the embedding can depend on where things are.
+    """
 
     type: str = "efficientnet_lite0"
     image_size: int = 224
@@ -146,10 +152,15 @@ class EfficientNetConfig:
     head: str = "mlp"
     dropout: float = 0.1
     unlocked_blocks: int = 0
+    pool: str = "mean"
+    pool_width: int = 256
+    pool_heads: int = 4
 
     def __post_init__(self) -> None:
         _check_range("image_size", self.image_size, 32, MAX_IMAGE_SIZE)
         _check_head(self.weights, self.head, self.dropout, self.unlocked_blocks)
+        _check_choice("pool", self.pool, IMAGE_POOLS)
+        _check_heads(self.pool_width, self.pool_heads, "pool_heads")
 
 
 @dataclass(frozen=True)

@@ -109,13 +109,16 @@ class EfficientNetLite0(nn.Module):
         Returns:
             [B, 1280] globally average-pooled features (before the classifier).
         """
+        return self.grid(x).mean(dim=(2, 3))  # [B, 1280]
+
+    def grid(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, before pooling: [B, 1280, H/32, W/32] of normalized images [B, 3, H, W]."""
         # NHWC lets oneDNN run the depthwise convs ~1.4x faster on CPU; results are unchanged.
         x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu6(self.bn0(self.conv_stem(x)))
         for block in self.blocks:
             x = block(x)
-        x = F.relu6(self.bn1(self.conv_head(x)))  # [B, 1280, H/32, W/32]
-        return x.mean(dim=(2, 3))  # [B, 1280]
+        return F.relu6(self.bn1(self.conv_head(x)))  # [B, 1280, H/32, W/32]
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits [B, 1000] of normalized images [B, 3, H, W]."""

@@ -85,7 +85,12 @@ def _vision(config: ViTConfig | ResNetConfig | ConvNetConfig | EfficientNetConfi
         return _resnet(config, embed)
     if isinstance(config, ConvNetConfig):
         return _convnet(config, embed)
-    return EFFICIENTNET_LITE0_PARAMS + _head(config.head, EFFICIENTNET_FEATURES, embed)
+    total = EFFICIENTNET_LITE0_PARAMS + _head(config.head, EFFICIENTNET_FEATURES, embed)
+    if config.pool == "attention":
+        width, grid = config.pool_width, config.image_size // 32
+        total += EFFICIENTNET_FEATURES * width + width  # the narrowing linear map
+        total += (grid * grid + 1) * width + 3 * (width * width + width) + width * embed + embed
+    return total
 
 
 def _text(config: TextTransformerConfig | MiniLMConfig, embed: int) -> int:

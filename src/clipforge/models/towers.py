@@ -10,6 +10,8 @@ three epochs unless dropout is strong (benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +21,7 @@ from clipforge.models import efficientnet, minilm
 from clipforge.models.base import TowerModel
 from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
 from clipforge.models.inputs import check_tokens
+from clipforge.models.vision import AttentionPool2d
 
 WEIGHTS = ("package", "none")
 HEADS = ("mlp", "linear")
@@ -54,8 +57,34 @@ def _check_weights(weights: str, tower: str) -> None:
         raise ConfigError(f"{tower}: unknown weights '{weights}' (known: {', '.join(WEIGHTS)})")
 
 
+class GridHead(nn.Module):
+    """Image head on the last feature map: the pooled-feature head plus attention pooling over positions.
+
+    The mean of the grid is exactly the pooled feature the `mean` head sees, so this head can do whatever
+    that one does; the attention pool (CLIP's AttentionPool2d on a narrowed grid, with 2-D position
+    embeddings) adds what the mean throws away: where things are.
+    """
+
+    def __init__(self, config: EfficientNetConfig, in_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.side = config.image_size // 32
+        self.mean_head = build_head(config.head, in_dim, embed_dim, config.dropout)
+        self.narrow = nn.Linear(in_dim, config.pool_width)
+        self.attnpool = AttentionPool2d(self.side, config.pool_width, config.pool_heads, embed_dim)
+        self.attnpool.init_weights()
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        """Embeddings [B, E] of grid features [B, HW, C] (row-major positions; cached ones are float16)."""
+        grid = grid.float()
+        batch, positions, _ = grid.shape
+        side = math.isqrt(positions)
+        narrow = self.narrow(grid).transpose(1, 2)  # [B, W, HW]
+        narrow = narrow.reshape(batch, -1, side, side)  # [B, W, H, W]
+        return self.mean_head(grid.mean(dim=1)) + self.attnpool(narrow)  # [B, E]
+
+
 class ImageTower(nn.Module):
-    """EfficientNet-Lite0 backbone (`backbone`, 1280-d pooled features) followed by a projection `head`."""
+    """EfficientNet-Lite0 backbone (`backbone`) followed by a `head` on its pooled features or on its grid."""
 
     def __init__(self, config: EfficientNetConfig, embed_dim: int) -> None:
         super().__init__()
@@ -63,10 +92,22 @@ class ImageTower(nn.Module):
         self.backbone = efficientnet.EfficientNetLite0()
         if config.weights == "package":
             efficientnet.load_pretrained(self.backbone)
-        self.head = build_head(config.head, self.backbone.output_dim, embed_dim, config.dropout)
+        self.pool = config.pool
+        dim = self.backbone.output_dim
+        self.head = (
+            GridHead(config, dim, embed_dim)
+            if config.pool == "attention"
+            else build_head(config.head, dim, embed_dim, config.dropout)
+        )
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """What the head reads: pooled features [B, 1280], or the grid [B, HW, 1280] for attention pooling."""
+        if self.pool == "attention":
+            return self.backbone.grid(images).flatten(2).transpose(1, 2)  # [B, HW, 1280]
+        return self.backbone(images)  # [B, 1280]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))  # [B, E]
+        return self.head(self.features(images))  # [B, E]
 
 
 class TextTower(nn.Module):
@@ -122,9 +163,13 @@ class TowerCLIP(TowerModel):
     def text_head(self) -> nn.Module:
         return self.text.head
 
+    @property
+    def image_feature_kind(self) -> str:
+        return "grid" if self.vision_config.pool == "attention" else ""
+
     def image_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled EfficientNet features [B, 1280] of images [B, 3, S, S]; worth caching when frozen."""
-        return self.visual.backbone(images.to(self.logit_scale.device))
+        """EfficientNet features of images [B, 3, S, S]: pooled [B, 1280] or the grid [B, HW, 1280]."""
+        return self.visual.features(images.to(self.logit_scale.device))
 
     def text_backbone_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean-pooled MiniLM features [B, 384] of WordPiece ids [B, L]; worth caching when frozen."""
