@@ -67,10 +67,26 @@ class CacheStats:
 
 
 class FeatureCache:
-    """Shards of `features` [N, D] with their content hashes, under `root/<tower>-<preprocess>/`."""
+    """Shards of `features` [N, ...] with their content hashes, under `root/<tower>-<preprocess>[-<kind>]/`.
 
-    def __init__(self, root: str | Path, tower: str, preprocess: str) -> None:
-        self.dir = Path(root) / f"{tower[:16]}-{preprocess[:12]}"
+    Args:
+        root: the cache root.
+        tower: hash of the tower's weights.
+        preprocess: hash of the preprocessing.
+        kind: what the tower outputs when that is not its pooled vector (e.g. "grid"); part of the key.
+        dtype: how features are stored (float16 for grids: 49 x 1280 x 2 bytes = 125 KB an image).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        tower: str,
+        preprocess: str,
+        kind: str = "",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.dir = Path(root) / f"{tower[:16]}-{preprocess[:12]}{f'-{kind}' if kind else ''}"
+        self.dtype = dtype
 
     def load(self) -> dict[str, torch.Tensor]:
         """Every cached feature, by content SHA-1."""
@@ -157,7 +173,7 @@ def _extract(
     found: dict[str, torch.Tensor] = {}
     with Progress(f"image features of '{data.name}'", len(records), say) as progress:
         for batch in loader.epoch():
-            features = extract(batch.images).float()
+            features = extract(batch.images).to(cache.dtype)
             cache.add(batch.sha1s, features)
             found.update(zip(batch.sha1s, features, strict=True))
             progress.advance_to(loader.position)

@@ -68,7 +68,9 @@ def image_feature_table(
     """Frozen backbone features of every usable image of `data`, by record key (cached on disk)."""
     preprocess = Preprocess(model.config.preprocess)
     backbone = model.image_backbone
-    cache = FeatureCache(cache_dir, module_hash(backbone), preprocess_hash(preprocess.config))
+    kind = model.image_feature_kind
+    dtype = torch.float16 if kind else torch.float32  # grids are 49x bigger: stored (and kept) in half
+    cache = FeatureCache(cache_dir, module_hash(backbone), preprocess_hash(preprocess.config), kind, dtype)
     was_training = backbone.training
     backbone.eval()
     features, stats = cached_features(
@@ -176,9 +178,11 @@ class CachedFeatureBatches:
         collate: PairCollate | FeatureCollate,
         batch_size: int,
         seed: int,
+        negatives: dict[tuple[str, str], list[str]] | None = None,
     ) -> None:
         self.features, self.pairs, self.collate = features, pairs, collate
         self.batch_size, self.seed, self.position = batch_size, seed, 0
+        self.negatives = negatives or {}  # pairs whose hard negatives are given, not mined from the caption
 
     def next_batch(self) -> PairBatch:
         per_epoch = len(self.pairs) // self.batch_size
@@ -190,7 +194,7 @@ class CachedFeatureBatches:
 
     def _item(self, index: int) -> dict[str, Any]:
         key, caption = self.pairs[index]
-        negatives = caption_negatives(key, caption, self.collate.k)
+        negatives = self.negatives.get((key, caption)) or caption_negatives(key, caption, self.collate.k)
         return {"image": self.features[key], "caption": caption, "negatives": negatives}
 
     def state_dict(self) -> dict[str, Any]:
