@@ -20,7 +20,8 @@ from clipforge.fileio import MAX_JSON_BYTES, read_regular_file
 from clipforge.train.dalle_objectives import DVAEObjective, PriorObjective
 from clipforge.typed import parse_dataclass, to_dict
 
-TASKS = ("contrastive", "dvae", "prior")  # one entry per kind of model the engine trains (see `train.tasks`)
+# One entry per kind of model the engine trains (see `train.tasks`).
+TASKS = ("contrastive", "spatial", "dvae", "prior")
 LOSSES = ("infonce", "siglip")
 SCHEDULES = ("cosine", "constant")
 
@@ -238,6 +239,8 @@ def _validate_model(config: TrainRunConfig, where: str) -> None:
                "model.feature_cache needs model.lock_image = true and model.unlocked_image_blocks = 0")
         _check(config.data.source != "synthetic", where,
                "model.feature_cache works with real data, not data.source = 'synthetic'")
+    _check(config.task != "spatial" or bool(m.feature_cache), where,
+           "task = 'spatial' trains from cached features: set model.feature_cache")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -23,7 +23,7 @@ from clipforge.train.evaluation import build_evaluator, selection_score
 from clipforge.train.freeze import apply_locks
 from clipforge.train.loss import PairFeatures, build_loss
 from clipforge.train.sources import pair_batches
-from clipforge.train.task import EvalHook
+from clipforge.train.task import BatchSource, EvalHook
 
 
 def build_model(section: ModelSection, loss: LossSection) -> ContrastiveModel:
@@ -69,7 +69,11 @@ class ContrastiveTask:
         self.config, self.say = config, say
         self.model = build_model(config.model, config.loss)
         self.objective = build_loss(config.loss)
-        self.batches, self.encoder = pair_batches(config, self.model, say)
+        self.batches, self.encoder = self.make_batches(config, say)
+
+    def make_batches(self, config: TrainRunConfig, say: Say) -> tuple[BatchSource[PairBatch], PairEncoder]:
+        """The training batches and their encoder (`SpatialTask` adds flips and collages)."""
+        return pair_batches(config, self.model, say)
 
     def loss(self, batch: PairBatch) -> torch.Tensor:
         return self.objective(encode_batch(self.encoder, self.model, batch))

@@ -9,6 +9,7 @@ from clipforge.progress import Say
 from clipforge.train.config import TrainRunConfig
 from clipforge.train.contrastive import ContrastiveTask
 from clipforge.train.dalle_tasks import DVAETask, PriorTask
+from clipforge.train.spatial import SpatialTask
 from clipforge.train.task import Task
 
 TaskFactory = Callable[[TrainRunConfig, Say], Task[Any, Any]]
@@ -16,6 +17,7 @@ TaskFactory = Callable[[TrainRunConfig, Say], Task[Any, Any]]
 # Keys match `train.config.TASKS`, which validates the config before anything is built.
 TASK_FACTORIES: dict[str, TaskFactory] = {
     "contrastive": ContrastiveTask,
+    "spatial": SpatialTask,
     "dvae": DVAETask,
     "prior": PriorTask,
 }

