@@ -226,7 +226,7 @@ def validate(config: TrainRunConfig, where: str) -> None:
     scale = t.backbone_lr_scale
     _check(scale >= 0, where, f"train.backbone_lr_scale must be >= 0, got {scale}")
     _validate_model(config, where)
-    _check(config.task == "contrastive" or config.data.source == "synthetic", where,
+    _check(config.task in ("contrastive", "spatial") or config.data.source == "synthetic", where,
            f"task '{config.task}' trains on the synthetic skill scenes: data.source must be 'synthetic'")
 
 
