@@ -14,7 +14,6 @@ A phrase matches an object of its colour and shape (and size, when it names one)
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -133,8 +132,8 @@ def describe(scene: Scene, index: int, with_size: bool) -> Phrase | None:
     obj = scene.objects[index]
     plain = Phrase(obj.color, obj.shape)
     if len(_matching(scene, plain)) == 1:
-        return dataclasses.replace(plain, size=obj.size) if with_size else plain
-    sized = dataclasses.replace(plain, size=obj.size)
+        return Phrase(obj.color, obj.shape, obj.size) if with_size else plain
+    sized = Phrase(obj.color, obj.shape, obj.size)
     return sized if len(_matching(scene, sized)) == 1 else None
 
 
@@ -205,13 +204,14 @@ Builder = Callable[[], Caption]
 def _swap_relation(caption: Caption) -> list[Builder]:
     if caption.kind != "relation":
         return []
-    return [partial(dataclasses.replace, caption, relation=OPPOSITE[str(caption.relation)])]
+    opposite = OPPOSITE[str(caption.relation)]
+    return [partial(Caption, caption.kind, caption.phrases, opposite, caption.template)]
 
 
 def _swap_arguments(caption: Caption) -> list[Builder]:
     if caption.kind != "relation":
         return []
-    return [partial(dataclasses.replace, caption, phrases=caption.phrases[::-1])]
+    return [partial(Caption, caption.kind, caption.phrases[::-1], caption.relation, caption.template)]
 
 
 def _swap_attributes(caption: Caption) -> list[Builder]:
@@ -240,9 +240,14 @@ def _change_count(caption: Caption) -> list[Builder]:
 
 def _edit(caption: Caption, changes: dict[int, dict[str, Any]]) -> Caption:
     """The caption with phrase k changed by ``changes[k]`` (field -> new value)."""
-    phrases = tuple(dataclasses.replace(p, **changes[k]) if k in changes else p
-                    for k, p in enumerate(caption.phrases))
-    return dataclasses.replace(caption, phrases=phrases)
+    phrases = tuple(_changed(p, changes[k]) if k in changes else p for k, p in enumerate(caption.phrases))
+    return Caption(caption.kind, phrases, caption.relation, caption.template)
+
+
+def _changed(phrase: Phrase, change: dict[str, Any]) -> Phrase:
+    """`dataclasses.replace` written out: edits are built for every training sample, and it is slow."""
+    return Phrase(change.get("color", phrase.color), change.get("shape", phrase.shape),
+                  change.get("size", phrase.size), change.get("count", phrase.count))
 
 
 _EDITS: dict[str, Callable[[Caption], list[Builder]]] = {
@@ -310,6 +315,7 @@ class ProbeItem:
         true: a caption true for the scene.
         false: captions definitely false for the scene.
         relation: the relation of the true caption ("left of", ...), None for other captions.
+        split: the scene's split (``test``, ``test_heldout``, ``test_style``, ...).
     """
 
     scene: int
@@ -318,10 +324,11 @@ class ProbeItem:
     true: str
     false: tuple[str, ...]
     relation: str | None = None
+    split: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"image": self.image, "true": self.true, "false": list(self.false), "tag": self.tag,
-                "relation": self.relation, "scene": self.scene}
+                "relation": self.relation, "scene": self.scene, "split": self.split}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProbeItem:
@@ -332,7 +339,7 @@ class ProbeItem:
         """
         try:
             return cls(int(data["scene"]), str(data["image"]), str(data["tag"]), str(data["true"]),
-                       tuple(str(f) for f in data["false"]), data.get("relation"))
+                       tuple(str(f) for f in data["false"]), data.get("relation"), data.get("split"))
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"malformed probe record (bad or missing key {err})") from err
 
@@ -357,5 +364,5 @@ def probe_items(scene: Scene, scene_id: int) -> list[ProbeItem]:
         negative = hard_negative(scene, bases[kind], kind, rng)
         if negative is not None:
             items.append(ProbeItem(scene_id, image_name(scene_id), kind, bases[kind].text, (negative.text,),
-                                   bases[kind].relation))
+                                   bases[kind].relation, scene.split))
     return items
