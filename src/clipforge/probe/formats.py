@@ -6,8 +6,9 @@ the file and line, so one bad entry never stops a run. Images are resolved under
 
 Formats (the public ones as their authors distribute them):
     pairs        JSONL, one item a line: ``{"image", "true", "false": str | [str, ...], "tag"}``
-                 (optional ``"relation"``, ``"id"``, ``"group"`` and ``"labels"`` — what each sentence stands
-                 for, true first; the synthetic generator's probes.jsonl; `write_pairs` writes it).
+                 (optional ``"relation"``, ``"id"``, ``"group"``, ``"split"`` and ``"labels"`` — what each
+                 sentence stands for, true first; the synthetic generator's probes.jsonl; `write_pairs`
+                 writes it).
     SpatialVOC2K JSON ``{image_id: {"width", "height", "objects": {k: {"name", "xmin", "ymin", "xmax",
                  "ymax"}}, "relations": [{"object_0", "object_1", "all": [prepositions]}]}}``; French
                  labels are translated. The true sentence uses a preposition from ``all``, the false one
@@ -101,7 +102,7 @@ def item_from_record(record: Any, where: str, images: Path | None) -> ProbeItem:
     image = record["image"]
     if isinstance(image, str):
         image = resolve_image(images, image) if images is not None else Path(image)
-    relation = record.get("relation")
+    relation, split = record.get("relation"), record.get("split")
     labels = record.get("labels") or []
     if not isinstance(labels, list) or (labels and len(labels) != 1 + len(false)):
         raise DataError(f"{where}: 'labels' must list one label per sentence, true first")
@@ -117,6 +118,7 @@ def item_from_record(record: Any, where: str, images: Path | None) -> ProbeItem:
         relation=relation if isinstance(relation, str) and relation else None,
         labels=tuple(str(label) for label in labels),
         group=str(group) if group is not None else None,
+        split=split if isinstance(split, str) and split else None,
     )
 
 

@@ -45,6 +45,8 @@ class ProbeItem:
             the spatial phrases when empty.
         crop: ``(x, y, w, h)`` box cut out of the image before scoring (ARO's union box).
         group: items scored together by a group metric (What'sUp object pair, Winoground example).
+        split: the part of the suite the item belongs to, reported on its own as well (a synthetic
+            suite's scene split: ``test``, ``test_heldout`` or the held-out style ``test_style``).
     """
 
     id: str
@@ -56,6 +58,7 @@ class ProbeItem:
     labels: tuple[str, ...] = ()
     crop: tuple[float, float, float, float] | None = None
     group: str | None = None
+    split: str | None = None
 
     @property
     def sentences(self) -> tuple[str, ...]:

@@ -105,6 +105,7 @@ def write_html(report: dict[str, Any], results: dict[str, ProbeResult], path: Pa
         f"{report['ci']['resamples']} resamples, seed {report['ci']['seed']}; "
         f"{report['bad']['count']} unreadable or unscorable items.</p>",
         _overview_table(report["models"]),
+        _split_table(report["models"]),
         "<h2>Pair-balanced accuracy and the blind baseline (95% CI)</h2>", _honest_tables(report["models"]),
         "<h2>Accuracy per tag (95% CI)</h2>", _tag_bars(report["models"]),
         "<h2>Score margin (true minus best false)</h2>",
@@ -223,6 +224,24 @@ def _overview_table(models: dict[str, Any]) -> str:
         rows.append(f"<tr><td>{html.escape(name)}</td><td>{_pct(summary['accuracy'])}</td>"
                     f"<td>{_pct(low)} – {_pct(high)}</td><td>{summary['n']}</td>"
                     f"<td>{_pct(summary['macro_accuracy'])}</td><td>{html.escape(groups)}</td></tr>")
+    return "".join(rows) + "</table>"
+
+
+def _split_table(models: dict[str, Any]) -> str:
+    """Accuracy per split and per tag within it (e.g. in-style vs held-out style); empty without splits."""
+    if not any("per_split" in summary for summary in models.values()):
+        return ""
+    tags = sorted({tag for summary in models.values() for part in summary.get("per_split", {}).values()
+                   for tag in part["per_tag"]})
+    head = "".join(f"<th>{h}</th>" for h in ("model", "split", "accuracy", "95% CI", "n", *tags))
+    rows = [f"<h2>Per split</h2><table><tr>{head}</tr>"]
+    for name, summary in models.items():
+        for split, part in summary.get("per_split", {}).items():
+            low, high = part["ci95"]
+            cells = "".join(f"<td>{_pct(part['per_tag'].get(tag, {}).get('accuracy'))}</td>" for tag in tags)
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(split)}</td>"
+                        f"<td>{_pct(part['accuracy'])}</td><td>{_pct(low)} – {_pct(high)}</td>"
+                        f"<td>{part['n']}</td>{cells}</tr>")
     return "".join(rows) + "</table>"
 
 

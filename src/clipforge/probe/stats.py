@@ -143,9 +143,23 @@ def _by_key(keys: list[str | None], correct: np.ndarray, n_resamples: int, seed:
     return {key: accuracy_block(groups[key], n_resamples, seed) for key in sorted(groups)}
 
 
+def split_results(result: ProbeResult) -> dict[str, ProbeResult]:
+    """The scored items of each split (`ProbeItem.split`, e.g. in-style vs held-out style), in suite order."""
+    parts: dict[str, ProbeResult] = {}
+    for item, scores in zip(result.items, result.scores, strict=True):
+        if item.split is not None:
+            part = parts.setdefault(item.split, ProbeResult([], [], [], result.scorer))
+            part.items.append(item)
+            part.scores.append(scores)
+    return dict(sorted(parts.items()))
+
+
 def summarize(result: ProbeResult, group_metric: str | None = None, n_resamples: int = N_RESAMPLES,
               seed: int = 0) -> dict[str, Any]:
     """One model's report: accuracy with CI, per tag, per relation, confusion, margins, group scores.
+
+    A suite whose items come from two or more splits (`ProbeItem.split`) also gets ``per_split``: the
+    same summary for each split's items alone.
 
     Args:
         result: what `run_probe` returned.
@@ -167,6 +181,10 @@ def summarize(result: ProbeResult, group_metric: str | None = None, n_resamples:
         "bad": len(result.bad),
         **honest_scores(result, n_resamples, seed),
     }
+    parts = split_results(result)
+    if len(parts) > 1:
+        summary["per_split"] = {name: summarize(part, group_metric, n_resamples, seed)
+                                for name, part in parts.items()}
     if group_metric == "whatsup":
         summary["whatsup"] = whatsup_scores(result, n_resamples, seed)
     elif group_metric == "winoground":
