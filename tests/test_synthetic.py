@@ -311,7 +311,7 @@ def test_write_synthetic_layout_round_trips(tmp_path: Path) -> None:
     in_memory = [item for item, _ in synthetic_probe_items(CONFIG, "test", 6, seed=4, first_id=51)]
     assert [p for p in probes if p.scene < 57] == in_memory
     line = json.loads((out / "probes.jsonl").open().readline())
-    assert set(line) == {"image", "true", "false", "tag", "relation", "scene"}
+    assert set(line) == {"image", "true", "false", "tag", "relation", "scene", "split"}
     assert SyntheticScenes(CONFIG, "train", 48, seed=4)[7]["caption"] == rows[7]["caption"]
     with pytest.raises(DataError, match="already holds"):
         write_synthetic(out, 5)

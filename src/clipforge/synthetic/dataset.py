@@ -6,13 +6,15 @@ Everything is a pure function of ``(config, seed, split, index)``.
 
 Splits: ``train``, ``val`` and ``test`` never show the held-out (colour, shape) objects nor the held-out
 (shape, relation) combinations of the `SceneConfig`; every ``test_heldout`` scene shows at least one.
+With a style, ``val_style`` and ``test_style`` are val- and test-like scenes in the held-out style.
 
 On disk (`write_synthetic`, ``clipforge synth``)::
 
     DIR/images/000000.png   one RGB PNG per scene, numbered across splits
     DIR/captions.csv        filepath,caption,split   (filepath relative to DIR; the scene's own caption)
     DIR/scenes.jsonl        one `Scene.to_json` object per line, plus "id", "image", "caption", "heldout"
-    DIR/probes.jsonl        `ProbeItem.to_json` lines for the test and test_heldout scenes
+                            and, with a style, the scene's "style" (`Style.to_json`)
+    DIR/probes.jsonl        `ProbeItem.to_json` lines for the test, test_heldout and test_style scenes
     DIR/config.json         the SceneConfig and seed that made it
 """
 
@@ -31,6 +33,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from clipforge.errors import ConfigError, DataError
+from clipforge.synthetic.render import rgb_array
 from clipforge.synthetic.scene import (
     COLORS,
     SHAPES,
@@ -42,6 +45,7 @@ from clipforge.synthetic.scene import (
     heldout_combinations,
     render_scene,
     scene_rng,
+    scene_style,
 )
 from clipforge.synthetic.text import (
     NEGATIVE_KINDS,
@@ -88,11 +92,12 @@ __all__ = [
 ]
 
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.05, "test": 0.1, "test_heldout": 0.05}
+PROBE_SPLITS = ("test", "test_heldout", "test_style")  # splits whose probe items probes.jsonl lists
 
 
 def image_tensor(image: Image.Image) -> torch.Tensor:
     """uint8 tensor [3, H, W] of an RGB PIL image."""
-    channels_first = np.asarray(image).transpose(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+    channels_first = rgb_array(image).transpose(2, 0, 1)  # [H, W, 3] -> [3, H, W]
     return torch.from_numpy(np.ascontiguousarray(channels_first))
 
 
@@ -137,8 +142,8 @@ class SyntheticScenes(Dataset[dict[str, Any]]):
         caption = scene_caption(scene, self.config)
         rng = scene_rng(self.seed, self.split, index, "negatives")
         negatives = padded_negatives(scene, caption, self.negative_kinds, rng) if self.negative_kinds else []
-        return {"image": image_tensor(render_scene(scene)), "caption": caption.text, "negatives": negatives,
-                "index": index}
+        return {"image": image_tensor(render_scene(scene, self.config.style)), "caption": caption.text,
+                "negatives": negatives, "index": index}
 
 
 def single_object_scenes(config: SceneConfig, split: str, n: int, seed: int = 0) -> list[Scene]:
@@ -159,7 +164,7 @@ def synthetic_probe_items(config: SceneConfig, split: str, n: int, seed: int = 0
         scene = generate_scene(config, seed, split, index)
         items = probe_items(scene, first_id + index)
         if items:
-            image = render_scene(scene)
+            image = render_scene(scene, config.style)
             yield from ((item, image) for item in items)
 
 
@@ -172,29 +177,32 @@ class SynthSummary:
     probes: int
 
 
-def split_counts(n: int, split: str) -> dict[str, int]:
-    """Scenes per split: all `n` in `split`, or for ``"all"`` `SPLIT_FRACTIONS` of `n` (rest to train)."""
+def split_counts(n: int, split: str | Sequence[str]) -> dict[str, int]:
+    """Scenes per split: `n` in each split named, or for ``"all"`` `SPLIT_FRACTIONS` of `n` (rest: train)."""
     if n <= 0:
         raise ConfigError(f"number of scenes must be positive, got {n}")
     if split != "all":
-        if split not in SPLITS:
-            raise ConfigError(f"unknown split {split!r} (known: all, {', '.join(SPLITS)})")
-        return {split: n}
+        names = (split,) if isinstance(split, str) else tuple(split)
+        unknown = [name for name in names if name not in SPLITS]
+        if unknown or not names or len(set(names)) != len(names):
+            raise ConfigError(f"unknown or repeated split in {names} (known: all, {', '.join(SPLITS)})")
+        return {name: n for name in names}
     counts = {name: int(n * fraction) for name, fraction in SPLIT_FRACTIONS.items()}
     counts["train"] += n - sum(counts.values())
     return counts
 
 
 def write_synthetic(out: Path, n: int, *, seed: int = 0, config: SceneConfig | None = None,
-                    split: str = "all") -> SynthSummary:
+                    split: str | Sequence[str] = "all") -> SynthSummary:
     """Writes `n` scenes in the on-disk layout described in the module docstring.
 
     Args:
         out: target folder; created if needed, and must not already hold a dataset.
-        n: number of scenes.
+        n: number of scenes (of each split, when splits are named).
         seed: dataset seed.
         config: scene config (defaults to ``SceneConfig()``).
-        split: one split for all scenes, or ``"all"`` for `SPLIT_FRACTIONS`.
+        split: a split or splits to write `n` scenes each of, or ``"all"`` for `SPLIT_FRACTIONS` of `n`
+            (the four splits without style: ``val_style`` and ``test_style`` must be named).
 
     Raises:
         ConfigError: n <= 0 or an unknown split.
@@ -249,13 +257,15 @@ class _Writer:
         for index in range(count):
             scene_id, scene = self.next_id, generate_scene(config, seed, split, index)
             self.next_id += 1
-            render_scene(scene).save(self.out / image_name(scene_id))
+            render_scene(scene, config.style).save(self.out / image_name(scene_id))
             caption = scene_caption(scene, config).text
             self.csv.writerow([image_name(scene_id), caption, split])
             record = {"id": scene_id, "image": image_name(scene_id), "caption": caption,
                       "heldout": heldout_combinations(scene, config), **scene.to_json()}
+            if config.style is not None:
+                record["style"] = scene_style(scene, config.style).to_json()
             self.scenes.write(json.dumps(record) + "\n")
-            if split in ("test", "test_heldout"):
+            if split in PROBE_SPLITS:
                 for item in probe_items(scene, scene_id):
                     self.probes.write(json.dumps(item.to_json()) + "\n")
                     probes += 1

@@ -14,6 +14,12 @@ Compositional hold-out. ``SceneConfig.heldout_pairs`` (colour, shape) objects an
 ``heldout_relations`` (shape, relation) combinations, with the shape as the subject, never occur in the
 ``train``, ``val`` and ``test`` splits (a held-out relation is excluded even where it is merely plausible,
 i.e. within the margin); every ``test_heldout`` scene shows at least one of them (labelled).
+
+Styles. With ``SceneConfig.style`` set, `render_scene` draws each scene in a randomized style
+(`clipforge.synthetic.style`) sampled from its own random stream, so metadata never depends on style.
+The ``val_style`` and ``test_style`` splits are sampled like ``val`` and ``test`` (no held-out
+combinations) but drawn in the held-out style: values of the style that no other split ever uses.
+Without a style every scene is drawn plainly, on the palette's exact colours.
 """
 
 from __future__ import annotations
@@ -27,7 +33,18 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from clipforge.errors import ConfigError, DataError
-from clipforge.synthetic.render import PALETTE, SHAPES, Box, background, draw_shape, shape_mask
+from clipforge.synthetic.render import (
+    PALETTE,
+    SHAPES,
+    Box,
+    background,
+    degrade,
+    draw_shape,
+    draw_styled_shape,
+    shape_mask,
+    styled_background,
+)
+from clipforge.synthetic.style import HELDOUT_STYLE_SPLITS, Style, StyleConfig, sample_style
 
 COLORS = tuple(PALETTE)
 SIZES = ("small", "large")
@@ -39,7 +56,7 @@ OPPOSITE = {
     "left of": "right of", "right of": "left of", "above": "below", "below": "above",
     "in front of": "behind", "behind": "in front of",
 }
-SPLITS = ("train", "val", "test", "test_heldout")
+SPLITS = ("train", "val", "test", "test_heldout", *HELDOUT_STYLE_SPLITS)
 DEFAULT_HELDOUT_PAIRS = (("red", "star"), ("green", "diamond"), ("blue", "triangle"), ("yellow", "cross"))
 DEFAULT_HELDOUT_RELATIONS = (("circle", "above"), ("square", "left of"))
 
@@ -68,6 +85,7 @@ class SceneConfig:
         heldout_relations: (subject shape, relation) combinations reserved for ``test_heldout``.
         caption_weights: relative frequency of relation, attribute and count captions.
         size_in_caption: probability of naming an object's size when it is not needed to tell it apart.
+        style: randomized rendering (`clipforge.synthetic.style`); None draws every scene plainly.
     """
 
     image_size: int = 64
@@ -83,6 +101,7 @@ class SceneConfig:
     heldout_relations: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT_RELATIONS
     caption_weights: tuple[float, float, float] = (0.8, 0.1, 0.1)
     size_in_caption: float = 0.25
+    style: StyleConfig | None = None
 
     def __post_init__(self) -> None:
         if not 32 <= self.image_size <= 224:
@@ -97,6 +116,9 @@ class SceneConfig:
                 raise ConfigError(f"scene config: {name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.margin < 0.5:
             raise ConfigError(f"scene config: margin must be in [0, 0.5), got {self.margin}")
+        if self.style is not None and self.textured_background:
+            raise ConfigError("scene config: textured_background is a plain-style option; a style draws "
+                              "its own backgrounds")
         self._check_heldout()
 
     def _check_heldout(self) -> None:
@@ -229,6 +251,8 @@ def generate_scene(config: SceneConfig, seed: int, split: str, index: int) -> Sc
         raise ConfigError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     if split == "test_heldout" and not (config.heldout_pairs or config.heldout_relations):
         raise ConfigError("split 'test_heldout' needs heldout_pairs or heldout_relations in the scene config")
+    if split in HELDOUT_STYLE_SPLITS and config.style is None:
+        raise ConfigError(f"split {split!r} is drawn in the held-out style and needs a style (scene config)")
     rng = scene_rng(seed, split, index, "scene")
     count = _draw_count(config, split, rng)
     for _ in range(_SCENE_TRIES):
@@ -423,10 +447,37 @@ def object_mask(obj: SceneObject, image_size: int) -> np.ndarray:
     return shape_mask(obj.shape, obj.bbox, image_size)
 
 
-def render_scene(scene: Scene) -> Image.Image:
-    """Draws the scene as an RGB PIL image, objects in depth order (later ones occlude earlier ones)."""
+def render_scene(scene: Scene, style: StyleConfig | None = None) -> Image.Image:
+    """Draws the scene as an RGB PIL image, objects in depth order (later ones occlude earlier ones).
+
+    Args:
+        scene: the scene.
+        style: the scene config's style; None draws plainly, on the palette's exact colours.
+    """
+    if style is not None:
+        return _render_styled(scene, scene_style(scene, style))
     image = background(scene.image_size, scene.texture_seed)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         draw_shape(draw, obj.shape, obj.bbox, PALETTE[obj.color])
     return image
+
+
+def scene_style(scene: Scene, style: StyleConfig) -> Style:
+    """The scene's draw of `style`: held-out values in the held-out style splits, none elsewhere."""
+    rng = scene_rng(scene.seed, scene.split, scene.index, "style")
+    kinds = [(obj.color, obj.shape) for obj in scene.objects]
+    return sample_style(style, kinds, rng, heldout=scene.split in HELDOUT_STYLE_SPLITS)
+
+
+def _render_styled(scene: Scene, style: Style) -> Image.Image:
+    """Draws `style` at `style.supersample` times the image size, then resizes and degrades it."""
+    k, size = style.supersample, scene.image_size
+    colors, param = style.background_colors, style.background_param
+    image = styled_background(style.background, colors, param, k * size)
+    draw = ImageDraw.Draw(image)
+    for obj, fill, geometry in zip(scene.objects, style.shades, style.geometry, strict=True):
+        # Objects whose boxes touch keep the plain geometry, so the overlap that labels depth is exact.
+        touching = any(_intersects(obj.bbox, other.bbox) for other in scene.objects if other is not obj)
+        draw_styled_shape(draw, obj.shape, obj.bbox, fill, (1.0, 1.0, 0.0) if touching else geometry, k)
+    return degrade(image, size, style.blur, style.noise, style.noise_offset, style.jpeg_quality)

@@ -17,6 +17,7 @@ from typing import Any
 from clipforge.device import DEVICES
 from clipforge.errors import ConfigError
 from clipforge.fileio import MAX_JSON_BYTES, read_regular_file
+from clipforge.synthetic.style import StyleConfig
 from clipforge.train.dalle_objectives import DVAEObjective, PriorObjective
 from clipforge.typed import parse_dataclass, to_dict
 
@@ -62,6 +63,8 @@ class DataSection:
         eval_source: data spec of the held-out split for real data ("" = no built-in evaluation).
         root: substituted for ``{root}`` in `source` and `eval_source`, so one `--set data.root=PATH`
             moves a config to another copy of the data.
+        style: randomized rendering of synthetic scenes (`clipforge.synthetic.style`; a TOML section
+            ``[data.style]``, empty for the default ranges); None draws them plainly.
     """
 
     source: str = "synthetic"
@@ -71,6 +74,7 @@ class DataSection:
     num_workers: int = 0
     eval_source: str = ""
     root: str = ""
+    style: StyleConfig | None = None
 
     def spec(self, template: str) -> str:
         """A data spec with ``{root}`` filled in."""

@@ -31,10 +31,11 @@ SYNTHETIC = "synthetic"
 
 
 def synthetic_dataset(config: TrainRunConfig, split: str, size: int, image_size: int) -> SyntheticScenes:
-    """The synthetic scenes of `split`, rendered on the fly at the model's input size."""
+    """The synthetic scenes of `split`, rendered on the fly at the model's input size and data style."""
     loss = config.loss
     kinds = (loss.negative_kinds or NEGATIVE_KINDS) if loss.hard_negatives and split == "train" else ()
-    return SyntheticScenes(SceneConfig(image_size=image_size), split, size, config.data.seed, kinds)
+    scenes = SceneConfig(image_size=image_size, style=config.data.style)
+    return SyntheticScenes(scenes, split, size, config.data.seed, kinds)
 
 
 def pair_collate(model: ContrastiveModel, hard_negatives: int) -> PairCollate:
