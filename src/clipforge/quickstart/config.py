@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 from clipforge.device import DEVICES
 from clipforge.errors import ConfigError
+from clipforge.synthetic.style import StyleConfig
 from clipforge.synthetic.text import NEGATIVE_KINDS
 
 MODELS = ("plain", "hardneg")
+# Report name -> scene split of the test scenes: the training style, and the held-out style.
+STYLE_SPLITS = {"in-style": "test", "held-out style": "test_style"}
 # The quickstart architecture (registry JSON): ConvNet-64px shrunk for a CPU budget, with 48-px scenes and a
 # 2-layer, 64-wide text tower with a 24-token context (the longest scene caption takes 21). The text tower
 # runs on every hard negative, so it dominates the cost of a step; the scenes' small vocabulary needs little
@@ -36,6 +39,8 @@ class QuickstartConfig:
         n_examples: example scenes shown in report.html.
         device: where both models train (``cpu``, ``cuda`` or ``auto``); the small evaluation runs on the CPU.
         threads: torch threads of each of the two training processes (0: torch's default).
+        style: randomized rendering of the training and test scenes (None: plain scenes); the test
+            scenes are drawn twice, in style and in the held-out style.
     """
 
     model: str = QUICKSTART_MODEL
@@ -53,6 +58,7 @@ class QuickstartConfig:
     n_examples: int = 8
     device: str = "cpu"
     threads: int = 1
+    style: StyleConfig | None = StyleConfig()
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "n_train", "n_val", "n_test", "n_zeroshot", "eval_every"):
@@ -66,6 +72,11 @@ class QuickstartConfig:
         if unknown or not self.negative_kinds:
             raise ConfigError(f"quickstart: negative_kinds must be a non-empty subset of {NEGATIVE_KINDS}, "
                               f"got {self.negative_kinds}")
+
+    @property
+    def test_splits(self) -> dict[str, str]:
+        """The test scenes written and evaluated: `STYLE_SPLITS` with a style, else the plain ``test``."""
+        return dict(STYLE_SPLITS) if self.style is not None else {"plain": "test"}
 
     @classmethod
     def quick(cls) -> QuickstartConfig:

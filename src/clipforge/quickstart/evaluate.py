@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from clipforge.checkpoint import load
 from clipforge.data.specs import open_data
+from clipforge.data.transforms import Preprocess
 from clipforge.eval.retrieval import recall_at_k
 from clipforge.eval.run import (
     EvalConfig,
@@ -21,7 +23,7 @@ from clipforge.eval.run import (
 )
 from clipforge.probe import ClipEncoder, ProbeResult, Suite, load_suite, run_probe, summarize
 from clipforge.probe.report import write_probe_report
-from clipforge.probe.stats import N_RESAMPLES
+from clipforge.probe.stats import N_RESAMPLES, split_results
 from clipforge.quickstart.config import QuickstartConfig
 from clipforge.synthetic.zeroshot import load_labelled_scenes
 
@@ -70,30 +72,53 @@ def top_captions(features: RetrievalFeatures, index: int, k: int = TOP_CAPTIONS
             for s, j in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
 
 
-def evaluate_model(name: str, out: Path, suite: Suite, examples: list[Example]
-                   ) -> tuple[dict[str, Any], ProbeResult]:
-    """Retrieval, zero-shot and probe numbers of ``out/name/final``; fills each example's top captions."""
-    model, preprocess, tokenizer = load(out / name / "final")
+def split_metrics(loaded: tuple[nn.Module, Preprocess, Any], out: Path, split: str, result: ProbeResult
+                  ) -> tuple[dict[str, Any], RetrievalFeatures]:
+    """Retrieval, zero-shot and probe numbers on the test scenes of one split, and its retrieval features.
+
+    Args:
+        loaded: ``(model, preprocess, tokenizer)`` as `clipforge.checkpoint.load` returns them.
+        out: the quickstart folder.
+        split: the scene split of the test scenes.
+        result: the model's probe scores on the whole suite.
+    """
+    model, preprocess, tokenizer = loaded
     with torch.no_grad():
-        test_data = open_data(f"synthetic:{out / 'data'}")
+        test_data = open_data(f"synthetic:{out / 'data'}:{split}")
         features = embed_dataset(model, preprocess, tokenizer, test_data, EvalConfig())
         recall = recall_at_k(features.images, features.texts, features.text_to_image, (1, 5))
-        images, labels, _ = load_labelled_scenes(out / "zeroshot")
+        images, labels, _ = load_labelled_scenes(out / "zeroshot", split)
         zeroshot = evaluate_zeroshot(model, preprocess, tokenizer, images, labels)
-    result = run_probe(suite.items, ClipEncoder(model, preprocess, tokenizer))
-    for example in examples:
-        example.top[name] = top_captions(features, features.keys.index(example.key))
+    part = split_results(result).get(split, result)
     metrics = {
         "retrieval": {key: recall[key] for key in RETRIEVAL_KEYS},
         "zeroshot": zeroshot,
-        "probe": {tag: probe_block(result, tag) for tag in sorted({item.tag for item in result.items})},
+        "probe": {tag: probe_block(part, tag) for tag in sorted({item.tag for item in part.items})},
     }
+    return metrics, features
+
+
+def evaluate_model(name: str, out: Path, suite: Suite, examples: list[Example], splits: dict[str, str]
+                   ) -> tuple[dict[str, Any], ProbeResult]:
+    """Retrieval, zero-shot and probe numbers of ``out/name/final``; fills each example's top captions.
+
+    The first of `splits` (report name -> scene split) gives the top-level numbers; the held-out style,
+    when there is one, gives ``heldout_style`` with the same keys.
+    """
+    loaded = load(out / name / "final")
+    result = run_probe(suite.items, ClipEncoder(*loaded))
+    (_, first), *others = splits.items()
+    metrics, features = split_metrics(loaded, out, first, result)
+    for example in examples:
+        example.top[name] = top_captions(features, features.keys.index(example.key))
+    for _, split in others:
+        metrics["heldout_style"] = split_metrics(loaded, out, split, result)[0]
     return metrics, result
 
 
-def first_examples(out: Path, n: int) -> list[Example]:
-    """The first `n` test scenes with their captions (from captions.csv, as retrieval reads them)."""
-    data = open_data(f"synthetic:{out / 'data'}")
+def first_examples(out: Path, n: int, split: str) -> list[Example]:
+    """The first `n` test scenes of `split` and their captions (captions.csv, as retrieval reads them)."""
+    data = open_data(f"synthetic:{out / 'data'}:{split}")
     records = list(itertools.islice(data.records(), n))
     return [Example(record.key, Path(record.source), list(record.captions)) for record in records]
 
@@ -111,12 +136,16 @@ def evaluate_models(config: QuickstartConfig, out: Path, say: Callable[[str], No
         The ``models`` section of report.json and the example scenes.
     """
     suite = load_suite(f"synthetic:{out / 'data'}")
-    examples = first_examples(out, config.n_examples)
+    splits = config.test_splits
+    examples = first_examples(out, config.n_examples, next(iter(splits.values())))
     models, results = {}, {}
     for name in ("plain", "hardneg"):
-        models[name], results[name] = evaluate_model(name, out, suite, examples)
-        probe = models[name]["probe"]
-        say(f"  {name}: t2i R@1 {models[name]['retrieval']['t2i_r1']:.3f}, "
-            f"relation_swap {_pct(probe, 'relation_swap')}, attribute_swap {_pct(probe, 'attribute_swap')}")
+        models[name], results[name] = evaluate_model(name, out, suite, examples, splits)
+        shown = (models[name], models[name].get("heldout_style", {}))
+        for style, metrics in zip(splits, shown, strict=False):
+            probe = metrics["probe"]
+            say(f"  {name}, {style}: t2i R@1 {metrics['retrieval']['t2i_r1']:.3f}, relation_swap "
+                f"{_pct(probe, 'relation_swap')}, object_swap {_pct(probe, 'object_swap')}, attribute_swap "
+                f"{_pct(probe, 'attribute_swap')}")
     write_probe_report(suite, "cosine", results, out / "probe", N_RESAMPLES, PROBE_SEED)
     return models, examples

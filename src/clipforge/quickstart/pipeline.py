@@ -3,8 +3,10 @@
 `run_quickstart` writes, under its output folder::
 
     quickstart.json          the QuickstartConfig (what --resume re-reads)
-    data/                    held-out test scenes (`write_synthetic` layout: probes.jsonl, captions.csv)
-    zeroshot/                held-out single-object scenes for zero-shot shape and colour accuracy
+    data/                    held-out test scenes (`write_synthetic` layout: probes.jsonl, captions.csv),
+                             split ``test`` in the training style and ``test_style`` in the held-out style
+    zeroshot/                held-out single-object scenes for zero-shot shape and colour accuracy (the
+                             same two splits)
     plain/, hardneg/         the two training runs (log.jsonl, final/ in the clipforge model format)
     probe/                   probe.json and probe.html of both models (the probe library's own report)
     report.json, report.html the comparison
@@ -60,7 +62,7 @@ def train_config(config: QuickstartConfig, hard_negatives: bool) -> TrainRunConf
     kinds = config.negative_kinds if hard_negatives else ()
     return TrainRunConfig(
         model=ModelSection(config.model),
-        data=DataSection(n_train=config.n_train, n_val=config.n_val, seed=config.seed),
+        data=DataSection(n_train=config.n_train, n_val=config.n_val, seed=config.seed, style=config.style),
         # One thread each by default: the two runs train side by side, one per core (see `train_both`).
         train=TrainSection(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                            warmup_steps=config.warmup_steps, seed=config.seed, threads=config.threads,
@@ -72,7 +74,7 @@ def train_config(config: QuickstartConfig, hard_negatives: bool) -> TrainRunConf
 
 def scene_config(config: QuickstartConfig) -> SceneConfig:
     """The scenes the training engine renders for the quickstart model (same defaults, same size)."""
-    return SceneConfig(image_size=get_model_config(config.model).preprocess.image_size)
+    return SceneConfig(image_size=get_model_config(config.model).preprocess.image_size, style=config.style)
 
 
 def prepare_out(out_dir: Path) -> None:
@@ -87,15 +89,19 @@ def prepare_out(out_dir: Path) -> None:
 
 
 def write_test_data(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
-    """Writes the held-out test scenes and the zero-shot scenes; returns the dataset description."""
-    scenes = scene_config(config)
-    test = write_synthetic(out_dir / "data", config.n_test, seed=config.seed, config=scenes, split="test")
+    """Writes the held-out test scenes and the zero-shot scenes; returns the dataset description.
+
+    With a style, each is written twice: in the training style and in the held-out style.
+    """
+    scenes, splits = scene_config(config), tuple(config.test_splits.values())
+    test = write_synthetic(out_dir / "data", config.n_test, seed=config.seed, config=scenes, split=splits)
     lone = dataclasses.replace(scenes, count_weights=(1.0,))
-    write_synthetic(out_dir / "zeroshot", config.n_zeroshot, seed=config.seed, config=lone, split="test")
+    write_synthetic(out_dir / "zeroshot", config.n_zeroshot, seed=config.seed, config=lone, split=splits)
     return {
         "image_size": scenes.image_size, "seed": config.seed, "n_train": config.n_train,
         "n_val": config.n_val, "n_test": config.n_test, "n_zeroshot": config.n_zeroshot,
         "probe_items": test.probes, "test_split": "test", "test_dir": "data", "zeroshot_dir": "zeroshot",
+        "style_splits": config.test_splits,
         "scene_config": json.loads(json.dumps(dataclasses.asdict(scenes))),
     }
 
@@ -260,7 +266,8 @@ def resume_quickstart(out_dir: str | Path, say: Say = to_stderr) -> dict[str, An
 
 def _run(config: QuickstartConfig, out: Path, say: Say, resume: bool) -> dict[str, Any]:
     began = time.perf_counter()
-    say(f"[1/3] writing {config.n_test} held-out test scenes and {config.n_zeroshot} zero-shot scenes")
+    styles = " and ".join(config.test_splits)
+    say(f"[1/3] writing {config.n_test} test scenes and {config.n_zeroshot} zero-shot scenes, {styles}")
     dataset = write_test_data(config, out)
     budget = f"{config.steps} steps of {config.batch_size} scenes each"
     say(f"[2/3] training plain and hardneg side by side ({budget}; hardneg adds "

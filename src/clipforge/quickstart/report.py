@@ -86,9 +86,31 @@ def curves_plot(training: dict[str, Any]) -> str:
     return _png(figure)
 
 
+def columns(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The report's metric blocks by column label: each model in each style split ("hardneg, in-style").
+
+    The first style split's numbers are the model's top-level ones, the held-out style's its
+    ``heldout_style``; a report without style splits has one column per model.
+    """
+    styles = list(report["dataset"].get("style_splits", {})) or [""]
+    found = {}
+    for name, metrics in report["models"].items():
+        for style, block in zip(styles, (metrics, metrics.get("heldout_style")), strict=False):
+            if block is not None:
+                found[f"{name}, {style}" if style else name] = block
+    return found
+
+
+def _model_color(label: str) -> str | None:
+    return MODEL_COLORS.get(label.split(",")[0])
+
+
 def grouped_bars(groups: list[str], values: dict[str, list[float]],
                  errors: dict[str, list[list[float]]] | None, ylabel: str, title: str) -> str:
-    """Bars per group for each model, with asymmetric error bars when `errors` holds [lo, hi] per bar."""
+    """Bars per group for each column, with asymmetric error bars when `errors` holds [lo, hi] per bar.
+
+    A column's colour is its model's; held-out-style columns are hatched.
+    """
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 2), 3.4))
     width = 0.8 / max(len(values), 1)
@@ -98,7 +120,8 @@ def grouped_bars(groups: list[str], values: dict[str, list[float]],
         if errors is not None:
             yerr = [[max(h - lo, 0) for h, (lo, _) in zip(heights, errors[name], strict=True)],
                     [max(hi - h, 0) for h, (_, hi) in zip(heights, errors[name], strict=True)]]
-        axis.bar(xs, heights, width, yerr=yerr, capsize=3, label=name, color=MODEL_COLORS.get(name))
+        axis.bar(xs, heights, width, yerr=yerr, capsize=3, label=name, color=_model_color(name),
+                 hatch="//" if "held-out" in name else None, edgecolor="white")
     axis.set_xticks(range(len(groups)), groups)
     axis.set(ylabel=ylabel, ylim=(0, 1.05), title=title)
     axis.axhline(0.5, color="#bbb", linestyle=":", linewidth=1)
@@ -150,7 +173,7 @@ def _interval(block: dict[str, Any] | None) -> str:
 
 
 def summary_table(models: dict[str, Any]) -> str:
-    """One row per metric, one column per model."""
+    """One row per metric, one column per model (or per model and style split, see `columns`)."""
     rows: list[tuple[str, list[str]]] = []
     first = next(iter(models.values()))
     for key in first["retrieval"]:
@@ -201,9 +224,20 @@ def example_cards(examples: list[Example]) -> str:
     return "".join(cards)
 
 
+def _style_note(report: dict[str, Any]) -> str:
+    """What "in-style" and "held-out style" mean, when the scenes have a style."""
+    if not report["dataset"].get("style_splits"):
+        return ""
+    return ("<p><b>in-style</b>: test scenes drawn in the randomized training style; <b>held-out style</b>: "
+            "test scenes drawn with a background kind, colour shades, noise levels and blur radii that no "
+            "training scene uses (<code>clipforge.synthetic.style</code>). <b>object_swap</b> is the "
+            "object-recognition control beside the relation items: a relation failure with object "
+            "recognition intact is a relation failure, not a perception one.</p>")
+
+
 def render_html(report: dict[str, Any], examples: list[Example]) -> str:
     """The whole page: summary, curves, probe plots, example scenes, how to reproduce."""
-    dataset, models = report["dataset"], report["models"]
+    dataset = report["dataset"]
     intro = (f"<p>Two CLIP models trained from scratch on the same {dataset['n_train']} synthetic scenes "
              f"with the same budget; <b>plain</b> uses InfoNCE only, <b>hardneg</b> adds hard negatives "
              f"({html.escape(', '.join(report['config']['negative_kinds']))}). Evaluated on "
@@ -219,10 +253,11 @@ def render_html(report: dict[str, Any], examples: list[Example]) -> str:
     sections = [
         "<h1>clipforge quickstart: hard negatives vs plain InfoNCE</h1>",
         f"<p class='conclusion'><b>{html.escape(report['conclusion'])}</b></p>", intro,
-        "<h2>Results on held-out scenes (95% CIs for probes)</h2>", summary_table(models),
+        "<h2>Results on held-out scenes (95% CIs for probes)</h2>", _style_note(report),
+        summary_table(columns(report)),
         f"<p><small>{HONEST_NOTE}</small></p>",
         "<h2>Training curves</h2>", curves_plot(report["training"]),
-        "<h2>Probe accuracy</h2>", probe_plots(models),
+        "<h2>Probe accuracy</h2>", probe_plots(columns(report)),
         "<h2>Example test scenes and their top retrieved captions</h2>",
         "<p>Green: a caption of the scene itself.</p>", example_cards(examples),
         "<h2>Reproduce the numbers</h2>", reproduce,
