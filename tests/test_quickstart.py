@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ def test_micro_quickstart_writes_a_schema_valid_report(micro_run: tuple[Path, di
     assert set(report) >= {"models", "dataset", "seconds", "version"}
     assert set(report["models"]) == {"plain", "hardneg"}
     assert report["dataset"]["n_test"] == 40 and report["seconds"] > 0 and report["version"]
-    for metrics in report["models"].values():
+    assert report["dataset"]["style_splits"] == {"in-style": "test", "held-out style": "test_style"}
+    for metrics in [*report["models"].values(), *(m["heldout_style"] for m in report["models"].values())]:
         assert set(metrics["retrieval"]) == {"t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5"}
         assert set(metrics["zeroshot"]) == {"shape", "color"}
         assert set(metrics["probe"]) == set(TAGS)
@@ -76,6 +78,7 @@ def test_report_html_is_self_contained(micro_run: tuple[Path, dict[str, Any]]) -
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "relation_swap" in page and "hardneg" in page
     assert "probe relation_swap pair-balanced" in page and "probe count blind baseline" in page
+    assert "hardneg, held-out style" in page and "object_swap" in page
 
 
 @pytest.mark.slow
@@ -88,14 +91,17 @@ def test_probe_cli_gives_the_quickstart_numbers(micro_run: tuple[Path, dict[str,
     assert result.exit_code == 0, result.output
     probed = json.loads((tmp_path / "probe" / "probe.json").read_text())
     for name in ("plain", "hardneg"):
-        for tag in TAGS:
-            ours, theirs = report["models"][name]["probe"][tag], probed["models"][name]["per_tag"][tag]
-            assert ours["accuracy"] == theirs["accuracy"] and ours["n"] == theirs["n"]
-            assert ours["ci95"] == theirs["ci95"]
-        # Only relation-swap items come in antonym pairs, so the suite's pair-balanced score is theirs.
-        pair_balanced = probed["models"][name]["pair_balanced"]
-        assert report["models"][name]["probe"]["relation_swap"]["pair_balanced"] == {
-            "accuracy": pair_balanced["accuracy"], "ci95": pair_balanced["ci95"]}
+        styles = {"test": report["models"][name], "test_style": report["models"][name]["heldout_style"]}
+        for split, metrics in styles.items():
+            theirs_split = probed["models"][name]["per_split"][split]
+            for tag in TAGS:
+                ours, theirs = metrics["probe"][tag], theirs_split["per_tag"][tag]
+                assert ours["accuracy"] == theirs["accuracy"] and ours["n"] == theirs["n"]
+                assert ours["ci95"] == theirs["ci95"]
+            # Only relation-swap items come in antonym pairs, so the split's pair-balanced score is theirs.
+            pair_balanced = theirs_split["pair_balanced"]
+            assert metrics["probe"]["relation_swap"]["pair_balanced"] == {
+                "accuracy": pair_balanced["accuracy"], "ci95": pair_balanced["ci95"]}
 
 
 def test_existing_quickstart_folder_is_refused(tmp_path: Path) -> None:
@@ -126,11 +132,13 @@ def test_eval_cli_gives_the_quickstart_numbers(micro_run: tuple[Path, dict[str, 
     out, report = micro_run
     model, written = str(out / "hardneg" / "final"), tmp_path / "e.json"
     cases = (("retrieval", "data", ("t2i_r1", "i2t_r5")), ("zeroshot", "zeroshot", ("shape", "color")))
-    for kind, data, keys in cases:
-        args = ["eval", kind, "--model", model, "--data", f"synthetic:{out / data}", "--out", str(written)]
+    styles = {"test": report["models"]["hardneg"], "test_style": report["models"]["hardneg"]["heldout_style"]}
+    for (kind, data, keys), (split, metrics) in itertools.product(cases, styles.items()):
+        spec = f"synthetic:{out / data}:{split}"
+        args = ["eval", kind, "--model", model, "--data", spec, "--out", str(written)]
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, result.output
-        numbers, section = json.loads(written.read_text()), report["models"]["hardneg"][kind]
+        numbers, section = json.loads(written.read_text()), metrics[kind]
         assert all(numbers[key] == pytest.approx(section[key], abs=1e-6) for key in keys)
 
 

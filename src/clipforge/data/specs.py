@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 KINDS = ("flickr8k", "coco", "csv", "synthetic", "folder", "webdataset")
-SPLITS = ("train", "dev", "val", "test", "test_heldout")
+SPLITS = ("train", "dev", "val", "test", "test_heldout", "val_style", "test_style")
 _SPLIT_KINDS = ("flickr8k", "csv", "synthetic")
 
 
