@@ -89,6 +89,7 @@ def test_probe_cli_gives_the_quickstart_numbers(micro_run: tuple[Path, dict[str,
             "--model", f"hardneg={out / 'hardneg' / 'final'}", "--out", str(tmp_path / "probe")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    assert "  test: " in result.output and "  test_style: " in result.output  # one line per style split
     probed = json.loads((tmp_path / "probe" / "probe.json").read_text())
     for name in ("plain", "hardneg"):
         styles = {"test": report["models"][name], "test_style": report["models"][name]["heldout_style"]}

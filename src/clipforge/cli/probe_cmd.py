@@ -47,6 +47,8 @@ def probe_command(suite: str, models: tuple[str, ...], images: Path | None, out:
     report = probe(config)
     for name, summary in report["models"].items():
         click.echo(f"{name}: {headline(summary)}")
+        for split, part in summary.get("per_split", {}).items():
+            click.echo(f"  {split}: {headline(part)}")
     if report["bad"]["count"]:
         click.echo(f"skipped {report['bad']['count']} unreadable items (listed in probe.json)", err=True)
     click.echo(f"wrote {out / 'probe.json'} and {out / 'probe.html'}")

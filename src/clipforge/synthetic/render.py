@@ -88,10 +88,11 @@ def background(image_size: int, texture_seed: int | None) -> Image.Image:
 # fills x0 ... x1 - 1, the same span when k = 1).
 
 _SQUARE = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
-GRADIENT_STEP = 5  # gradient directions are whole multiples of this many degrees (their maps are cached)
-TEXTURES = 1024  # textured backgrounds draw one of this many seeded blob maps (cached)
+GRADIENT_STEP = 5  # gradient directions are whole multiples of this many degrees
+TEXTURES = 256  # textured backgrounds draw one of this many seeded blob maps
 _TEXTURE_CELLS = 6  # blobs per side of a texture map
 _GRADIENT_CELLS = 8  # a gradient is computed on this grid and resized up (bilinear: exact within it)
+_MAP_SIDE = 32  # gradient and texture maps are cached at this side and resized to the canvas
 # One bank of standard normal noise, drawn once: an image takes a slice of it at a random offset.
 _NOISE = np.random.default_rng(0).standard_normal(1 << 18, dtype=np.float32)
 
@@ -106,23 +107,27 @@ def _blend(size: int, first: tuple[int, int, int], second: tuple[int, int, int],
     return Image.composite(_solid(size, second), _solid(size, first), weights)
 
 
-@functools.lru_cache(maxsize=4 * 360 // GRADIENT_STEP)
-def gradient_weights(size: int, angle: int) -> Image.Image:
+@functools.lru_cache(maxsize=360 // GRADIENT_STEP)
+def _gradient_map(angle: int) -> Image.Image:
     """0 to 255 along the direction `angle` (degrees), as an "L" image; shared, do not modify."""
     centres = (np.arange(_GRADIENT_CELLS) + 0.5) / _GRADIENT_CELLS - 0.5
     turn = math.radians(angle)
     ramp = centres[None, :] * math.cos(turn) + centres[:, None] * math.sin(turn)  # [G, G]
     ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6) * 255.0
     small = Image.fromarray(ramp.round().astype(np.uint8), mode="L")
-    return small.resize((size, size), Image.Resampling.BILINEAR)
+    return small.resize((_MAP_SIDE, _MAP_SIDE), Image.Resampling.BILINEAR)
 
 
-@functools.lru_cache(maxsize=4 * TEXTURES)
-def texture_weights(size: int, index: int) -> Image.Image:
+@functools.lru_cache(maxsize=TEXTURES)
+def _texture_map(index: int) -> Image.Image:
     """Seeded coarse blobs number `index`, 0 to 255, as an "L" image; shared, do not modify."""
     cells = np.random.default_rng([index, 17]).integers(0, 256, (_TEXTURE_CELLS, _TEXTURE_CELLS))
     blobs = Image.fromarray(cells.astype(np.uint8), mode="L")
-    return blobs.resize((size, size), Image.Resampling.BICUBIC)
+    return blobs.resize((_MAP_SIDE, _MAP_SIDE), Image.Resampling.BICUBIC)
+
+
+def _sized(weights: Image.Image, size: int) -> Image.Image:
+    return weights.resize((size, size), Image.Resampling.BILINEAR)
 
 
 def styled_background(kind: str, colors: tuple[tuple[int, int, int], ...], param: tuple[float, ...],
@@ -137,12 +142,12 @@ def styled_background(kind: str, colors: tuple[tuple[int, int, int], ...], param
     """
     first, second = colors[0], colors[1]
     if kind == "gradient":
-        return _blend(size, first, second, gradient_weights(size, int(param[0])))
+        return _blend(size, first, second, _sized(_gradient_map(int(param[0])), size))
     if kind == "texture":
         amplitude = round(255 * param[0])
         dark = tuple(max(0, c - amplitude) for c in first)
         light = tuple(min(255, c + amplitude) for c in first)
-        return _blend(size, dark, light, texture_weights(size, int(param[1])))  # type: ignore[arg-type]
+        return _blend(size, dark, light, _sized(_texture_map(int(param[1])), size))  # type: ignore[arg-type]
     image = _solid(size, first)
     if kind == "split":
         rise = math.tan(math.radians(param[1])) * size / 2
@@ -203,8 +208,9 @@ def degrade(image: Image.Image, size: int, blur: float, noise: float, noise_offs
     if noise >= 0.05:
         pixels = rgb_array(image).astype(np.float32)  # [S, S, 3]
         start = noise_offset % (len(_NOISE) - pixels.size)
-        pixels += noise * _NOISE[start : start + pixels.size].reshape(pixels.shape)
-        image = Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
+        pixels += noise * _NOISE[start : start + pixels.size].reshape(pixels.shape) + 0.5
+        np.clip(pixels, 0, 255, out=pixels)
+        image = Image.fromarray(pixels.astype(np.uint8))  # truncating x + 0.5 rounds
     if jpeg_quality is not None:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=jpeg_quality)

@@ -121,9 +121,10 @@ class StyleConfig:
         if not 0 <= self.background_saturation <= 0.3:
             raise ConfigError("style config: background_saturation must be in [0, 0.3] (backgrounds must "
                               f"not read as a named colour), got {self.background_saturation}")
-        if not 0 <= self.texture <= 0.5 or not 0 <= self.jpeg <= 1 or not 0 <= self.rotation <= 30:
+        # A square turned 45 degrees is a diamond: rotations stay far from that.
+        if not 0 <= self.texture <= 0.5 or not 0 <= self.jpeg <= 1 or not 0 <= self.rotation <= 20:
             raise ConfigError("style config: texture must be in [0, 0.5], jpeg in [0, 1] and rotation in "
-                              f"[0, 30], got {self.texture}, {self.jpeg}, {self.rotation}")
+                              f"[0, 20], got {self.texture}, {self.jpeg}, {self.rotation}")
         if not 1 <= self.aspect <= 1.5:
             raise ConfigError(f"style config: aspect must be in [1, 1.5], got {self.aspect}")
         if self.scale[0] * _LARGE_OVER_SMALL / self.aspect <= 1:
