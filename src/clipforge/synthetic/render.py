@@ -130,6 +130,12 @@ def _sized(weights: Image.Image, size: int) -> Image.Image:
     return weights.resize((size, size), Image.Resampling.BILINEAR)
 
 
+def _shifted(color: tuple[int, int, int], amount: float) -> tuple[int, int, int]:
+    """`color` lightened (or darkened, for a negative amount) by `amount` on the 0-1 scale."""
+    red, green, blue = (min(255, max(0, c + round(255 * amount))) for c in color)
+    return red, green, blue
+
+
 def styled_background(kind: str, colors: tuple[tuple[int, int, int], ...], param: tuple[float, ...],
                       size: int) -> Image.Image:
     """An RGB background of side `size` (see `clipforge.synthetic.style` for the kinds).
@@ -144,10 +150,8 @@ def styled_background(kind: str, colors: tuple[tuple[int, int, int], ...], param
     if kind == "gradient":
         return _blend(size, first, second, _sized(_gradient_map(int(param[0])), size))
     if kind == "texture":
-        amplitude = round(255 * param[0])
-        dark = tuple(max(0, c - amplitude) for c in first)
-        light = tuple(min(255, c + amplitude) for c in first)
-        return _blend(size, dark, light, _sized(_texture_map(int(param[1])), size))  # type: ignore[arg-type]
+        weights = _sized(_texture_map(int(param[1])), size)
+        return _blend(size, _shifted(first, -param[0]), _shifted(first, param[0]), weights)
     image = _solid(size, first)
     if kind == "split":
         rise = math.tan(math.radians(param[1])) * size / 2
