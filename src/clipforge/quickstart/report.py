@@ -224,6 +224,11 @@ def example_cards(examples: list[Example]) -> str:
     return "".join(cards)
 
 
+def _per_style(dataset: dict[str, Any]) -> str:
+    styles = list(dataset.get("style_splits", {}))
+    return f"in each of {len(styles)} styles, {html.escape(' and '.join(styles))} " if len(styles) > 1 else ""
+
+
 def _style_note(report: dict[str, Any]) -> str:
     """What "in-style" and "held-out style" mean, when the scenes have a style."""
     if not report["dataset"].get("style_splits"):
@@ -241,9 +246,9 @@ def render_html(report: dict[str, Any], examples: list[Example]) -> str:
     intro = (f"<p>Two CLIP models trained from scratch on the same {dataset['n_train']} synthetic scenes "
              f"with the same budget; <b>plain</b> uses InfoNCE only, <b>hardneg</b> adds hard negatives "
              f"({html.escape(', '.join(report['config']['negative_kinds']))}). Evaluated on "
-             f"{dataset['n_test']} held-out test scenes ({dataset['probe_items']} probe items) and "
-             f"{dataset['n_zeroshot']} single-object scenes. Total time {report['seconds']:.0f} s; "
-             f"clipforge {html.escape(report['version'])}.</p>")
+             f"{dataset['n_test']} held-out test scenes and {dataset['n_zeroshot']} single-object scenes "
+             f"{_per_style(dataset)}({dataset['probe_items']} probe items in all). "
+             f"Total time {report['seconds']:.0f} s; clipforge {html.escape(report['version'])}.</p>")
     reproduce = "<pre>" + "\n".join((
         "clipforge probe --suite synthetic:OUT/data --model plain=OUT/plain/final "
         "--model hardneg=OUT/hardneg/final --out OUT/probe-again",
