@@ -252,8 +252,9 @@ def render_html(report: dict[str, Any], examples: list[Example]) -> str:
     reproduce = "<pre>" + "\n".join((
         "clipforge probe --suite synthetic:OUT/data --model plain=OUT/plain/final "
         "--model hardneg=OUT/hardneg/final --out OUT/probe-again",
-        "clipforge eval retrieval --model OUT/hardneg/final --data synthetic:OUT/data --out r.json",
-        "clipforge eval zeroshot --model OUT/hardneg/final --data synthetic:OUT/zeroshot --out z.json",
+        "clipforge eval retrieval --model OUT/hardneg/final --data synthetic:OUT/data:test --out r.json",
+        "clipforge eval zeroshot --model OUT/hardneg/final --data synthetic:OUT/zeroshot:test --out z.json",
+        "# held-out style: the same with :test_style; the probe reports both splits (per_split)",
     )) + "</pre>"
     sections = [
         "<h1>clipforge quickstart: hard negatives vs plain InfoNCE</h1>",
