@@ -80,6 +80,26 @@ def test_quiet_style_draws_exact_boxes_in_their_shades() -> None:
             assert (pixels[object_mask(obj, 64)] == shade).all()
 
 
+def test_styled_geometry_stays_in_its_box_and_keeps_its_centre() -> None:
+    """Relations are read from box centres: a scaled, stretched, turned shape must keep both."""
+    style = dataclasses.replace(QUIET, scale=(0.85, 1.0), aspect=1.25, rotation=15.0, supersample=(1, 3))
+    for index in range(40):
+        scene = generate_scene(SceneConfig(style=style), 2, "train", index)
+        pixels = np.asarray(render_scene(scene, style)).astype(int)
+        drawn = np.abs(pixels - pixels[0, 0]).sum(axis=2) > 0  # [H, W]: not background
+        inside = np.zeros_like(drawn)
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.bbox
+            inside[y0:y1, x0:x1] = True
+            ys, xs = np.nonzero(drawn[y0:y1, x0:x1])
+            weights = np.abs(pixels[y0:y1, x0:x1] - pixels[0, 0]).sum(axis=2)[ys, xs]
+            centre = (x0 + np.average(xs + 0.5, weights=weights), y0 + np.average(ys + 0.5, weights=weights))
+            extent = ((x0 + xs.min() + x0 + xs.max() + 1) / 2, (y0 + ys.min() + y0 + ys.max() + 1) / 2)
+            assert np.allclose(extent, obj.centre, atol=1.0), (obj, extent)
+            assert np.allclose(centre, obj.centre, atol=0.25 * (x1 - x0)), (obj, centre)
+        assert not (drawn & ~inside).any()
+
+
 def test_shades_keep_their_colour_names() -> None:
     for color, (low, high) in HUE_RANGES.items():
         for index in range(200):
