@@ -161,6 +161,11 @@ def test_conclusion_is_computed_from_the_numbers() -> None:
     smoke = conclusion(raised, 300, 1800)
     assert smoke.startswith("Smoke run (300 of the default 1800 steps), too short to show the effect")
     assert smoke.count(".") >= 1 and "raised" in smoke
+    styled = {name: {**block, "heldout_style": {"probe": {
+        "relation_swap": {"accuracy": accuracy}, "object_swap": {"accuracy": 0.97}}}}
+        for (name, block), accuracy in zip(raised.items(), (0.51, 0.92), strict=True)}
+    assert conclusion(styled, 1800, 1800).endswith(
+        "disjoint); in a held-out style 0.51 and 0.92, with object-swap accuracy 0.97 and 0.97.")
 
 
 # Two objects, three shapes, three colours, relation captions only: the quickstart's question in miniature.

@@ -44,10 +44,21 @@ def conclusion(models: dict[str, Any], steps: int, full_steps: int) -> str:
     else:
         both = f"{plain['accuracy']:.2f} for plain, {hard['accuracy']:.2f} for hardneg"
         finding = f"no effect of hard negatives was shown: relation-swap accuracy {both} ({cis} overlap)"
+    finding += _heldout_clause(models)
     if steps < full_steps:
         return (f"Smoke run ({steps} of the default {full_steps} steps), too short to show the effect of "
                 f"hard negatives: {finding}.")
     return finding[0].upper() + finding[1:] + "."
+
+
+def _heldout_clause(models: dict[str, Any]) -> str:
+    """What the same probes say on the held-out style (empty without one), with the object control."""
+    if any("heldout_style" not in models[name] for name in ("plain", "hardneg")):
+        return ""
+    plain, hard = (models[name]["heldout_style"]["probe"] for name in ("plain", "hardneg"))
+    return (f"; in a held-out style {plain['relation_swap']['accuracy']:.2f} and "
+            f"{hard['relation_swap']['accuracy']:.2f}, with object-swap accuracy "
+            f"{plain['object_swap']['accuracy']:.2f} and {hard['object_swap']['accuracy']:.2f}")
 
 
 def _png(figure: Any) -> str:
