@@ -15,7 +15,8 @@ What varies (`StyleConfig` holds the ranges, `Style` one scene's draw):
   two colours: red 350-10, orange 22-36, yellow 48-60, green 105-145, blue 212-236, purple 268-292.
 - geometry: each object is drawn inside its box, centred, scaled by `scale`; shapes whose name allows it
   are also stretched (up to `aspect`; not circles and squares) and rotated (up to `rotation` degrees;
-  not circles). Objects whose boxes touch another box keep the plain geometry, so occlusion truth holds.
+  triangles, stars and crosses: a square turned part of the way to 45 degrees reads as a diamond).
+  Objects whose boxes touch another box keep the plain geometry, so occlusion truth holds.
 - pixels: rendered at `supersample` times the image size and box-filtered down (edge softness), then
   box blur, per-channel Gaussian sensor noise and JPEG re-encoding.
 
@@ -43,7 +44,8 @@ HUE_RANGES = {
     "green": (105.0, 145.0), "blue": (212.0, 236.0), "purple": (268.0, 292.0),
 }
 STRETCHABLE = ("triangle", "diamond", "star", "cross")  # a stretched circle or square is another shape
-ROTATABLE = ("square", "triangle", "diamond", "star", "cross")
+# A square turned towards 45 degrees becomes a diamond and back: their names fix their orientation.
+ROTATABLE = ("triangle", "star", "cross")
 HELDOUT_STYLE_SPLITS = ("val_style", "test_style")
 _LARGE_OVER_SMALL = 0.34 / 0.22  # box side of a large object over a small one (scene.SIZE_FRACTION)
 
@@ -93,7 +95,7 @@ class StyleConfig:
     noise: tuple[float, ...] = (0.0, 10.0)
     heldout_noise: tuple[float, ...] = (4.0, 6.0)
     jpeg: float = 0.2
-    jpeg_quality: tuple[int, ...] = (40, 95)
+    jpeg_quality: tuple[int, ...] = (50, 95)
 
     def __post_init__(self) -> None:
         self._check_backgrounds()
