@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from clipforge.checkpoint import load
 from clipforge.data.specs import open_data
@@ -21,6 +20,7 @@ from clipforge.eval.run import (
     embed_dataset,
     evaluate_zeroshot,
 )
+from clipforge.models.base import ContrastiveModel
 from clipforge.probe import ClipEncoder, ProbeResult, Suite, load_suite, run_probe, summarize
 from clipforge.probe.report import write_probe_report
 from clipforge.probe.stats import N_RESAMPLES, split_results
@@ -72,7 +72,7 @@ def top_captions(features: RetrievalFeatures, index: int, k: int = TOP_CAPTIONS
             for s, j in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
 
 
-def split_metrics(loaded: tuple[nn.Module, Preprocess, Any], out: Path, split: str, result: ProbeResult
+def split_metrics(loaded: tuple[ContrastiveModel, Preprocess, Any], out: Path, split: str, result: ProbeResult
                   ) -> tuple[dict[str, Any], RetrievalFeatures]:
     """Retrieval, zero-shot and probe numbers on the test scenes of one split, and its retrieval features.
 
