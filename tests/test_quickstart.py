@@ -16,13 +16,16 @@ from clipforge.errors import ClipforgeError, ConfigError
 from clipforge.models.registry import create_model
 from clipforge.probe import ClipEncoder, ProbeItem, items_from_synthetic, run_probe
 from clipforge.quickstart import QuickstartConfig, run_quickstart
+from clipforge.quickstart.pipeline import _jsonable
 from clipforge.synthetic.dataset import SceneConfig, SyntheticScenes, synthetic_probe_items
+from clipforge.synthetic.style import StyleConfig
 from clipforge.train.batches import tower_encoder
 from clipforge.train.config import TrainSection
 from clipforge.train.contrastive import encode_batch
 from clipforge.train.loop import torch_settings
 from clipforge.train.loss import InfoNCELoss
 from clipforge.train.sources import pair_collate
+from clipforge.typed import parse_dataclass
 
 RELATIONS = ("left of", "right of", "above", "below")
 TAGS = ("relation_swap", "argument_swap", "attribute_swap", "object_swap", "count")
@@ -206,3 +209,11 @@ def test_relation_swap_negatives_teach_what_plain_training_does_not() -> None:
     assert len(held_out) == 180
     assert abs(plain - 0.5) < 0.1  # plain InfoNCE stays at chance on swapped relations of unseen scenes
     assert hardneg > plain + 0.1  # measured 0.678 vs 0.506 (seed 0)
+
+
+@pytest.mark.parametrize("style", [StyleConfig(rotation=5.0, noise=(0.0, 4.0), heldout_noise=(1.0, 2.0)),
+                                   None])
+def test_quickstart_json_keeps_the_style_for_resume(style: StyleConfig | None) -> None:
+    config = QuickstartConfig(steps=7, style=style)
+    saved = json.loads(json.dumps(_jsonable(config)))  # what --resume reads back from quickstart.json
+    assert parse_dataclass(QuickstartConfig, saved, "quickstart.json") == config
