@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
+from clipforge.adapt.run import classify_with_prompt
+from clipforge.cli.adapt_cmd import cpu_only
 from clipforge.cli.output import one_line, quote_path, runtime_options
+from clipforge.errors import ConfigError
 from clipforge.eval.templates import get_templates
 from clipforge.eval.zeroshot import Prediction, classify_files
 
@@ -17,14 +21,17 @@ def register(group: click.Group) -> None:
 
 
 @click.command()
-@click.option("--model", "spec", required=True, help="Registry name, model folder, HF folder or OpenAI .pt.")
-@click.option("--labels", required=True, help='Comma-separated class names, e.g. "cat,dog,car".')
+@click.option("--model", "spec", default=None,
+              help="Registry name, model folder, HF folder or OpenAI .pt (--prompt: its own by default).")
+@click.option("--labels", default=None, help='Comma-separated class names, e.g. "cat,dog,car".')
 @click.option(
     "--templates",
     default="openai_imagenet_7",
     show_default=True,
     help="Prompt ensemble: simple, openai_imagenet_7 or openai_imagenet.",
 )
+@click.option("--prompt", type=click.Path(file_okay=False, exists=True), default=None,
+              help="A CoOp prompt folder (OUT/coop of `clipforge adapt coop`): learned prompts and classes.")
 @click.option("--top", "top_k", type=click.IntRange(min=1), default=3, show_default=True,
               help="Labels shown per image.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
@@ -32,15 +39,24 @@ def register(group: click.Group) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (errors included).")
 @runtime_options
 @click.argument("images", nargs=-1, required=True)
-def classify(spec: str, labels: str, templates: str, top_k: int, batch_size: int, as_json: bool, device: str,
-             images: tuple[str, ...]) -> None:
+def classify(spec: str | None, labels: str | None, templates: str, prompt: str | None, top_k: int,
+             batch_size: int, as_json: bool, device: str, images: tuple[str, ...]) -> None:
     """Zero-shot classify IMAGES (files, or folders searched recursively) and print the top labels.
 
-    Unreadable files are reported and the others still classified; the exit status is then 1.
+    With --prompt, the classes and prompts are those a CoOp run learned. Unreadable files are reported
+    and the others still classified; the exit status is then 1.
     """
-    names = [name.strip() for name in labels.split(",") if name.strip()]
-    prompts = get_templates(templates)
-    predictions = classify_files(spec, list(images), names, prompts, top_k, batch_size, device)
+    if prompt is not None:
+        if labels:
+            raise ConfigError("--labels and --prompt exclude each other: a prompt has its own classes")
+        cpu_only(device)
+        predictions = classify_with_prompt(Path(prompt), list(images), top_k, spec, batch_size)
+    else:
+        if not spec or not labels:
+            raise ConfigError("classify needs --model and --labels (or a learned --prompt)")
+        names = [name.strip() for name in labels.split(",") if name.strip()]
+        predictions = classify_files(spec, list(images), names, get_templates(templates), top_k, batch_size,
+                                     device)
     if as_json:
         click.echo(json.dumps({"results": [_as_dict(p) for p in predictions]}, indent=2))
     else:

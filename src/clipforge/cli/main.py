@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "clipforge.cli.probe_cmd",
     "clipforge.cli.skills_cmd",
     "clipforge.cli.generate_cmd",
+    "clipforge.cli.adapt_cmd",
 ]
 
 

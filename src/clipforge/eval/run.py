@@ -153,7 +153,8 @@ def zeroshot_report(model_spec: str, data_spec: str, config: EvalConfig = EvalCo
     """
     spec = parse_spec(data_spec)
     if spec.kind != "synthetic":
-        raise DataError(f"zero-shot evaluation needs a synthetic:DIR[:split] spec, got '{data_spec}'")
+        raise DataError(f"zero-shot evaluation needs synthetic:DIR[:split] or a classification spec "
+                        f"(imagefolder:, synth:, flickr8k-tags:, corrupt:), got '{data_spec}'")
     images, labels, bad = load_labelled_scenes(Path(spec.location), spec.split)
     if not images:
         raise DataError(f"no readable single-object scenes in '{data_spec}' to classify")

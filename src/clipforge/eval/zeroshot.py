@@ -102,6 +102,30 @@ def classify_files(
     paths = image_files(images)
     model, preprocess, tokenizer = load(spec, device)
     classifier = zero_shot_classifier(model, tokenizer, labels, templates)
+    return classify_images(model, preprocess, paths, labels, classifier, top_k, batch_size)
+
+
+def classify_images(
+    model: nn.Module,
+    preprocess: Callable[[Any], torch.Tensor],
+    paths: Sequence[str],
+    labels: Sequence[str],
+    classifier: torch.Tensor,
+    top_k: int = 3,
+    batch_size: int = 32,
+) -> list[Prediction]:
+    """Top labels of each image file under a class-embedding matrix [E, C] (a prompt ensemble or learned
+    prompts); unreadable files get their error entry.
+
+    Args:
+        model: a model with `encode_image` and `logit_scale`.
+        preprocess: PIL image -> [3, S, S].
+        paths: image files.
+        labels: class names, in the classifier's column order.
+        classifier: normalized class embeddings [E, C].
+        top_k: how many labels to keep per image.
+        batch_size: images per forward pass.
+    """
     results: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]

@@ -64,8 +64,22 @@ class CLIP(ContrastiveModel):
         """Embeds token ids [B, L] (zero-padded, end-of-text has the highest id) into [B, E]."""
         vocab = self.token_embedding.num_embeddings
         tokens = check_tokens(tokens, self.context_length, vocab, "clip-bpe").to(self.text_projection.device)
+        return self.encode_text_embeddings(self.token_embedding(tokens), tokens, normalize)
+
+    def text_token_table(self) -> torch.Tensor:
+        """The text tower's input embedding of every vocabulary id, [V, D] (the space CoOp learns in)."""
+        return self.token_embedding.weight
+
+    def encode_text_embeddings(
+        self, embeddings: torch.Tensor, tokens: torch.Tensor, normalize: bool = False
+    ) -> torch.Tensor:
+        """Embeds input embeddings [B, L, D] that stand in for `tokens` [B, L] into [B, E].
+
+        `tokens` only gives the layout: the output is pooled at its end-of-text position, so learned
+        vectors may replace any other token's embedding (prompt learning, e.g. CoOp).
+        """
         length = tokens.shape[1]
-        x = self.token_embedding(tokens) + self.positional_embedding[:length].to(self.dtype)  # [B, L, D]
+        x = embeddings.to(self.dtype) + self.positional_embedding[:length].to(self.dtype)  # [B, L, D]
         x = self.ln_final(self.transformer(x, causal=True))
         eot = tokens.argmax(dim=-1)  # the end-of-text id is the largest in the vocabulary
         features = x[torch.arange(x.shape[0]), eot] @ self.text_projection  # [B, E]

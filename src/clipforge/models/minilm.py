@@ -103,19 +103,29 @@ class MiniLM(nn.Module):
 
     def token_states(self, tokens: torch.Tensor) -> torch.Tensor:
         """Last-layer states [B, L, D] of zero-padded token ids [B, L]."""
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.token_embedding(tokens) + self.position_embedding(positions) + self.type_embedding.weight[0]
-        x = self.ln_embed(x)  # [B, L, D]
-        mask = tokens != PAD_ID
+        return self.states_from_embeddings(self.token_embedding(tokens), tokens != PAD_ID)
+
+    def states_from_embeddings(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Last-layer states [B, L, D] of word embeddings [B, L, D]; `mask` [B, L] is True for real tokens.
+
+        Position and segment embeddings are added here, so the input may hold learned vectors in place of
+        some words' embeddings (prompt learning).
+        """
+        positions = torch.arange(embeddings.shape[1], device=embeddings.device)
+        x = self.ln_embed(embeddings + self.position_embedding(positions) + self.type_embedding.weight[0])
         for layer in self.layers:
             x = layer(x, mask)
-        return x
+        return x  # [B, L, D]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Sentence embeddings [B, D]: the mean of the token states over non-padding tokens."""
-        mask = (tokens != PAD_ID).unsqueeze(-1).to(self.ln_embed.weight.dtype)  # [B, L, 1]
-        summed = (self.token_states(tokens) * mask).sum(dim=1)  # [B, D]
-        return summed / mask.sum(dim=1).clamp(min=1e-9)
+        return self.pool_embeddings(self.token_embedding(tokens), tokens != PAD_ID)
+
+    def pool_embeddings(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Sentence embeddings [B, D] of word embeddings [B, L, D]: mean last state over `mask` [B, L]."""
+        weights = mask.unsqueeze(-1).to(self.ln_embed.weight.dtype)  # [B, L, 1]
+        summed = (self.states_from_embeddings(embeddings, mask) * weights).sum(dim=1)  # [B, D]
+        return summed / weights.sum(dim=1).clamp(min=1e-9)
 
     def groups(self) -> list[nn.Module]:
         """Trainable units from input to output: the embeddings, then each encoder layer."""

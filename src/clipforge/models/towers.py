@@ -177,6 +177,21 @@ class TowerCLIP(TowerModel):
         vocab, positions = backbone.token_embedding.num_embeddings, backbone.position_embedding.num_embeddings
         return backbone(check_tokens(tokens, positions, vocab, "wordpiece").to(self.logit_scale.device))
 
+    def text_token_table(self) -> torch.Tensor:
+        """MiniLM's word embedding of every vocabulary id, [V, 384] (the space CoOp learns in)."""
+        return self.text.backbone.token_embedding.weight
+
+    def encode_text_embeddings(
+        self, embeddings: torch.Tensor, tokens: torch.Tensor, normalize: bool = False
+    ) -> torch.Tensor:
+        """Embeds word embeddings [B, L, 384] that stand in for WordPiece ids `tokens` [B, L] into [B, E].
+
+        `tokens` only gives the layout (its padding is masked out), so learned vectors may replace any
+        real token's embedding (prompt learning, e.g. CoOp).
+        """
+        features = self.text.backbone.pool_embeddings(embeddings, tokens != minilm.PAD_ID)  # [B, 384]
+        return self.project_text_features(features, normalize)
+
     def lock_image_tower(self, unlocked_blocks: int | None = None) -> None:
         """Freezes the EfficientNet backbone but its last `unlocked_blocks` blocks; the head stays trainable.
 

@@ -23,6 +23,8 @@ class TextTokenizer(Protocol):
 
     def __call__(self, texts: str | Sequence[str]) -> torch.Tensor: ...
 
+    def decode(self, ids: Sequence[int]) -> str: ...
+
 
 def get_tokenizer(config: TokenizerConfig) -> TextTokenizer:
     """Builds the tokenizer a model config names.

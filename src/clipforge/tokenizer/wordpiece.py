@@ -46,6 +46,10 @@ class WordPieceTokenizer:
             raise ConfigError(f"WordPiece vocabulary has no {token} token")
         return int(token_id)
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """Turns ids back into text, dropping [CLS], [SEP] and padding (WordPiece pieces are joined)."""
+        return str(self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True))
+
     def __call__(
         self, texts: str | Sequence[str], context_length: int | None = None, truncate: bool = True
     ) -> torch.Tensor:

@@ -1,0 +1,336 @@
+"""The adaptation jobs behind `clipforge adapt` and `clipforge eval zeroshot` on classification data.
+
+Each job loads the model, opens the data specs, reads frozen image features through the shared cache,
+measures zero-shot accuracy (the prompt-template ensemble) and its own method over shots x seeds, and
+merges its results into ``OUT/adapt.json`` (methods run earlier against the same model and data are kept)
+before rewriting ``OUT/adapt.html``. Hyperparameters are chosen on the validation split only; when no
+`val` spec is given, a stratified 20 % of the training images (seed 0) is held out as validation.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipforge.adapt import coop, linear_probe, wiseft
+from clipforge.adapt.features import (
+    AdaptableModel,
+    FeatureSet,
+    adaptable,
+    embed_features,
+    few_shot_indices,
+    hit_rate,
+    image_features,
+    logit_scale,
+    split_off,
+    trainable_image_head,
+)
+from clipforge.adapt.report import merge_report, per_class_accuracy, summarize_seeds, write_report
+from clipforge.adapt.zeroshot import (
+    DEFAULT_SINGLE,
+    ensemble,
+    evaluate_head,
+    greedy_templates,
+    template_embeddings,
+)
+from clipforge.checkpoint import load
+from clipforge.data.classification import open_classification
+from clipforge.data.labelled import ClassificationData
+from clipforge.data.readers import image_files
+from clipforge.data.transforms import Preprocess
+from clipforge.errors import ConfigError, DataError
+from clipforge.eval.templates import OPENAI_IMAGENET_TEMPLATES
+from clipforge.eval.zeroshot import Prediction, classify_images
+from clipforge.probe.stats import accuracy_block
+from clipforge.tokenizer import TextTokenizer
+from clipforge.version import __version__
+
+VAL_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """What to adapt, on which data, and how the few-shot protocol samples it.
+
+    Attributes:
+        model: a model spec (`clipforge.load`).
+        test: classification spec the results are reported on.
+        out: output folder (adapt.json, adapt.html, learned prompts).
+        train: classification spec to learn from (None: zero-shot only).
+        val: classification spec for choosing hyperparameters (None: 20 % of train).
+        shots: images per class to train on; empty: the whole training set ("all").
+        seeds: few-shot draws (and training seeds) per shot count: 1 .. seeds.
+        feature_cache: frozen-feature cache folder (default OUT/features); share it with LiT runs.
+        batch_size: images per feature-extraction batch.
+        workers: image-decoding workers.
+    """
+
+    model: str
+    test: str
+    out: Path
+    train: str | None = None
+    val: str | None = None
+    shots: tuple[int, ...] = ()
+    seeds: int = 3
+    feature_cache: Path | None = None
+    batch_size: int = 64
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1 or any(k < 1 for k in self.shots):
+            raise ConfigError("adapt: seeds and every shot count must be >= 1")
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.feature_cache or self.out / "features"
+
+
+@dataclass
+class Task:
+    """A loaded model with the frozen features of its data."""
+
+    model: AdaptableModel
+    preprocess: Preprocess
+    tokenizer: TextTokenizer
+    classnames: list[str]
+    templates: list[str]
+    test: FeatureSet
+    val: FeatureSet | None
+    train: FeatureSet | None
+    counts: dict[str, dict[str, int]]
+    bad: dict[str, dict[str, int]]
+
+    @cached_property
+    def prompt_embeddings(self) -> torch.Tensor:
+        """Normalized [T, C, E] embeddings of every template of the pool and class."""
+        return template_embeddings(self.model, self.tokenizer, self.classnames, self.templates)
+
+
+def _say(message: str) -> None:
+    print(f"clipforge: {message}", file=sys.stderr, flush=True)
+
+
+def open_task(config: AdaptConfig) -> Task:
+    """Loads the model and the frozen features of test, train and val.
+
+    Raises:
+        DataError: the specs' class names differ, or a split has no readable image.
+    """
+    loaded, preprocess, tokenizer = load(config.model)
+    model = adaptable(loaded)
+    test_data = open_classification(config.test)
+    opened = {"test": test_data}
+    for split, spec in (("train", config.train), ("val", config.val)):
+        if spec is not None:
+            opened[split] = _same_classes(list(test_data.classnames), config.test, open_classification(spec))
+    features = {split: features_of(model, preprocess, data, config) for split, data in opened.items()}
+    templates = list(test_data.templates) or list(OPENAI_IMAGENET_TEMPLATES)
+    task = Task(model, preprocess, tokenizer, list(test_data.classnames), templates, features["test"],
+                features.get("val"), features.get("train"),
+                {split: data.class_counts() for split, data in opened.items()},
+                {split: data.bad.report() for split, data in opened.items()})
+    if task.val is None and task.train is not None:
+        kept, held = split_off(task.train.labels, VAL_FRACTION, seed=0)
+        task.train, task.val = task.train.subset(kept), task.train.subset(held)
+    return task
+
+
+def features_of(model: AdaptableModel, preprocess: Preprocess, data: ClassificationData,
+                config: AdaptConfig) -> FeatureSet:
+    """Frozen features of `data` through the configured cache, with a progress line."""
+    _say(f"frozen features of '{data.name}' ({len(data.items)} images, cache {config.cache_dir})")
+    return image_features(model, preprocess, data, config.cache_dir, config.batch_size, config.workers)
+
+
+def _same_classes(classnames: list[str], reference: str, other: ClassificationData) -> ClassificationData:
+    if list(other.classnames) != classnames:
+        raise DataError(f"'{other.name}' has classes {list(other.classnames)[:4]}..., "
+                        f"not those of '{reference}' ({classnames[:4]}...)")
+    return other
+
+
+def zero_shot_section(task: Task) -> dict[str, Any]:
+    """Test accuracy (95% CI) and per-class accuracy of the prompt-ensemble head."""
+    predictions = _head_predictions(task, task.test, ensemble(task.prompt_embeddings))
+    correct = (predictions == task.test.labels).numpy()
+    block = accuracy_block(correct)
+    return {**block, "templates": len(task.templates),
+            "per_class": per_class_accuracy(predictions, task.test.labels, task.classnames)}
+
+
+def _head_predictions(task: Task, data: FeatureSet, head: torch.Tensor) -> torch.Tensor:
+    return (embed_features(task.model, data.features) @ head.t()).argmax(dim=1)
+
+
+def _shot_keys(config: AdaptConfig) -> list[int | None]:
+    return list(config.shots) if config.shots else [None]
+
+
+def _key(shots: int | None) -> str:
+    return "all" if shots is None else str(shots)
+
+
+def _training_set(task: Task, shots: int | None, seed: int) -> FeatureSet:
+    if task.train is None:
+        raise ConfigError("adaptation needs --train data")
+    if shots is None:
+        return task.train
+    return task.train.subset(few_shot_indices(task.train.labels, shots, seed))
+
+
+Runner = Callable[[FeatureSet, int | None, int], dict[str, Any]]
+
+
+def few_shot_protocol(task: Task, config: AdaptConfig, run: Runner) -> dict[str, Any]:
+    """Runs `run(train, shots, seed)` for every shot count and seed; mean, std and per-seed results."""
+    results = {}
+    for shots in _shot_keys(config):
+        runs = []
+        for seed in range(1, config.seeds + 1):
+            start = time.time()
+            outcome = run(_training_set(task, shots, seed), shots, seed)
+            runs.append({**outcome, "seconds": time.time() - start})
+            _say(f"{_key(shots)} shots, seed {seed}: test accuracy {outcome['accuracy']:.4f}")
+        results[_key(shots)] = summarize_seeds(runs, task.test.labels, task.classnames)
+    return results
+
+
+def _finish(config: AdaptConfig, task: Task, results: dict[str, Any], extra: dict[str, Any]
+            ) -> dict[str, Any]:
+    report = {
+        "model": config.model, "data": {"train": config.train, "val": config.val, "test": config.test},
+        "version": __version__, "classes": task.classnames, "counts": task.counts, "bad_samples": task.bad,
+        "zero_shot": zero_shot_section(task), "results": results, **extra,
+    }
+    merged = merge_report(config.out / "adapt.json", report)
+    write_report(merged, config.out)
+    return merged
+
+
+def run_linear_probe(config: AdaptConfig) -> dict[str, Any]:
+    """Few-shot (or full) linear probes with the C search on val; writes OUT/adapt.json and adapt.html."""
+    task = open_task(config)
+    val = _require_val(task)
+
+    def run(train: FeatureSet, shots: int | None, seed: int) -> dict[str, Any]:
+        return linear_probe.probe(train, val, task.test, seed)
+
+    return _finish(config, task, {"linear-probe": few_shot_protocol(task, config, run)}, {})
+
+
+def _require_val(task: Task) -> FeatureSet:
+    if task.val is None:
+        raise ConfigError("this method needs validation data: give --val or --train")
+    return task.val
+
+
+def run_coop(config: AdaptConfig, coop_config: coop.CoopConfig) -> dict[str, Any]:
+    """Few-shot CoOp; the prompt learned with the most shots (seed 1) is saved to OUT/coop/."""
+    task = open_task(config)
+    saved: dict[str, Any] = {}
+
+    def run(train: FeatureSet, shots: int | None, seed: int) -> dict[str, Any]:
+        prompt, seconds = coop.timed_train(task.model, task.tokenizer, task.classnames, train, coop_config,
+                                           shots, seed)
+        predictions = coop.predict(task.model, prompt, task.test)
+        if seed == 1 and shots == _shot_keys(config)[-1]:
+            saved.update(_save_prompt(config, task, prompt, shots))
+        accuracy = hit_rate(predictions, task.test.labels)
+        return {"accuracy": accuracy, "predictions": predictions, "train_seconds": seconds}
+
+    results = few_shot_protocol(task, config, run)
+    return _finish(config, task, {"coop": results}, {"coop": saved})
+
+
+def _save_prompt(config: AdaptConfig, task: Task, prompt: coop.PromptLearner, shots: int | None
+                 ) -> dict[str, Any]:
+    words = coop.nearest_words(task.model, task.tokenizer, prompt)
+    meta = {"model": config.model, "shots": _key(shots), "seed": 1, "nearest_words": words}
+    folder = coop.save_prompt(prompt, config.out / "coop", meta)
+    return {"prompt": str(folder), "shots": _key(shots), "nearest_words": words}
+
+
+def run_wise_ft(config: AdaptConfig, wise: wiseft.WiseFtConfig, shift: str | None) -> dict[str, Any]:
+    """Fine-tunes the zero-shot classifier and reports accuracy along the mixing coefficient α."""
+    task = open_task(config)
+    val = _require_val(task)
+    sets = {"val": val, "test": task.test}
+    if shift is not None:
+        shifted = open_classification(shift)
+        checked = _same_classes(task.classnames, config.test, shifted)
+        sets["shift"] = features_of(task.model, task.preprocess, checked, config)
+    zero_shot = wiseft.ZeroShotClassifier(trainable_image_head(task.model), ensemble(task.prompt_embeddings),
+                                          logit_scale(task.model))
+    curves: list[dict[str, Any]] = []
+
+    def run(train: FeatureSet, shots: int | None, seed: int) -> dict[str, Any]:
+        lr, tuned = wiseft.best_lr(zero_shot, train, val, wise, seed)
+        curve: dict[str, Any] = {**wiseft.alpha_curve(zero_shot, tuned, sets, wise.alphas), "lr": lr}
+        curves.append(curve)
+        best = int(np.argmax(curve["val"]))  # this seed's α, chosen on val
+        return {"accuracy": curve["test"][best], "alpha": wise.alphas[best], "lr": lr}
+
+    results = few_shot_protocol(task, config, run)
+    section = wise_ft_section(curves, wise.alphas, shift)
+    return _finish(config, task, {"wise-ft": results}, {"wise_ft": section})
+
+
+def wise_ft_section(curves: list[dict[str, Any]], alphas: tuple[float, ...], shift: str | None
+                    ) -> dict[str, Any]:
+    """Mean and std of every curve over the runs, and the α chosen on val."""
+    names = [n for n in ("val", "test", "shift") if n in curves[0]]
+    stats: dict[str, dict[str, list[float]]] = {n: {"mean": np.mean([c[n] for c in curves], axis=0).tolist(),
+                 "std": np.std([c[n] for c in curves], axis=0).tolist()} for n in names}
+    chosen = int(np.argmax(stats["val"]["mean"]))
+    return {"alphas": list(alphas), "shift_spec": shift, "lrs": [c["lr"] for c in curves], **stats,
+            "alpha_val": alphas[chosen], "at_alpha_val": {n: stats[n]["mean"][chosen] for n in names}}
+
+
+def run_template_search(config: AdaptConfig) -> dict[str, Any]:
+    """Zero-shot accuracy of the single template, the whole pool and the greedy selection made on val."""
+    task = open_task(config)
+    val = _require_val(task)
+    scale = logit_scale(task.model)
+    embeddings = task.prompt_embeddings
+    val_images, test_images = (embed_features(task.model, s.features) for s in (val, task.test))
+    chosen = greedy_templates(embeddings, val_images, val.labels, scale)
+    single = [task.templates.index(DEFAULT_SINGLE)] if DEFAULT_SINGLE in task.templates else [0]
+    rows = {"single": single, "ensemble": list(range(len(embeddings))), "greedy": chosen}
+    search = {name: _template_row(task, ids, val_images, val.labels, test_images, scale)
+              for name, ids in rows.items()}
+    return _finish(config, task, {}, {"template_search": search})
+
+
+def _template_row(task: Task, ids: list[int], val_images: torch.Tensor, val_labels: torch.Tensor,
+                  test_images: torch.Tensor, scale: float) -> dict[str, Any]:
+    head = ensemble(task.prompt_embeddings, ids)
+    correct = ((test_images @ head.t()).argmax(dim=1) == task.test.labels).numpy()
+    return {"templates": [task.templates[i] for i in ids], "test": accuracy_block(correct),
+            "val_accuracy": evaluate_head(val_images, val_labels, head, scale).accuracy}
+
+
+def classify_with_prompt(folder: Path, images: list[str], top_k: int = 3, model_spec: str | None = None,
+                         batch_size: int = 32) -> list[Prediction]:
+    """Classifies image files (or folders of them) with a CoOp prompt saved by `run_coop`, on its model
+    unless `model_spec` names another copy of it."""
+    paths = image_files(images)
+    meta = coop.read_prompt_meta(folder)
+    loaded, preprocess, tokenizer = load(model_spec or str(meta["model"]))
+    model = adaptable(loaded)
+    prompt = coop.load_prompt(folder, model, tokenizer)
+    with torch.no_grad():
+        classifier = prompt.class_embeddings(model).t()  # [E, C]
+    return classify_images(model, preprocess, paths, prompt.classnames, classifier, top_k, batch_size)
+
+
+def run_zero_shot(config: AdaptConfig) -> dict[str, Any]:
+    """Zero-shot accuracy of the prompt-ensemble head only."""
+    return _finish(config, open_task(config), {}, {})
