@@ -22,6 +22,7 @@ from clipforge.adapt.features import (
     logit_scale,
     split_off,
 )
+from clipforge.adapt.run import AdaptConfig, Task, few_shot_protocol, journal
 from clipforge.adapt.zeroshot import ensemble, greedy_templates
 from clipforge.cli.main import main
 from clipforge.models.config import ModelConfig
@@ -212,8 +213,10 @@ def test_cli_methods_merge_into_one_report(squares: Path, tmp_path: Path) -> Non
     lp = report["results"]["linear-probe"]
     assert set(lp) == {"2"} and len(lp["2"]["per_seed"]) == 2 and len(lp["2"]["C"]) == 2
     assert report["zero_shot"]["n"] == 15 and report["zero_shot"]["templates"] == 80
-    report = _adapt("coop", squares, out, "--shots", "2", "--seeds", "1", "--epochs", "2")
+    report = _adapt("coop", squares, out, "--shots", "2", "--seeds", "1", "--epochs", "2", "--lr", "0.002",
+                    "--lr", "0.02")
     assert set(report["results"]) == {"linear-probe", "coop"} and report["coop"]["shots"] == "2"
+    assert report["results"]["coop"]["2"]["lr"][0] in (0.002, 0.02)  # chosen on val
     report = _adapt("wise-ft", squares, out, "--seeds", "1", "--epochs", "1", "--lr", "0.01",
                     "--shift", f"corrupt:greyscale:5:imagefolder:{squares}:test")
     curve = report["wise_ft"]
@@ -254,3 +257,22 @@ def test_cli_template_search_reports_test_on_what_val_chose(tiny, squares: Path,
                                         "--data", f"imagefolder:{squares}:test",
                                         "--out", str(tmp_path / "c")])
     assert missing.exit_code == 1 and "needs --val" in missing.output
+
+
+def test_sweeps_resume_from_their_journal(tmp_path: Path) -> None:
+    calls: list[tuple[int | None, int]] = []
+
+    data = FeatureSet(tuple("abcdef"), torch.zeros(6, 2), torch.tensor([0, 1, 2] * 2))
+
+    def run(train: FeatureSet, shots: int | None, seed: int) -> dict:
+        calls.append((shots, seed))
+        return {"accuracy": 0.5, "predictions": data.labels}
+
+    task = Task(None, None, None, ["x", "y", "z"], [], data, data, data, {}, {})
+    config = AdaptConfig(model="m", test="t", out=tmp_path, train="tr", shots=(1, 2), seeds=2)
+    journal(config, "probe", {"c": 1}).add("1", 2, {"accuracy": 0.25, "predictions": torch.zeros(6)})
+    results = few_shot_protocol(task, config, journal(config, "probe", {"c": 1}), run)
+    assert calls == [(1, 1), (2, 1), (2, 2)] and results["1"]["per_seed"] == [0.5, 0.25]
+    calls.clear()
+    few_shot_protocol(task, config, journal(config, "probe", {"c": 2}), run)  # other settings: start over
+    assert len(calls) == 4

@@ -49,7 +49,10 @@ def _mean_or_none(values: list[float | None]) -> float | None:
 
 
 def merge_report(path: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """`report` plus what an earlier run against the same model and test data left in `path`."""
+    """`report` plus what an earlier run against the same model and test data left in `path`.
+
+    Results merge per method and shot count: a full-data run adds "all" beside earlier few-shot counts.
+    """
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -57,7 +60,10 @@ def merge_report(path: Path, report: dict[str, Any]) -> dict[str, Any]:
     if old.get("model") != report["model"] or old.get("data", {}).get("test") != report["data"]["test"]:
         return report
     merged = {**old, **report}
-    merged["results"] = {**old.get("results", {}), **report["results"]}
+    results = old.get("results", {})
+    for method, by_shot in report["results"].items():
+        results[method] = {**results.get(method, {}), **by_shot}
+    merged["results"] = results
     merged["data"] = {**old.get("data", {}), **{k: v for k, v in report["data"].items() if v is not None}}
     merged["counts"] = {**old.get("counts", {}), **report["counts"]}
     return merged

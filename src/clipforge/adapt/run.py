@@ -9,6 +9,7 @@ before rewriting ``OUT/adapt.html``. Hyperparameters are chosen on the validatio
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from clipforge.adapt.features import (
     split_off,
     trainable_image_head,
 )
+from clipforge.adapt.journal import Journal
 from clipforge.adapt.report import merge_report, per_class_accuracy, summarize_seeds, write_report
 from clipforge.adapt.zeroshot import (
     DEFAULT_SINGLE,
@@ -189,22 +191,33 @@ def _training_set(task: Task, shots: int | None, seed: int) -> FeatureSet:
 Runner = Callable[[FeatureSet, int | None, int], dict[str, Any]]
 
 
-def few_shot_protocol(task: Task, config: AdaptConfig, run: Runner) -> dict[str, Any]:
-    """Runs `run(train, shots, seed)` for every shot count and seed; mean, std and per-seed results."""
+def journal(config: AdaptConfig, method: str, settings: Any) -> Journal:
+    """The resume journal of one method's sweep in OUT, keyed by the model, data and `settings`."""
+    fingerprint = {"method": method, "model": config.model, "train": config.train, "val": config.val,
+                   "test": config.test, "settings": settings}
+    return Journal(config.out / f".{method}-runs.json", fingerprint)
+
+
+def few_shot_protocol(task: Task, config: AdaptConfig, done: Journal, run: Runner) -> dict[str, Any]:
+    """Runs `run(train, shots, seed)` for every shot count and seed not yet in the journal `done`;
+    mean, std and per-seed results."""
     results = {}
     for shots in _shot_keys(config):
         runs = []
         for seed in range(1, config.seeds + 1):
-            start = time.time()
-            outcome = run(_training_set(task, shots, seed), shots, seed)
-            runs.append({**outcome, "seconds": time.time() - start})
+            outcome = done.get(_key(shots), seed)
+            if outcome is None:
+                start = time.time()
+                outcome = run(_training_set(task, shots, seed), shots, seed)
+                done.add(_key(shots), seed, {**outcome, "seconds": time.time() - start})
+            runs.append(outcome)
             _say(f"{_key(shots)} shots, seed {seed}: test accuracy {outcome['accuracy']:.4f}")
         results[_key(shots)] = summarize_seeds(runs, task.test.labels, task.classnames)
     return results
 
 
-def _finish(config: AdaptConfig, task: Task, results: dict[str, Any], extra: dict[str, Any]
-            ) -> dict[str, Any]:
+def _finish(config: AdaptConfig, task: Task, results: dict[str, Any], extra: dict[str, Any],
+            done: Journal | None = None) -> dict[str, Any]:
     report = {
         "model": config.model, "data": {"train": config.train, "val": config.val, "test": config.test},
         "version": __version__, "classes": task.classnames, "counts": task.counts, "bad_samples": task.bad,
@@ -212,6 +225,8 @@ def _finish(config: AdaptConfig, task: Task, results: dict[str, Any], extra: dic
     }
     merged = merge_report(config.out / "adapt.json", report)
     write_report(merged, config.out)
+    if done is not None:
+        done.close()
     return merged
 
 
@@ -223,7 +238,8 @@ def run_linear_probe(config: AdaptConfig) -> dict[str, Any]:
     def run(train: FeatureSet, shots: int | None, seed: int) -> dict[str, Any]:
         return linear_probe.probe(train, val, task.test, seed)
 
-    return _finish(config, task, {"linear-probe": few_shot_protocol(task, config, run)}, {})
+    done = journal(config, "linear-probe", {"coarse": linear_probe.COARSE_EXPONENTS})
+    return _finish(config, task, {"linear-probe": few_shot_protocol(task, config, done, run)}, {}, done)
 
 
 def _require_val(task: Task) -> FeatureSet:
@@ -232,30 +248,51 @@ def _require_val(task: Task) -> FeatureSet:
     return task.val
 
 
-def run_coop(config: AdaptConfig, coop_config: coop.CoopConfig) -> dict[str, Any]:
-    """Few-shot CoOp; the prompt learned with the most shots (seed 1) is saved to OUT/coop/."""
+def run_coop(config: AdaptConfig, coop_config: coop.CoopConfig, lrs: tuple[float, ...] = ()
+             ) -> dict[str, Any]:
+    """Few-shot CoOp; the prompt learned with the most shots (seed 1) is saved to OUT/coop/.
+
+    Args:
+        config: model, data and few-shot protocol.
+        coop_config: the prompt and optimizer.
+        lrs: learning rates to choose from on val for every run (empty: `coop_config.lr` only).
+    """
     task = open_task(config)
+    val = _require_val(task)
     saved: dict[str, Any] = {}
 
     def run(train: FeatureSet, shots: int | None, seed: int) -> dict[str, Any]:
-        prompt, seconds = coop.timed_train(task.model, task.tokenizer, task.classnames, train, coop_config,
-                                           shots, seed)
+        trained = {lr: coop.timed_train(task.model, task.tokenizer, task.classnames, train,
+                                        dataclasses.replace(coop_config, lr=lr), shots, seed)
+                   for lr in lrs or (coop_config.lr,)}
+        scores = {lr: hit_rate(coop.predict(task.model, prompt, val), val.labels)
+                  for lr, (prompt, _) in trained.items()}
+        lr = max(scores, key=lambda r: scores[r])
+        prompt = trained[lr][0]
         predictions = coop.predict(task.model, prompt, task.test)
         if seed == 1 and shots == _shot_keys(config)[-1]:
             saved.update(_save_prompt(config, task, prompt, shots))
-        accuracy = hit_rate(predictions, task.test.labels)
-        return {"accuracy": accuracy, "predictions": predictions, "train_seconds": seconds}
+        return {"accuracy": hit_rate(predictions, task.test.labels), "predictions": predictions, "lr": lr,
+                "val_accuracy": scores[lr], "train_seconds": sum(s for _, s in trained.values())}
 
-    results = few_shot_protocol(task, config, run)
-    return _finish(config, task, {"coop": results}, {"coop": saved})
+    done = journal(config, "coop", {"coop": dataclasses.asdict(coop_config), "lrs": lrs})
+    results = few_shot_protocol(task, config, done, run)
+    return _finish(config, task, {"coop": results}, {"coop": saved or _saved_prompt(config)}, done)
 
 
 def _save_prompt(config: AdaptConfig, task: Task, prompt: coop.PromptLearner, shots: int | None
                  ) -> dict[str, Any]:
     words = coop.nearest_words(task.model, task.tokenizer, prompt)
     meta = {"model": config.model, "shots": _key(shots), "seed": 1, "nearest_words": words}
-    folder = coop.save_prompt(prompt, config.out / "coop", meta)
-    return {"prompt": str(folder), "shots": _key(shots), "nearest_words": words}
+    coop.save_prompt(prompt, config.out / "coop", meta)
+    return _saved_prompt(config)
+
+
+def _saved_prompt(config: AdaptConfig) -> dict[str, Any]:
+    """The report's view of the prompt in OUT/coop (also when a resumed sweep saved it earlier)."""
+    folder = config.out / "coop"
+    meta = coop.read_prompt_meta(folder)
+    return {"prompt": str(folder), "shots": meta["shots"], "nearest_words": meta["nearest_words"]}
 
 
 def run_wise_ft(config: AdaptConfig, wise: wiseft.WiseFtConfig, shift: str | None) -> dict[str, Any]:
@@ -269,29 +306,28 @@ def run_wise_ft(config: AdaptConfig, wise: wiseft.WiseFtConfig, shift: str | Non
         sets["shift"] = features_of(task.model, task.preprocess, checked, config)
     zero_shot = wiseft.ZeroShotClassifier(trainable_image_head(task.model), ensemble(task.prompt_embeddings),
                                           logit_scale(task.model))
-    curves: list[dict[str, Any]] = []
 
     def run(train: FeatureSet, shots: int | None, seed: int) -> dict[str, Any]:
         lr, tuned = wiseft.best_lr(zero_shot, train, val, wise, seed)
-        curve: dict[str, Any] = {**wiseft.alpha_curve(zero_shot, tuned, sets, wise.alphas), "lr": lr}
-        curves.append(curve)
+        curve = wiseft.alpha_curve(zero_shot, tuned, sets, wise.alphas)
         best = int(np.argmax(curve["val"]))  # this seed's α, chosen on val
-        return {"accuracy": curve["test"][best], "alpha": wise.alphas[best], "lr": lr}
+        return {"accuracy": curve["test"][best], "alpha": wise.alphas[best], "lr": lr, "curve": curve}
 
-    results = few_shot_protocol(task, config, run)
-    section = wise_ft_section(curves, wise.alphas, shift)
-    return _finish(config, task, {"wise-ft": results}, {"wise_ft": section})
+    done = journal(config, "wise-ft", {"wise": dataclasses.asdict(wise), "shift": shift})
+    results = few_shot_protocol(task, config, done, run)
+    section = wise_ft_section(results, wise.alphas, shift)
+    return _finish(config, task, {"wise-ft": results}, {"wise_ft": section}, done)
 
 
-def wise_ft_section(curves: list[dict[str, Any]], alphas: tuple[float, ...], shift: str | None
-                    ) -> dict[str, Any]:
-    """Mean and std of every curve over the runs, and the α chosen on val."""
-    names = [n for n in ("val", "test", "shift") if n in curves[0]]
-    stats: dict[str, dict[str, list[float]]] = {n: {"mean": np.mean([c[n] for c in curves], axis=0).tolist(),
-                 "std": np.std([c[n] for c in curves], axis=0).tolist()} for n in names}
+def wise_ft_section(results: dict[str, Any], alphas: tuple[float, ...], shift: str | None) -> dict[str, Any]:
+    """Mean and std over seeds of the α curves of the largest shot count, and the α chosen on val."""
+    runs = results[list(results)[-1]]
+    curves = runs["curve"]
+    stats = {n: {"mean": np.mean([c[n] for c in curves], axis=0).tolist(),
+                 "std": np.std([c[n] for c in curves], axis=0).tolist()} for n in curves[0]}
     chosen = int(np.argmax(stats["val"]["mean"]))
-    return {"alphas": list(alphas), "shift_spec": shift, "lrs": [c["lr"] for c in curves], **stats,
-            "alpha_val": alphas[chosen], "at_alpha_val": {n: stats[n]["mean"][chosen] for n in names}}
+    return {"alphas": list(alphas), "shift_spec": shift, "lrs": runs["lr"], **stats,
+            "alpha_val": alphas[chosen], "at_alpha_val": {n: stats[n]["mean"][chosen] for n in stats}}
 
 
 def run_template_search(config: AdaptConfig) -> dict[str, Any]:

@@ -97,14 +97,15 @@ def linear_probe(**params: Any) -> None:
 @click.option("--class-position", type=click.Choice(CLASS_POSITIONS), default="end", show_default=True)
 @click.option("--class-specific", is_flag=True, help="One context per class instead of a shared one.")
 @click.option("--epochs", default=0, show_default=True, help="0: the paper's schedule (50/100/200 by shots).")
-@click.option("--lr", default=0.002, show_default=True, help="SGD learning rate.")
-def coop(n_ctx: int, ctx_init: str, class_position: str, class_specific: bool, epochs: int, lr: float,
-         **params: Any) -> None:
+@click.option("--lr", "lrs", multiple=True, type=float,
+              help="SGD learning rate (default 0.002, the paper's); several: each run keeps the best on val.")
+def coop(n_ctx: int, ctx_init: str, class_position: str, class_specific: bool, epochs: int,
+         lrs: tuple[float, ...], **params: Any) -> None:
     """CoOp prompt learning: M context vectors learned in the text tower's input space."""
     config = adapt_config(params)
     prompt = CoopConfig(n_ctx=n_ctx, ctx_init=ctx_init, class_specific=class_specific,
-                        class_position=class_position, epochs=epochs, lr=lr)
-    report = run_coop(config, prompt)
+                        class_position=class_position, epochs=epochs)
+    report = run_coop(config, prompt, lrs)
     _summary(report, "coop")
     click.echo(f"learned prompt: {report['coop']['prompt']} (use: clipforge classify --prompt ...)")
 

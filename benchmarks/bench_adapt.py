@@ -1,0 +1,164 @@
+"""Adapting models to classification tasks: template search, linear probe, CoOp and WiSE-FT, few-shot.
+
+    python benchmarks/bench_adapt.py [--setups flickr8k,relation] [--out runs/adapt-bench]
+        [--flickr8k-model runs/flickr8k-lit/final] [--relation-model runs/quickstart/hardneg/final]
+        [--root ../shared/data/flickr8k] [--coop-lr 0.002] [--skip-run] [--write]
+
+Each setup runs the `clipforge` commands below (printed as they run, and listed in RESULTS.md) into
+OUT/SETUP, all against one model and one classification task: `eval zeroshot --template-search`, then
+`adapt linear-probe` and `adapt coop` at 1, 2, 4, 8 and 16 shots per class with 3 seeds, a full-data
+linear probe (the upper-bound control), and `adapt wise-ft` on the whole training split with a
+Gaussian-noise shift of the test split. Every hyperparameter is chosen on the val split. `--write` puts
+the tables in benchmarks/RESULTS.md between the `<!-- adapt:begin -->` / `<!-- adapt:end -->` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from _results import write_section
+
+SHOTS = "1,2,4,8,16"
+SHIFT = "corrupt:gaussian_noise:3"
+
+
+def setups(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """Model and data specs of each setup."""
+    tags = f"flickr8k-tags:{args.root}"
+    return {
+        "flickr8k": {"model": args.flickr8k_model, "train": f"{tags}:train", "val": f"{tags}:val",
+                     "test": f"{tags}:test", "title": "flickr8k-tags, Flickr8k LiT model"},
+        "relation": {"model": args.relation_model, "train": "synth:relation:48:train",
+                     "val": "synth:relation:48:val", "test": "synth:relation:48:test",
+                     "title": "synthetic relation task, quickstart `hardneg` model"},
+    }
+
+
+def commands(setup: dict[str, str], out: Path, cache: Path, coop_lrs: list[str]) -> list[list[str]]:
+    """The clipforge command lines of one setup."""
+    data = ["--model", setup["model"], "--train", setup["train"], "--val", setup["val"], "--test", setup["test"],
+            "--out", str(out), "--feature-cache", str(cache)]
+    lrs = [arg for lr in coop_lrs for arg in ("--lr", lr)]
+    return [
+        ["clipforge", "eval", "zeroshot", "--model", setup["model"], "--data", setup["test"], "--val", setup["val"],
+         "--template-search", "--out", str(out), "--feature-cache", str(cache)],
+        ["clipforge", "adapt", "linear-probe", *data, "--shots", SHOTS, "--seeds", "3"],
+        ["clipforge", "adapt", "linear-probe", *data, "--seeds", "1"],
+        ["clipforge", "adapt", "coop", *data, "--shots", SHOTS, "--seeds", "3", *lrs],
+        ["clipforge", "adapt", "wise-ft", *data, "--seeds", "3", "--shift", f"{SHIFT}:{setup['test']}"],
+    ]
+
+
+def run(lines: list[list[str]]) -> None:
+    for line in lines:
+        print("$", shlex.join(line), flush=True)
+        subprocess.run(line, check=True)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _ci(block: dict[str, Any]) -> str:
+    return f"{_pct(block['accuracy'])} [{_pct(block['ci95'][0])}, {_pct(block['ci95'][1])}]"
+
+
+def few_shot_table(report: dict[str, Any]) -> str:
+    """Zero-shot, linear probe and CoOp by shots (mean ± std over 3 seeds), with the controls."""
+    shots = ["1", "2", "4", "8", "16"]
+    counts = report["counts"]["test"]
+    head = "| method | " + " | ".join(f"{k} shots" for k in shots) + " | all |\n|---|" + "---:|" * 6 + "\n"
+    rows = [f"| zero-shot ({report['zero_shot']['templates']} templates) | {_ci(report['zero_shot'])} "
+            + "| " * 5 + "|"]
+    for method in ("linear-probe", "coop"):
+        by_shot = report["results"].get(method, {})
+        cells = [f"{_pct(by_shot[k]['mean'])} ± {_pct(by_shot[k]['std'])}" if k in by_shot else "-"
+                 for k in [*shots, "all"]]
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    majority = max(counts.values()) / sum(counts.values())
+    rows.append(f"| chance / majority class | {_pct(1 / len(counts))} / {_pct(majority)} " + "| " * 5 + "|")
+    return head + "\n".join(rows) + "\n"
+
+
+def template_table(report: dict[str, Any]) -> str:
+    rows = ["| head | templates | val acc | test acc [95% CI] |", "|---|---:|---:|---:|"]
+    for name, row in report["template_search"].items():
+        rows.append(f"| {name} | {len(row['templates'])} | {_pct(row['val_accuracy'])} | {_ci(row['test'])} |")
+    chosen = report["template_search"]["greedy"]["templates"]
+    return "\n".join(rows) + f"\n\nGreedy choice (on val): {', '.join(f'`{t}`' for t in chosen)}.\n"
+
+
+def wise_table(section: dict[str, Any]) -> str:
+    rows = ["| α | val | test | shift |", "|---:|---:|---:|---:|"]
+    for i, alpha in enumerate(section["alphas"]):
+        cells = [f"{_pct(section[n]['mean'][i])} ± {_pct(section[n]['std'][i])}" for n in ("val", "test", "shift")]
+        rows.append(f"| {alpha:g} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + f"\n\nα chosen on val: {section['alpha_val']:g}; learning rates chosen: {section['lrs']}.\n"
+
+
+def per_class_table(report: dict[str, Any]) -> str:
+    columns = {"zero-shot": report["zero_shot"]["per_class"]}
+    for method in ("linear-probe", "coop"):
+        if "16" in report["results"].get(method, {}):
+            columns[f"{method} 16"] = report["results"][method]["16"]["per_class"]
+    rows = ["| class | test images | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    for name in report["classes"]:
+        cells = " | ".join(_pct(col.get(name)) for col in columns.values())
+        rows.append(f"| {name} | {report['counts']['test'][name]} | {cells} |")
+    return "\n".join(rows) + "\n"
+
+
+def section(name: str, setup: dict[str, str], report: dict[str, Any], lines: list[list[str]]) -> str:
+    coop = report["results"].get("coop", {}).get("16", {})
+    seconds = ", ".join(f"{s:.0f}" for s in coop.get("train_seconds", []))
+    words = " / ".join(w[0][0] for w in report.get("coop", {}).get("nearest_words", []))
+    commands_text = "\n".join(shlex.join(line) for line in lines)
+    return (f"### {setup['title']}\n\nTest: {report['zero_shot']['n']} images, {len(report['classes'])} classes. "
+            f"Accuracy in %, mean ± std over seeds 1-3 (few-shot draws and training); zero-shot with a 95% "
+            f"bootstrap CI.\n\n{few_shot_table(report)}\nTemplate search:\n\n{template_table(report)}\n"
+            f"Per class (16 shots: mean over seeds):\n\n{per_class_table(report)}\n"
+            f"CoOp 16-shot training seconds per seed: {seconds or '-'}; nearest tokens of the learned context "
+            f"(seed 1): {words or '-'}.\n\nWiSE-FT (whole training split, 3 seeds; shift: "
+            f"`{report['wise_ft']['shift_spec']}`):\n\n{wise_table(report['wise_ft'])}\n"
+            f"```\n{commands_text}\n```\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setups", default="flickr8k,relation")
+    parser.add_argument("--out", type=Path, default=Path("runs/adapt-bench"))
+    parser.add_argument("--flickr8k-model", default="runs/flickr8k-lit/final")
+    parser.add_argument("--relation-model", default="runs/quickstart/hardneg/final")
+    parser.add_argument("--root", default="../shared/data/flickr8k")
+    parser.add_argument("--coop-lr", default="0.002", help="comma-separated; several are chosen on val")
+    parser.add_argument("--skip-run", action="store_true", help="only render the tables from OUT")
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args(argv)
+    texts = []
+    for name in args.setups.split(","):
+        setup = setups(args)[name]
+        lines = commands(setup, args.out / name, args.out / "features", args.coop_lr.split(","))
+        if not args.skip_run:
+            run(lines)
+        report = json.loads((args.out / name / "adapt.json").read_text())
+        texts.append(section(name, setup, report, lines))
+    head = (f"## Adapting a model: zero-shot, linear probe, CoOp, WiSE-FT\n\n`python benchmarks/bench_adapt.py` "
+            f"on {platform.machine()}, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, load "
+            f"average {os.getloadavg()[0]:.1f} at the end (other jobs inflate every time).\n\n")
+    text = head + "\n".join(texts)
+    print(text)
+    if args.write:
+        write_section("adapt", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
