@@ -44,17 +44,25 @@ def setups(args: argparse.Namespace) -> dict[str, dict[str, str]]:
 
 def commands(setup: dict[str, str], out: Path, cache: Path, coop_lrs: list[str]) -> list[list[str]]:
     """The clipforge command lines of one setup."""
-    data = ["--model", setup["model"], "--train", setup["train"], "--val", setup["val"], "--test", setup["test"],
-            "--out", str(out), "--feature-cache", str(cache)]
+    data = ["--model", setup["model"], "--train", setup["train"], "--val", setup["val"],
+            "--test", setup["test"], "--out", str(out), "--feature-cache", str(cache)]
     lrs = [arg for lr in coop_lrs for arg in ("--lr", lr)]
     return [
-        ["clipforge", "eval", "zeroshot", "--model", setup["model"], "--data", setup["test"], "--val", setup["val"],
-         "--template-search", "--out", str(out), "--feature-cache", str(cache)],
+        ["clipforge", "eval", "zeroshot", "--model", setup["model"], "--data", setup["test"],
+         "--val", setup["val"], "--template-search", "--out", str(out), "--feature-cache", str(cache)],
         ["clipforge", "adapt", "linear-probe", *data, "--shots", SHOTS, "--seeds", "3"],
         ["clipforge", "adapt", "linear-probe", *data, "--seeds", "1"],
         ["clipforge", "adapt", "coop", *data, "--shots", SHOTS, "--seeds", "3", *lrs],
         ["clipforge", "adapt", "wise-ft", *data, "--seeds", "3", "--shift", f"{SHIFT}:{setup['test']}"],
     ]
+
+
+def variant_commands(setup: dict[str, str], out: Path, cache: Path) -> list[list[str]]:
+    """CoOp's class-specific variant with the learning rate chosen on val (its own OUT)."""
+    return [["clipforge", "adapt", "coop", "--model", setup["model"], "--train", setup["train"],
+             "--val", setup["val"], "--test", setup["test"], "--out", str(out), "--feature-cache", str(cache),
+             "--shots", SHOTS, "--seeds", "3", "--class-specific", "--lr", "0.002", "--lr", "0.02",
+             "--lr", "0.1"]]
 
 
 def run(lines: list[list[str]]) -> None:
@@ -71,15 +79,18 @@ def _ci(block: dict[str, Any]) -> str:
     return f"{_pct(block['accuracy'])} [{_pct(block['ci95'][0])}, {_pct(block['ci95'][1])}]"
 
 
-def few_shot_table(report: dict[str, Any]) -> str:
+def few_shot_table(report: dict[str, Any], variant: dict[str, Any] | None) -> str:
     """Zero-shot, linear probe and CoOp by shots (mean ± std over 3 seeds), with the controls."""
     shots = ["1", "2", "4", "8", "16"]
     counts = report["counts"]["test"]
     head = "| method | " + " | ".join(f"{k} shots" for k in shots) + " | all |\n|---|" + "---:|" * 6 + "\n"
     rows = [f"| zero-shot ({report['zero_shot']['templates']} templates) | {_ci(report['zero_shot'])} "
             + "| " * 5 + "|"]
-    for method in ("linear-probe", "coop"):
-        by_shot = report["results"].get(method, {})
+    methods = {"linear probe": report["results"].get("linear-probe", {}),
+               "CoOp (paper settings)": report["results"].get("coop", {})}
+    if variant is not None:
+        methods["CoOp (class-specific, lr on val)"] = variant["results"]["coop"]
+    for method, by_shot in methods.items():
         cells = [f"{_pct(by_shot[k]['mean'])} ± {_pct(by_shot[k]['std'])}" if k in by_shot else "-"
                  for k in [*shots, "all"]]
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -91,7 +102,8 @@ def few_shot_table(report: dict[str, Any]) -> str:
 def template_table(report: dict[str, Any]) -> str:
     rows = ["| head | templates | val acc | test acc [95% CI] |", "|---|---:|---:|---:|"]
     for name, row in report["template_search"].items():
-        rows.append(f"| {name} | {len(row['templates'])} | {_pct(row['val_accuracy'])} | {_ci(row['test'])} |")
+        val = _pct(row["val_accuracy"])
+        rows.append(f"| {name} | {len(row['templates'])} | {val} | {_ci(row['test'])} |")
     chosen = report["template_search"]["greedy"]["templates"]
     return "\n".join(rows) + f"\n\nGreedy choice (on val): {', '.join(f'`{t}`' for t in chosen)}.\n"
 
@@ -99,9 +111,11 @@ def template_table(report: dict[str, Any]) -> str:
 def wise_table(section: dict[str, Any]) -> str:
     rows = ["| α | val | test | shift |", "|---:|---:|---:|---:|"]
     for i, alpha in enumerate(section["alphas"]):
-        cells = [f"{_pct(section[n]['mean'][i])} ± {_pct(section[n]['std'][i])}" for n in ("val", "test", "shift")]
+        cells = [f"{_pct(section[n]['mean'][i])} ± {_pct(section[n]['std'][i])}"
+                 for n in ("val", "test", "shift")]
         rows.append(f"| {alpha:g} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + f"\n\nα chosen on val: {section['alpha_val']:g}; learning rates chosen: {section['lrs']}.\n"
+    chosen = f"α chosen on val: {section['alpha_val']:g}; learning rates chosen on val: {section['lrs']}."
+    return "\n".join(rows) + f"\n\n{chosen}\n"
 
 
 def per_class_table(report: dict[str, Any]) -> str:
@@ -116,16 +130,20 @@ def per_class_table(report: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def section(name: str, setup: dict[str, str], report: dict[str, Any], lines: list[list[str]]) -> str:
+def section(setup: dict[str, str], report: dict[str, Any], variant: dict[str, Any] | None,
+            lines: list[list[str]]) -> str:
     coop = report["results"].get("coop", {}).get("16", {})
     seconds = ", ".join(f"{s:.0f}" for s in coop.get("train_seconds", []))
     words = " / ".join(w[0][0] for w in report.get("coop", {}).get("nearest_words", []))
     commands_text = "\n".join(shlex.join(line) for line in lines)
-    return (f"### {setup['title']}\n\nTest: {report['zero_shot']['n']} images, {len(report['classes'])} classes. "
+    return (f"### {setup['title']}\n\nTest: {report['zero_shot']['n']} images, "
+            f"{len(report['classes'])} classes. "
             f"Accuracy in %, mean ± std over seeds 1-3 (few-shot draws and training); zero-shot with a 95% "
-            f"bootstrap CI.\n\n{few_shot_table(report)}\nTemplate search:\n\n{template_table(report)}\n"
+            f"bootstrap CI.\n\n{few_shot_table(report, variant)}\n"
+            f"Template search:\n\n{template_table(report)}\n"
             f"Per class (16 shots: mean over seeds):\n\n{per_class_table(report)}\n"
-            f"CoOp 16-shot training seconds per seed: {seconds or '-'}; nearest tokens of the learned context "
+            f"CoOp 16-shot training seconds per seed: {seconds or '-'}; nearest tokens of the learned "
+            f"context "
             f"(seed 1): {words or '-'}.\n\nWiSE-FT (whole training split, 3 seeds; shift: "
             f"`{report['wise_ft']['shift_spec']}`):\n\n{wise_table(report['wise_ft'])}\n"
             f"```\n{commands_text}\n```\n")
@@ -139,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relation-model", default="runs/quickstart/hardneg/final")
     parser.add_argument("--root", default="../shared/data/flickr8k")
     parser.add_argument("--coop-lr", default="0.002", help="comma-separated; several are chosen on val")
+    parser.add_argument("--variant-setups", default="relation", help="setups that also run CoOp's variant")
     parser.add_argument("--skip-run", action="store_true", help="only render the tables from OUT")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
@@ -146,11 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.setups.split(","):
         setup = setups(args)[name]
         lines = commands(setup, args.out / name, args.out / "features", args.coop_lr.split(","))
+        with_variant = name in args.variant_setups.split(",")
+        if with_variant:
+            lines += variant_commands(setup, args.out / f"{name}-csc", args.out / "features")
         if not args.skip_run:
             run(lines)
         report = json.loads((args.out / name / "adapt.json").read_text())
-        texts.append(section(name, setup, report, lines))
-    head = (f"## Adapting a model: zero-shot, linear probe, CoOp, WiSE-FT\n\n`python benchmarks/bench_adapt.py` "
+        variant = json.loads((args.out / f"{name}-csc" / "adapt.json").read_text()) if with_variant else None
+        texts.append(section(setup, report, variant, lines))
+    head = (f"## Adapting a model: zero-shot, linear probe, CoOp, WiSE-FT\n\n"
+            f"`python benchmarks/bench_adapt.py` "
             f"on {platform.machine()}, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, load "
             f"average {os.getloadavg()[0]:.1f} at the end (other jobs inflate every time).\n\n")
     text = head + "\n".join(texts)

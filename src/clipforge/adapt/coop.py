@@ -222,8 +222,8 @@ def nearest_words(model: AdaptableModel, tokenizer: TextTokenizer, prompt: Promp
     ctx = prompt.ctx if prompt.ctx.dim() == 2 else prompt.ctx[0]  # [M, D]
     distances = torch.cdist(ctx, table)  # [M, V]
     top = distances.topk(k, dim=1, largest=False)
-    return [[(tokenizer.decode([int(i)]), round(float(d), 4)) for d, i in zip(ds, ids, strict=True)]
-            for ds, ids in zip(top.values, top.indices, strict=True)]
+    return [[(tokenizer.decode([int(i)]) or f"<id {int(i)}>", round(float(d), 4))
+             for d, i in zip(ds, ids, strict=True)] for ds, ids in zip(top.values, top.indices, strict=True)]
 
 
 def save_prompt(prompt: PromptLearner, folder: Path, meta: dict[str, Any]) -> Path:

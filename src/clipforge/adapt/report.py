@@ -129,11 +129,12 @@ def wise_ft_chart(section: dict[str, Any]) -> str:
     for name in ("val", "test", "shift"):
         if name in section:
             mean, std = np.asarray(section[name]["mean"]), np.asarray(section[name]["std"])
-            label = f"shift ({section['shift_spec']})" if name == "shift" else name
-            axis.plot(alphas, mean, marker="o", color=CURVE_COLORS[name], label=label)
+            axis.plot(alphas, mean, marker="o", color=CURVE_COLORS[name], label=name)
             axis.fill_between(alphas, mean - std, mean + std, color=CURVE_COLORS[name], alpha=0.15)
     axis.axvline(section["alpha_val"], color="#999", linestyle=":", label="α chosen on val")
-    axis.set(xlabel="α  (0: zero-shot head, 1: fine-tuned)", ylabel="accuracy", title="WiSE-FT")
+    shift = f"; shift: {section['shift_spec']}" if section.get("shift_spec") else ""
+    axis.set(xlabel="α  (0: zero-shot head, 1: fine-tuned)", ylabel="accuracy", title=f"WiSE-FT{shift}")
+    axis.title.set_fontsize(9)
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     return _svg(figure)
