@@ -10,7 +10,6 @@ text tower over the C class prompts.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from clipforge.adapt.features import AdaptableModel, FeatureSet, embed_features, logit_scale
 from clipforge.errors import ConfigError
-from clipforge.fileio import write_bytes_atomic, write_json
+from clipforge.fileio import read_json_object, write_bytes_atomic, write_json
 from clipforge.tokenizer import TextTokenizer
 from clipforge.typed import parse_dataclass
 
@@ -243,12 +242,9 @@ def read_prompt_meta(folder: Path) -> dict[str, Any]:
     Raises:
         ConfigError: the folder does not hold one.
     """
-    try:
-        meta = json.loads((folder / PROMPT_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{folder}: not a CoOp prompt folder (no readable {PROMPT_FILE}): {err}") from err
-    if not isinstance(meta, dict) or "classnames" not in meta:
-        raise ConfigError(f"{folder / PROMPT_FILE}: not a CoOp prompt description")
+    meta = read_json_object(folder / PROMPT_FILE, ConfigError)
+    if not isinstance(meta.get("classnames"), list) or not isinstance(meta.get("coop"), dict):
+        raise ConfigError(f"{folder / PROMPT_FILE}: not a CoOp prompt description (classnames, coop)")
     return meta
 
 

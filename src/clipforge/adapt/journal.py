@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from clipforge.fileio import write_json
+from clipforge.fileio import read_json, write_json
 
 
 class Journal:
@@ -22,10 +22,9 @@ class Journal:
     def __init__(self, path: Path, fingerprint: dict[str, Any]) -> None:
         self.path, self.fingerprint = path, json.loads(json.dumps(fingerprint, default=str))
         self.done: dict[str, dict[str, Any]] = {}
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, ValueError):
+        if not path.exists():
             return
+        stored = read_json(path)
         if isinstance(stored, dict) and stored.get("fingerprint") == self.fingerprint:
             self.done = stored.get("runs", {})
 

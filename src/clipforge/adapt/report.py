@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 
 from clipforge.adapt.features import hit_rate
-from clipforge.fileio import write_json, write_text_atomic
+from clipforge.fileio import read_json_object, write_json, write_text_atomic
 
 METHOD_COLORS = {"zero-shot": "#777777", "linear-probe": "#4e79a7", "coop": "#e15759", "wise-ft": "#59a14f"}
 CURVE_COLORS = {"val": "#bbbbbb", "test": "#4e79a7", "shift": "#e15759"}
@@ -53,10 +52,9 @@ def merge_report(path: Path, report: dict[str, Any]) -> dict[str, Any]:
 
     Results merge per method and shot count: a full-data run adds "all" beside earlier few-shot counts.
     """
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
+    if not path.exists():
         return report
+    old = read_json_object(path)
     if old.get("model") != report["model"] or old.get("data", {}).get("test") != report["data"]["test"]:
         return report
     merged = {**old, **report}

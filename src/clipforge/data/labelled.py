@@ -19,6 +19,9 @@ from PIL import Image
 from clipforge.data.readers import BadSample, ImageTextData, Record
 from clipforge.data.transforms import load_image
 from clipforge.errors import DataError, ImageError
+from clipforge.fileio import read_regular_file
+
+MAX_LIST_BYTES = 2**20  # classnames.txt and templates.txt are a few kilobytes
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,16 @@ class MappedData(ClassificationData):
 
 
 def read_lines(path: Path) -> list[str]:
-    """Non-empty, stripped lines of an optional text file (names, templates); [] when it is absent."""
-    if not path.is_file():
+    """Non-empty, stripped lines of an optional text file (names, templates); [] when it is absent.
+
+    Raises:
+        DataError: it exists but is not a readable regular UTF-8 file of at most `MAX_LIST_BYTES`.
+    """
+    if not path.exists():
         return []
+    raw = read_regular_file(path, MAX_LIST_BYTES, DataError, "text file")
     try:
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read {path}: {err}") from err
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from err
+    return [line.strip() for line in text.splitlines() if line.strip()]
