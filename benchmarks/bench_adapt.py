@@ -35,9 +35,12 @@ def setups(args: argparse.Namespace) -> dict[str, dict[str, str]]:
     tags = f"flickr8k-tags:{args.root}"
     return {
         "flickr8k": {"model": args.flickr8k_model, "train": f"{tags}:train", "val": f"{tags}:val",
-                     "test": f"{tags}:test", "title": "flickr8k-tags, Flickr8k LiT model"},
+                     "test": f"{tags}:test", "ctx_init": "a photo of a",
+                     "title": "flickr8k-tags, Flickr8k LiT model"},
         "relation": {"model": args.relation_model, "train": "synth:relation:48:train",
                      "val": "synth:relation:48:val", "test": "synth:relation:48:test",
+                     # the class names are whole captions ("a red triangle above a green star")
+                     "ctx_init": "a photo of",
                      "title": "synthetic relation task, quickstart `hardneg` model"},
     }
 
@@ -52,7 +55,8 @@ def commands(setup: dict[str, str], out: Path, cache: Path, coop_lrs: list[str])
          "--val", setup["val"], "--template-search", "--out", str(out), "--feature-cache", str(cache)],
         ["clipforge", "adapt", "linear-probe", *data, "--shots", SHOTS, "--seeds", "3"],
         ["clipforge", "adapt", "linear-probe", *data, "--seeds", "1"],
-        ["clipforge", "adapt", "coop", *data, "--shots", SHOTS, "--seeds", "3", *lrs],
+        ["clipforge", "adapt", "coop", *data, "--shots", SHOTS, "--seeds", "3",
+         "--ctx-init", setup["ctx_init"], *lrs],
         ["clipforge", "adapt", "wise-ft", *data, "--seeds", "3", "--shift", f"{SHIFT}:{setup['test']}"],
     ]
 
@@ -61,8 +65,8 @@ def variant_commands(setup: dict[str, str], out: Path, cache: Path) -> list[list
     """CoOp's class-specific variant with the learning rate chosen on val (its own OUT)."""
     return [["clipforge", "adapt", "coop", "--model", setup["model"], "--train", setup["train"],
              "--val", setup["val"], "--test", setup["test"], "--out", str(out), "--feature-cache", str(cache),
-             "--shots", SHOTS, "--seeds", "3", "--class-specific", "--lr", "0.002", "--lr", "0.02",
-             "--lr", "0.1"]]
+             "--shots", SHOTS, "--seeds", "3", "--ctx-init", setup["ctx_init"], "--class-specific",
+             "--lr", "0.002", "--lr", "0.02", "--lr", "0.1"]]
 
 
 def run(lines: list[list[str]]) -> None:
@@ -130,6 +134,29 @@ def per_class_table(report: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def conclusions(report: dict[str, Any], variant: dict[str, Any] | None) -> str:
+    """The acceptance comparisons, computed: CoOp at 16 shots against zero-shot, WiSE-FT's interior α."""
+    zero = report["zero_shot"]["accuracy"]
+    lines = []
+    for name, source in (("CoOp (paper settings)", report), ("CoOp (class-specific)", variant)):
+        block = (source or {}).get("results", {}).get("coop", {}).get("16")
+        if block:
+            gain = 100 * (block["mean"] - zero)
+            lines.append(f"- {name}, 16 shots: {_pct(block['mean'])} vs zero-shot {_pct(zero)}: "
+                         f"{gain:+.1f} points ({'meets' if gain >= 5 else 'misses'} the +5 bar).")
+    wise = report["wise_ft"]
+    for name in ("test", "shift"):
+        mean, std = wise[name]["mean"], wise[name]["std"]
+        inner = max(range(1, len(mean) - 1), key=lambda i: mean[i])
+        ends = max(mean[0], mean[-1])
+        beats = mean[inner] - std[inner] > ends
+        verdict = "beats both ends by more than a std" if beats else "does not clearly beat both ends"
+        lines.append(f"- WiSE-FT {name}: best interior α = {wise['alphas'][inner]:g} at {_pct(mean[inner])} "
+                     f"± {_pct(std[inner])} against {_pct(mean[0])} (α = 0) and {_pct(mean[-1])} (α = 1): "
+                     f"{verdict}.")
+    return "\n".join(lines) + "\n"
+
+
 def section(setup: dict[str, str], report: dict[str, Any], variant: dict[str, Any] | None,
             lines: list[list[str]]) -> str:
     coop = report["results"].get("coop", {}).get("16", {})
@@ -139,7 +166,7 @@ def section(setup: dict[str, str], report: dict[str, Any], variant: dict[str, An
     return (f"### {setup['title']}\n\nTest: {report['zero_shot']['n']} images, "
             f"{len(report['classes'])} classes. "
             f"Accuracy in %, mean ± std over seeds 1-3 (few-shot draws and training); zero-shot with a 95% "
-            f"bootstrap CI.\n\n{few_shot_table(report, variant)}\n"
+            f"bootstrap CI.\n\n{few_shot_table(report, variant)}\n{conclusions(report, variant)}\n"
             f"Template search:\n\n{template_table(report)}\n"
             f"Per class (16 shots: mean over seeds):\n\n{per_class_table(report)}\n"
             f"CoOp 16-shot training seconds per seed: {seconds or '-'}; nearest tokens of the learned "
