@@ -127,10 +127,13 @@ def per_class_table(report: dict[str, Any]) -> str:
     for method in ("linear-probe", "coop"):
         if "16" in report["results"].get(method, {}):
             columns[f"{method} 16"] = report["results"][method]["16"]["per_class"]
-    rows = ["| class | test images | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    rows = ["| class | images train / val / test | " + " | ".join(columns) + " |",
+            "|---|---:|" + "---:|" * len(columns)]
+    counts = report["counts"]
     for name in report["classes"]:
+        images = " / ".join(str(counts[split][name]) for split in ("train", "val", "test"))
         cells = " | ".join(_pct(col.get(name)) for col in columns.values())
-        rows.append(f"| {name} | {report['counts']['test'][name]} | {cells} |")
+        rows.append(f"| {name} | {images} | {cells} |")
     return "\n".join(rows) + "\n"
 
 

@@ -86,7 +86,8 @@ def _svg(figure: Any) -> str:
     """A matplotlib figure as inline SVG markup; the figure is closed."""
     plt = _pyplot()
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    with plt.rc_context({"svg.hashsalt": "clipforge"}):  # fixed ids, no date: same bytes
+        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(figure)
     text = buffer.getvalue()
     return text[text.index("<svg") :]
