@@ -219,9 +219,11 @@ def test_cli_methods_merge_into_one_report(squares: Path, tmp_path: Path) -> Non
     assert report["results"]["coop"]["2"]["lr"][0] in (0.002, 0.02)  # chosen on val
     report = _adapt("wise-ft", squares, out, "--seeds", "1", "--epochs", "1", "--lr", "0.01",
                     "--shift", f"corrupt:greyscale:5:imagefolder:{squares}:test")
-    curve = report["wise_ft"]
-    assert len(curve["test"]["mean"]) == 11 and curve["test"]["mean"][0] == report["zero_shot"]["accuracy"]
-    assert len(curve["shift"]["mean"]) == 11 and report["results"]["wise-ft"]["all"]["alpha"]
+    curves = report["wise_ft"]["curves"]
+    assert len(curves["test"]["mean"]) == 11 and curves["test"]["mean"][0] == report["zero_shot"]["accuracy"]
+    shift = f"corrupt:greyscale:5:imagefolder:{squares}:test"
+    assert report["wise_ft"]["shifts"] == [shift] and len(curves[shift]["mean"]) == 11
+    assert report["results"]["wise-ft"]["all"]["alpha"]
     page = (out / "adapt.html").read_text()
     assert page.count("<svg") == 2 and "blue square" in page  # charts inline, nothing fetched:
     assert "<link" not in page and "<script" not in page and "<img" not in page

@@ -14,7 +14,14 @@ from clipforge.adapt.features import hit_rate
 from clipforge.fileio import read_json_object, write_json, write_text_atomic
 
 METHOD_COLORS = {"zero-shot": "#777777", "linear-probe": "#4e79a7", "coop": "#e15759", "wise-ft": "#59a14f"}
-CURVE_COLORS = {"val": "#bbbbbb", "test": "#4e79a7", "shift": "#e15759"}
+CURVE_COLORS = {"val": "#bbbbbb", "test": "#4e79a7"}
+SHIFT_COLORS = ("#e15759", "#f28e2b", "#b07aa1", "#76b7b2")
+
+
+def _short(spec: str) -> str:
+    """A shift's legend label: ``corrupt:blur:2:synth:...`` -> ``blur 2``."""
+    parts = spec.split(":")
+    return f"{parts[1]} {parts[2]}" if parts[0] == "corrupt" and len(parts) > 3 else spec[:40]
 
 
 def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, classnames: list[str]
@@ -121,20 +128,18 @@ def few_shot_chart(report: dict[str, Any]) -> str:
 
 
 def wise_ft_chart(section: dict[str, Any]) -> str:
-    """Accuracy along the mixing coefficient α (mean ± std over seeds) on val, test and the shift."""
+    """Accuracy along the mixing coefficient α (mean ± std over seeds) on val, test and each shift."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 3.8))
     alphas = np.asarray(section["alphas"])
-    for name in ("val", "test", "shift"):
-        if name in section:
-            mean, std = np.asarray(section[name]["mean"]), np.asarray(section[name]["std"])
-            axis.plot(alphas, mean, marker="o", color=CURVE_COLORS[name], label=name)
-            axis.fill_between(alphas, mean - std, mean + std, color=CURVE_COLORS[name], alpha=0.15)
+    for k, (name, curve) in enumerate(section["curves"].items()):
+        mean, std = np.asarray(curve["mean"]), np.asarray(curve["std"])
+        color = CURVE_COLORS.get(name, SHIFT_COLORS[k % len(SHIFT_COLORS)])
+        axis.plot(alphas, mean, marker="o", color=color, label=_short(name))
+        axis.fill_between(alphas, mean - std, mean + std, color=color, alpha=0.15)
     axis.axvline(section["alpha_val"], color="#999", linestyle=":", label="α chosen on val")
-    shift = f"; shift: {section['shift_spec']}" if section.get("shift_spec") else ""
-    axis.set(xlabel="α  (0: zero-shot head, 1: fine-tuned)", ylabel="accuracy", title=f"WiSE-FT{shift}")
-    axis.title.set_fontsize(9)
-    axis.legend(fontsize=8)
+    axis.set(xlabel="α  (0: zero-shot head, 1: fine-tuned)", ylabel="accuracy", title="WiSE-FT")
+    axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     return _svg(figure)
 

@@ -295,15 +295,16 @@ def _saved_prompt(config: AdaptConfig) -> dict[str, Any]:
     return {"prompt": str(folder), "shots": meta["shots"], "nearest_words": meta["nearest_words"]}
 
 
-def run_wise_ft(config: AdaptConfig, wise: wiseft.WiseFtConfig, shift: str | None) -> dict[str, Any]:
-    """Fine-tunes the zero-shot classifier and reports accuracy along the mixing coefficient α."""
+def run_wise_ft(config: AdaptConfig, wise: wiseft.WiseFtConfig, shifts: tuple[str, ...] = ()
+                ) -> dict[str, Any]:
+    """Fine-tunes the zero-shot classifier and reports accuracy along the mixing coefficient α on val, test
+    and every shifted test set in `shifts` (classification specs, e.g. ``corrupt:blur:2:...``)."""
     task = open_task(config)
     val = _require_val(task)
     sets = {"val": val, "test": task.test}
-    if shift is not None:
-        shifted = open_classification(shift)
-        checked = _same_classes(task.classnames, config.test, shifted)
-        sets["shift"] = features_of(task.model, task.preprocess, checked, config)
+    for spec in shifts:
+        shifted = _same_classes(task.classnames, config.test, open_classification(spec))
+        sets[spec] = features_of(task.model, task.preprocess, shifted, config)
     zero_shot = wiseft.ZeroShotClassifier(trainable_image_head(task.model), ensemble(task.prompt_embeddings),
                                           logit_scale(task.model))
 
@@ -313,20 +314,22 @@ def run_wise_ft(config: AdaptConfig, wise: wiseft.WiseFtConfig, shift: str | Non
         best = int(np.argmax(curve["val"]))  # this seed's α, chosen on val
         return {"accuracy": curve["test"][best], "alpha": wise.alphas[best], "lr": lr, "curve": curve}
 
-    done = journal(config, "wise-ft", {"wise": dataclasses.asdict(wise), "shift": shift})
+    done = journal(config, "wise-ft", {"wise": dataclasses.asdict(wise), "shifts": shifts})
     results = few_shot_protocol(task, config, done, run)
-    section = wise_ft_section(results, wise.alphas, shift)
+    section = wise_ft_section(results, wise.alphas, shifts)
     return _finish(config, task, {"wise-ft": results}, {"wise_ft": section}, done)
 
 
-def wise_ft_section(results: dict[str, Any], alphas: tuple[float, ...], shift: str | None) -> dict[str, Any]:
-    """Mean and std over seeds of the α curves of the largest shot count, and the α chosen on val."""
+def wise_ft_section(results: dict[str, Any], alphas: tuple[float, ...], shifts: tuple[str, ...]
+                    ) -> dict[str, Any]:
+    """Mean and std over seeds of the α curves (val, test, each shift) of the largest shot count, and the
+    α chosen on val."""
     runs = results[list(results)[-1]]
     curves = runs["curve"]
     stats = {n: {"mean": np.mean([c[n] for c in curves], axis=0).tolist(),
                  "std": np.std([c[n] for c in curves], axis=0).tolist()} for n in curves[0]}
     chosen = int(np.argmax(stats["val"]["mean"]))
-    return {"alphas": list(alphas), "shift_spec": shift, "lrs": runs["lr"], **stats,
+    return {"alphas": list(alphas), "shifts": list(shifts), "lrs": runs["lr"], "curves": stats,
             "alpha_val": alphas[chosen], "at_alpha_val": {n: stats[n]["mean"][chosen] for n in stats}}
 
 

@@ -112,17 +112,16 @@ def coop(n_ctx: int, ctx_init: str, class_position: str, class_specific: bool, e
 
 @adapt.command(name="wise-ft")
 @common_options
-@click.option("--shift", default=None, help="Shifted test data, e.g. corrupt:gaussian_noise:3:SPEC.")
+@click.option("--shift", "shifts", multiple=True,
+              help="Shifted test data, e.g. corrupt:gaussian_noise:3:SPEC (repeat for several).")
 @click.option("--epochs", default=10, show_default=True, help="Fine-tuning epochs.")
 @click.option("--lr", "lrs", multiple=True, type=float, help=f"Learning rates tried on val (default {LRS}).")
-def wise_ft(shift: str | None, epochs: int, lrs: tuple[float, ...], **params: Any) -> None:
+def wise_ft(shifts: tuple[str, ...], epochs: int, lrs: tuple[float, ...], **params: Any) -> None:
     """Fine-tune from the zero-shot head, then mix weights along α in 0, 0.1, ..., 1."""
     config = adapt_config(params)
-    report = run_wise_ft(config, WiseFtConfig(epochs=epochs, lrs=lrs or LRS), shift)
+    report = run_wise_ft(config, WiseFtConfig(epochs=epochs, lrs=lrs or LRS), shifts)
     _summary(report, "wise-ft")
     section = report["wise_ft"]
-    for name in ("test", "shift"):
-        if name in section:
-            points = zip(section["alphas"], section[name]["mean"], strict=True)
-            curve = " ".join(f"{a:g}:{v:.4f}" for a, v in points)
-            click.echo(f"{name} along alpha: {curve}")
+    for name, curve in section["curves"].items():
+        points = " ".join(f"{a:g}:{v:.4f}" for a, v in zip(section["alphas"], curve["mean"], strict=True))
+        click.echo(f"{name} along alpha: {points}")
