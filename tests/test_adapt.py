@@ -13,18 +13,21 @@ from click.testing import CliRunner
 from PIL import Image
 
 import clipforge
-from clipforge.adapt import coop, linear_probe, wiseft
-from clipforge.adapt.features import (
-    FeatureSet,
-    adaptable,
-    embed_features,
-    few_shot_indices,
-    logit_scale,
-    split_off,
-)
+from clipforge.adapt import coop, wiseft
 from clipforge.adapt.run import AdaptConfig, Task, few_shot_protocol, journal
 from clipforge.adapt.zeroshot import ensemble, greedy_templates
 from clipforge.cli.main import main
+from clipforge.errors import ConfigError
+from clipforge.eval import linear_probe
+from clipforge.eval.frozen import (
+    FeatureSet,
+    embed_features,
+    few_shot_indices,
+    frozen,
+    logit_scale,
+    split_off,
+)
+from clipforge.models.base import ContrastiveModel
 from clipforge.models.config import ModelConfig
 from clipforge.models.towers import TowerCLIP
 
@@ -36,7 +39,7 @@ RGB = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
 def tiny() -> tuple:
     torch.manual_seed(0)
     model, preprocess, tokenizer = clipforge.load("tiny-convnet")
-    return adaptable(model), preprocess, tokenizer
+    return frozen(model), preprocess, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def tower() -> tuple:
     heads = {"weights": "none", "head": "mlp", "dropout": 0.0}
     config = ModelConfig.from_dict({"embed_dim": 16, "vision": {"type": "efficientnet_lite0", **heads},
                                     "text": {"type": "minilm", "context_length": 16, **heads}})
-    return adaptable(TowerCLIP(config)), WordPieceTokenizer(16)
+    return frozen(TowerCLIP(config)), WordPieceTokenizer(16)
 
 
 def test_text_towers_run_from_input_embeddings(tiny, tower) -> None:
@@ -58,6 +61,21 @@ def test_text_towers_run_from_input_embeddings(tiny, tower) -> None:
         with torch.no_grad():
             assert torch.allclose(model.encode_text_embeddings(embeddings, tokens), model.encode_text(tokens),
                                   atol=1e-5)
+
+
+def test_prompt_learning_needs_a_model_that_takes_embeddings() -> None:
+    class ImagesOnly(ContrastiveModel):  # a contrastive model without the two prompt-learning methods
+        def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+            return images.flatten(1)
+
+        def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+            return tokens.float()
+
+    model = ImagesOnly()
+    with pytest.raises(ConfigError, match="ImagesOnly cannot encode text from token embeddings"):
+        model.text_token_table()
+    with pytest.raises(ConfigError, match="cannot encode text from token embeddings"):
+        model.encode_text_embeddings(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long))
 
 
 @pytest.mark.parametrize("position", coop.CLASS_POSITIONS)

@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
 
-from clipforge.adapt.features import AdaptableModel, FeatureSet, embed_features, logit_scale
 from clipforge.errors import ConfigError
+from clipforge.eval.frozen import FeatureSet, embed_features, logit_scale
 from clipforge.fileio import read_json_object, write_bytes_atomic, write_json
+from clipforge.models.base import ContrastiveModel
+from clipforge.progress import Progress, on_terminal, quiet
 from clipforge.tokenizer import TextTokenizer
 from clipforge.typed import parse_dataclass
 
@@ -106,7 +107,7 @@ class PromptLearner(nn.Module):
     positions: torch.Tensor  # [C, M] where the context vectors go in each row
     base: torch.Tensor  # [C, L, D] frozen token embeddings of the rows
 
-    def __init__(self, model: AdaptableModel, tokenizer: TextTokenizer, classnames: list[str],
+    def __init__(self, model: ContrastiveModel, tokenizer: TextTokenizer, classnames: list[str],
                  config: CoopConfig) -> None:
         super().__init__()
         table = model.text_token_table().detach()
@@ -133,7 +134,7 @@ class PromptLearner(nn.Module):
         rows = torch.arange(classes, device=ctx.device)[:, None]  # [C, 1]
         return self.base.index_put((rows, self.positions), ctx)
 
-    def class_embeddings(self, model: AdaptableModel) -> torch.Tensor:
+    def class_embeddings(self, model: ContrastiveModel) -> torch.Tensor:
         """Normalized text embeddings [C, E] of the learned prompts."""
         return model.encode_text_embeddings(self(), self.tokens, normalize=True)
 
@@ -175,7 +176,7 @@ def epochs_for(shots: int | None, config: CoopConfig) -> int:
 
 
 def train_prompt(
-    model: AdaptableModel,
+    model: ContrastiveModel,
     tokenizer: TextTokenizer,
     classnames: list[str],
     train: FeatureSet,
@@ -192,7 +193,8 @@ def train_prompt(
                                 weight_decay=config.weight_decay)
     per_epoch = math.ceil(len(train) / config.batch_size)
     total, generator = epochs * per_epoch, torch.Generator().manual_seed(seed)
-    for step in tqdm(range(total), desc="coop", unit="step", leave=False, disable=None):
+    bar = Progress("coop", total, quiet, bar=on_terminal(), unit="step", tenths=False)
+    for step in range(total):
         if step % per_epoch == 0:
             order = torch.randperm(len(train), generator=generator)
         batch = order[(step % per_epoch) * config.batch_size :][: config.batch_size]
@@ -203,17 +205,19 @@ def train_prompt(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        bar.update()
+    bar.close()
     return prompt
 
 
 @torch.no_grad()
-def predict(model: AdaptableModel, prompt: PromptLearner, data: FeatureSet) -> torch.Tensor:
+def predict(model: ContrastiveModel, prompt: PromptLearner, data: FeatureSet) -> torch.Tensor:
     """Predicted class per row of `data` under the learned prompts."""
     return (embed_features(model, data.features) @ prompt.class_embeddings(model).t()).argmax(dim=1)
 
 
 @torch.no_grad()
-def nearest_words(model: AdaptableModel, tokenizer: TextTokenizer, prompt: PromptLearner,
+def nearest_words(model: ContrastiveModel, tokenizer: TextTokenizer, prompt: PromptLearner,
                   k: int = 3) -> list[list[tuple[str, float]]]:
     """For each context vector (of the first class when class-specific), its `k` nearest vocabulary
     tokens by Euclidean distance in the input embedding space, as the paper interprets them."""
@@ -248,7 +252,7 @@ def read_prompt_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def load_prompt(folder: Path, model: AdaptableModel, tokenizer: TextTokenizer) -> PromptLearner:
+def load_prompt(folder: Path, model: ContrastiveModel, tokenizer: TextTokenizer) -> PromptLearner:
     """Rebuilds a saved prompt for `model` (which must be the one it was learned with).
 
     Raises:
@@ -268,7 +272,7 @@ def load_prompt(folder: Path, model: AdaptableModel, tokenizer: TextTokenizer) -
     return prompt
 
 
-def timed_train(model: AdaptableModel, tokenizer: TextTokenizer, classnames: list[str], train: FeatureSet,
+def timed_train(model: ContrastiveModel, tokenizer: TextTokenizer, classnames: list[str], train: FeatureSet,
                 config: CoopConfig, shots: int | None, seed: int) -> tuple[PromptLearner, float]:
     """`train_prompt` with the paper's epochs for `shots`, and its wall time in seconds."""
     start = time.time()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipforge.adapt.features import hit_rate
+from clipforge.eval.frozen import hit_rate
 from clipforge.fileio import read_json_object, write_json, write_text_atomic
 
 METHOD_COLORS = {"zero-shot": "#777777", "linear-probe": "#4e79a7", "coop": "#e15759", "wise-ft": "#59a14f"}

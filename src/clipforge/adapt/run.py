@@ -10,7 +10,6 @@ before rewriting ``OUT/adapt.html``. Hyperparameters are chosen on the validatio
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,19 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipforge.adapt import coop, linear_probe, wiseft
-from clipforge.adapt.features import (
-    AdaptableModel,
-    FeatureSet,
-    adaptable,
-    embed_features,
-    few_shot_indices,
-    hit_rate,
-    image_features,
-    logit_scale,
-    split_off,
-    trainable_image_head,
-)
+from clipforge.adapt import coop, wiseft
 from clipforge.adapt.journal import Journal
 from clipforge.adapt.report import merge_report, per_class_accuracy, summarize_seeds, write_report
 from clipforge.adapt.zeroshot import (
@@ -49,9 +36,23 @@ from clipforge.data.labelled import ClassificationData
 from clipforge.data.readers import image_files
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import ConfigError, DataError
+from clipforge.eval import linear_probe
+from clipforge.eval.frozen import (
+    FeatureSet,
+    embed_features,
+    few_shot_indices,
+    frozen,
+    hit_rate,
+    image_features,
+    logit_scale,
+    split_off,
+    trainable_image_head,
+)
 from clipforge.eval.templates import OPENAI_IMAGENET_TEMPLATES
 from clipforge.eval.zeroshot import Prediction, classify_images
+from clipforge.models.base import ContrastiveModel
 from clipforge.probe.stats import accuracy_block
+from clipforge.progress import to_stderr
 from clipforge.tokenizer import TextTokenizer
 from clipforge.version import __version__
 
@@ -99,7 +100,7 @@ class AdaptConfig:
 class Task:
     """A loaded model with the frozen features of its data."""
 
-    model: AdaptableModel
+    model: ContrastiveModel
     preprocess: Preprocess
     tokenizer: TextTokenizer
     classnames: list[str]
@@ -116,10 +117,6 @@ class Task:
         return template_embeddings(self.model, self.tokenizer, self.classnames, self.templates)
 
 
-def _say(message: str) -> None:
-    print(f"clipforge: {message}", file=sys.stderr, flush=True)
-
-
 def open_task(config: AdaptConfig) -> Task:
     """Loads the model and the frozen features of test, train and val.
 
@@ -127,7 +124,7 @@ def open_task(config: AdaptConfig) -> Task:
         DataError: the specs' class names differ, or a split has no readable image.
     """
     loaded, preprocess, tokenizer = load(config.model)
-    model = adaptable(loaded)
+    model = frozen(loaded)
     test_data = open_classification(config.test)
     opened = {"test": test_data}
     for split, spec in (("train", config.train), ("val", config.val)):
@@ -145,11 +142,12 @@ def open_task(config: AdaptConfig) -> Task:
     return task
 
 
-def features_of(model: AdaptableModel, preprocess: Preprocess, data: ClassificationData,
+def features_of(model: ContrastiveModel, preprocess: Preprocess, data: ClassificationData,
                 config: AdaptConfig) -> FeatureSet:
     """Frozen features of `data` through the configured cache, with a progress line."""
-    _say(f"frozen features of '{data.name}' ({len(data.items)} images, cache {config.cache_dir})")
-    return image_features(model, preprocess, data, config.cache_dir, config.batch_size, config.workers)
+    to_stderr(f"frozen features of '{data.name}' ({len(data.items)} images, cache {config.cache_dir})")
+    return image_features(model, preprocess, data, config.cache_dir, config.batch_size, config.workers,
+                          say=to_stderr)
 
 
 def _same_classes(classnames: list[str], reference: str, other: ClassificationData) -> ClassificationData:
@@ -211,7 +209,7 @@ def few_shot_protocol(task: Task, config: AdaptConfig, done: Journal, run: Runne
                 outcome = run(_training_set(task, shots, seed), shots, seed)
                 done.add(_key(shots), seed, {**outcome, "seconds": time.time() - start})
             runs.append(outcome)
-            _say(f"{_key(shots)} shots, seed {seed}: test accuracy {outcome['accuracy']:.4f}")
+            to_stderr(f"{_key(shots)} shots, seed {seed}: test accuracy {outcome['accuracy']:.4f}")
         results[_key(shots)] = summarize_seeds(runs, task.test.labels, task.classnames)
     return results
 
@@ -363,7 +361,7 @@ def classify_with_prompt(folder: Path, images: list[str], top_k: int = 3, model_
     paths = image_files(images)
     meta = coop.read_prompt_meta(folder)
     loaded, preprocess, tokenizer = load(model_spec or str(meta["model"]))
-    model = adaptable(loaded)
+    model = frozen(loaded)
     prompt = coop.load_prompt(folder, model, tokenizer)
     with torch.no_grad():
         classifier = prompt.class_embeddings(model).t()  # [E, C]

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from clipforge.adapt.features import FeatureSet, hit_rate
 from clipforge.errors import ConfigError
+from clipforge.eval.frozen import FeatureSet, hit_rate
+from clipforge.progress import Progress, on_terminal, quiet
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 LRS = (1e-4, 1e-3, 1e-2)
@@ -80,7 +80,8 @@ def fine_tune(zero_shot: ZeroShotClassifier, train: FeatureSet, config: WiseFtCo
     per_epoch = math.ceil(len(train) / config.batch_size)
     total, generator = config.epochs * per_epoch, torch.Generator().manual_seed(seed)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    for step in tqdm(range(total), desc=f"wise-ft lr={lr:g}", unit="step", leave=False, disable=None):
+    bar = Progress(f"wise-ft lr={lr:g}", total, quiet, bar=on_terminal(), unit="step", tenths=False)
+    for step in range(total):
         if step % per_epoch == 0:
             order = torch.randperm(len(train), generator=generator)
         batch = order[(step % per_epoch) * config.batch_size :][: config.batch_size]
@@ -89,6 +90,8 @@ def fine_tune(zero_shot: ZeroShotClassifier, train: FeatureSet, config: WiseFtCo
         loss.backward()
         optimizer.step()
         scheduler.step()
+        bar.update()
+    bar.close()
     return model.eval()
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clipforge.adapt.features import AdaptableModel, hit_rate
+from clipforge.eval.frozen import hit_rate
+from clipforge.models.base import ContrastiveModel
 from clipforge.tokenizer import TextTokenizer
 
 DEFAULT_SINGLE = "a photo of a {}."
@@ -23,7 +24,7 @@ DEFAULT_SINGLE = "a photo of a {}."
 
 @torch.no_grad()
 def template_embeddings(
-    model: AdaptableModel,
+    model: ContrastiveModel,
     tokenizer: TextTokenizer,
     classnames: Sequence[str],
     templates: Sequence[str],
@@ -36,7 +37,7 @@ def template_embeddings(
     return torch.cat(chunks).reshape(len(templates), len(classnames), -1)  # [T, C, E]
 
 
-def _encode(model: AdaptableModel, tokenizer: TextTokenizer, texts: list[str]) -> torch.Tensor:
+def _encode(model: ContrastiveModel, tokenizer: TextTokenizer, texts: list[str]) -> torch.Tensor:
     tokens = tokenizer(texts)
     length = int((tokens != 0).sum(dim=1).max())
     return model.encode_text(tokens[:, :length], normalize=True)  # trailing padding changes nothing

@@ -106,7 +106,7 @@ def classify_files(
 
 
 def classify_images(
-    model: nn.Module,
+    model: ContrastiveModel,
     preprocess: Callable[[Any], torch.Tensor],
     paths: Sequence[str],
     labels: Sequence[str],
@@ -118,7 +118,7 @@ def classify_images(
     prompts); unreadable files get their error entry.
 
     Args:
-        model: a model with `encode_image` and `logit_scale`.
+        model: the model whose image side the classifier matches.
         preprocess: PIL image -> [3, S, S].
         paths: image files.
         labels: class names, in the classifier's column order.

@@ -82,6 +82,27 @@ class ContrastiveModel(Model):
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embeds zero-padded token ids [B, L] into [B, E]."""
 
+    def text_token_table(self) -> torch.Tensor:
+        """The text tower's input embedding of every vocabulary id, [V, D] (the space prompt learning uses).
+
+        Raises:
+            ConfigError: the model cannot take its text input as embeddings.
+        """
+        raise ConfigError(f"{type(self).__name__} cannot encode text from token embeddings (prompt learning)")
+
+    def encode_text_embeddings(
+        self, embeddings: torch.Tensor, tokens: torch.Tensor, normalize: bool = False
+    ) -> torch.Tensor:
+        """Embeds input embeddings [B, L, D] that stand in for token ids `tokens` [B, L] into [B, E].
+
+        `tokens` only gives the layout (padding, pooling position), so learned vectors may replace real
+        tokens' embeddings: `encode_text(t)` equals `encode_text_embeddings(text_token_table()[t], t)`.
+
+        Raises:
+            ConfigError: the model cannot take its text input as embeddings.
+        """
+        raise ConfigError(f"{type(self).__name__} cannot encode text from token embeddings (prompt learning)")
+
     def lock_image_tower(self, unlocked_blocks: int | None = None) -> None:
         """Freezes the image tower (LiT) but its last `unlocked_blocks` blocks (None: the config's number).
 

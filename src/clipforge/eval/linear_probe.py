@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipforge.adapt.features import FeatureSet
 from clipforge.errors import MissingExtraError
+from clipforge.eval.frozen import FeatureSet
 
 COARSE_EXPONENTS = tuple(range(-6, 7, 2))  # log10 C of the coarse sweep
 SEARCH_STEPS = 7  # binary-search rounds: the last step is 2 / 2**7 decades

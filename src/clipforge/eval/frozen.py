@@ -1,8 +1,8 @@
 """Frozen image features of labelled data (cached on disk, shared with LiT), and few-shot sampling.
 
-Every adaptation method here keeps the image tower frozen up to its "frozen features": the backbone's
-pooled features for the pretrained-tower models (before the trainable projection head), the whole image
-tower's output for CLIP models. Those are extracted once per image and cached by
+The linear probe, zero-shot heads, CoOp and WiSE-FT keep the image tower frozen up to its "frozen
+features": a tower model's pooled backbone features (before the trainable projection head), any other
+model's image embedding. Those are extracted once per image and cached by
 `clipforge.train.feature_cache` under the tower's weights hash and the preprocessing, so LiT training and
 adaptation share one cache folder.
 """
@@ -17,50 +17,42 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from clipforge.data.labelled import ClassificationData
 from clipforge.data.transforms import Preprocess
-from clipforge.errors import ConfigError, DataError
-from clipforge.models.clip import CLIP, LOGIT_SCALE_MAX
-from clipforge.models.towers import TowerCLIP
+from clipforge.errors import DataError
+from clipforge.models.base import ContrastiveModel, TowerModel
+from clipforge.progress import Say, quiet
 from clipforge.train.feature_cache import FeatureCache, cached_features, module_hash, preprocess_hash
 
-AdaptableModel = CLIP | TowerCLIP
 
-
-def adaptable(model: nn.Module) -> AdaptableModel:
-    """`model` as one of the architectures adaptation supports, frozen (no parameter takes gradients).
-
-    Raises:
-        ConfigError: another kind of model.
-    """
-    if not isinstance(model, CLIP | TowerCLIP):
-        raise ConfigError(f"adaptation supports CLIP and pretrained-tower models, not {type(model).__name__}")
+def frozen(model: ContrastiveModel) -> ContrastiveModel:
+    """`model` in eval mode with no parameter taking gradients (adaptation never changes it)."""
     model.requires_grad_(False)
     return model.eval()
 
 
-def logit_scale(model: AdaptableModel) -> float:
+def logit_scale(model: ContrastiveModel) -> float:
     """The model's learned temperature, clamped as in training."""
-    return float(model.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX))
+    return float(model.similarity_scale())
 
 
-def frozen_tower(model: AdaptableModel) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
-    """The function from preprocessed images [B, 3, S, S] to frozen features [B, F], and its module."""
-    if isinstance(model, TowerCLIP):
-        return model.image_backbone_features, model.visual.backbone
-    return model.encode_image, model.visual
+def frozen_tower(model: ContrastiveModel) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+    """The function from preprocessed images [B, 3, S, S] to frozen features [B, F], and the module whose
+    weights the features depend on (the cache key): a tower model's image backbone, else the whole model."""
+    if isinstance(model, TowerModel):
+        return model.image_backbone_features, model.image_backbone
+    return model.encode_image, model
 
 
-def trainable_image_head(model: AdaptableModel) -> nn.Module:
-    """What maps frozen features to joint-space embeddings (before normalization): the tower's projection
-    head, or nothing for CLIP models (their frozen features already are the embeddings)."""
-    return model.visual.head if isinstance(model, TowerCLIP) else nn.Identity()
+def trainable_image_head(model: ContrastiveModel) -> nn.Module:
+    """What maps frozen features to joint-space embeddings (before normalization): a tower model's image
+    projection head, or nothing for other models (their frozen features already are the embeddings)."""
+    return model.image_head if isinstance(model, TowerModel) else nn.Identity()
 
 
 @torch.no_grad()
-def embed_features(model: AdaptableModel, features: torch.Tensor) -> torch.Tensor:
+def embed_features(model: ContrastiveModel, features: torch.Tensor) -> torch.Tensor:
     """L2-normalized joint-space image embeddings [N, E] of frozen features [N, F]."""
     return F.normalize(trainable_image_head(model)(features), dim=-1)
 
@@ -89,27 +81,24 @@ class FeatureSet:
 
 
 def image_features(
-    model: AdaptableModel,
+    model: ContrastiveModel,
     preprocess: Preprocess,
     data: ClassificationData,
     cache_dir: str | Path,
     batch_size: int = 64,
     num_workers: int = 0,
+    say: Say = quiet,
 ) -> FeatureSet:
     """Frozen features of every usable image of `data`, extracting only what the cache lacks.
+
+    `say` gets a progress line every tenth of the extraction.
 
     Raises:
         DataError: no image of `data` could be read.
     """
     extract, tower = frozen_tower(model)
     cache = FeatureCache(cache_dir, module_hash(tower), preprocess_hash(preprocess.config))
-    with tqdm(desc=f"features {data.name}", unit="img", leave=False, disable=None) as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        table, _ = cached_features(data, extract, preprocess, cache, batch_size, num_workers, progress)
+    table, _ = cached_features(data, extract, preprocess, cache, batch_size, num_workers, say)
     keys = tuple(item.key for item in data.items if item.key in table)
     if not keys:
         raise DataError(f"no readable images in '{data.name}' ({data.bad.summary()})")
