@@ -23,7 +23,7 @@ from clipforge.eval.frozen import (
     FeatureSet,
     embed_features,
     few_shot_indices,
-    frozen,
+    freeze,
     logit_scale,
     split_off,
 )
@@ -39,7 +39,7 @@ RGB = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
 def tiny() -> tuple:
     torch.manual_seed(0)
     model, preprocess, tokenizer = clipforge.load("tiny-convnet")
-    return frozen(model), preprocess, tokenizer
+    return freeze(model), preprocess, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def tower() -> tuple:
     heads = {"weights": "none", "head": "mlp", "dropout": 0.0}
     config = ModelConfig.from_dict({"embed_dim": 16, "vision": {"type": "efficientnet_lite0", **heads},
                                     "text": {"type": "minilm", "context_length": 16, **heads}})
-    return frozen(TowerCLIP(config)), WordPieceTokenizer(16)
+    return freeze(TowerCLIP(config)), WordPieceTokenizer(16)
 
 
 def test_text_towers_run_from_input_embeddings(tiny, tower) -> None:

@@ -41,7 +41,7 @@ from clipforge.eval.frozen import (
     FeatureSet,
     embed_features,
     few_shot_indices,
-    frozen,
+    freeze,
     hit_rate,
     image_features,
     logit_scale,
@@ -124,7 +124,7 @@ def open_task(config: AdaptConfig) -> Task:
         DataError: the specs' class names differ, or a split has no readable image.
     """
     loaded, preprocess, tokenizer = load(config.model)
-    model = frozen(loaded)
+    model = freeze(loaded)
     test_data = open_classification(config.test)
     opened = {"test": test_data}
     for split, spec in (("train", config.train), ("val", config.val)):
@@ -361,7 +361,7 @@ def classify_with_prompt(folder: Path, images: list[str], top_k: int = 3, model_
     paths = image_files(images)
     meta = coop.read_prompt_meta(folder)
     loaded, preprocess, tokenizer = load(model_spec or str(meta["model"]))
-    model = frozen(loaded)
+    model = freeze(loaded)
     prompt = coop.load_prompt(folder, model, tokenizer)
     with torch.no_grad():
         classifier = prompt.class_embeddings(model).t()  # [E, C]

@@ -26,7 +26,7 @@ from clipforge.progress import Say, quiet
 from clipforge.train.feature_cache import FeatureCache, cached_features, module_hash, preprocess_hash
 
 
-def frozen(model: ContrastiveModel) -> ContrastiveModel:
+def freeze(model: ContrastiveModel) -> ContrastiveModel:
     """`model` in eval mode with no parameter taking gradients (adaptation never changes it)."""
     model.requires_grad_(False)
     return model.eval()
