@@ -224,6 +224,7 @@ def _adapt(method: str, squares: Path, out: Path, *extra: str) -> dict:
     return json.loads((out / "adapt.json").read_text())
 
 
+@pytest.mark.slow  # 18 s at load average 8 on 2 cores: all three methods end to end
 def test_cli_methods_merge_into_one_report(squares: Path, tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     out = tmp_path / "out"
