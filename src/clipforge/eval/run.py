@@ -22,6 +22,7 @@ from clipforge.errors import DataError
 from clipforge.eval.retrieval import recall_at_k
 from clipforge.eval.zeroshot import classify, zero_shot_classifier
 from clipforge.models.base import ContrastiveModel
+from clipforge.models.inputs import encode_by_length
 from clipforge.synthetic.zeroshot import ATTRIBUTES, attribute_prompts, load_labelled_scenes
 from clipforge.version import __version__
 
@@ -72,26 +73,26 @@ def embed_dataset(
     data: ImageTextData,
     config: EvalConfig,
 ) -> RetrievalFeatures:
-    """Encodes every usable image of `data` and all of its captions; bad samples are counted in `data.bad`.
+    """Encodes every usable image of `data` and all of its captions (in batches of similar length); bad
+    samples are counted in `data.bad`.
 
     Raises:
         DataError: the dataset has no usable sample.
     """
     loader = ImageTextLoader(data, preprocess, LoaderConfig("images", config.batch_size, config.num_workers))
     images: list[torch.Tensor] = []
-    texts: list[torch.Tensor] = []
     owners: list[torch.Tensor] = []
     keys: list[str] = []
     captions: list[str] = []
     for batch in loader.epoch():
         owners.append(batch.text_to_image + len(keys))
         images.append(model.encode_image(batch.images, normalize=True))  # [B, E]
-        texts.append(model.encode_text(tokenizer(batch.texts), normalize=True))  # [T, E]
         keys += batch.keys
         captions += batch.texts
     if not keys:
         raise DataError(f"no usable images in '{data.name}' ({data.bad.summary()})")
-    return RetrievalFeatures(torch.cat(images), torch.cat(texts), torch.cat(owners), keys, captions)
+    texts = encode_by_length(model, tokenizer(captions), config.batch_size)  # [T, E]
+    return RetrievalFeatures(torch.cat(images), texts, torch.cat(owners), keys, captions)
 
 
 def retrieval_report(model_spec: str, data_spec: str, config: EvalConfig = EvalConfig()) -> dict[str, Any]:

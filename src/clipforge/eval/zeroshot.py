@@ -14,6 +14,7 @@ from clipforge.data.readers import image_files
 from clipforge.data.transforms import load_image
 from clipforge.errors import ConfigError, ImageError
 from clipforge.models.base import ContrastiveModel
+from clipforge.models.inputs import encode_by_length
 
 
 @torch.no_grad()
@@ -34,7 +35,7 @@ def zero_shot_classifier(
         tokenizer: turns a list of strings into token ids.
         classnames: the labels, e.g. ["cat", "dog"].
         templates: format strings with one "{}", e.g. ["a photo of a {}."].
-        batch_size: prompts encoded per forward pass.
+        batch_size: prompts encoded per forward pass (grouped by length).
 
     Raises:
         ConfigError: no labels, an empty label, or no template.
@@ -47,17 +48,9 @@ def zero_shot_classifier(
     if not templates:
         raise ConfigError("zero-shot classification needs at least one prompt template")
     prompts = [t.format(name) for name in names for t in templates]
-    features = torch.cat(
-        [_encode(model, tokenizer, prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
-    )
+    features = encode_by_length(model, tokenizer(prompts), batch_size)  # [C*T, E]
     features = features.reshape(len(names), len(templates), -1).mean(dim=1)  # [C, E]
     return F.normalize(features, dim=-1).t().contiguous()  # [E, C]
-
-
-def _encode(
-    model: ContrastiveModel, tokenizer: Callable[[list[str]], torch.Tensor], texts: list[str]
-) -> torch.Tensor:
-    return model.encode_text(tokenizer(texts), normalize=True)
 
 
 @torch.no_grad()

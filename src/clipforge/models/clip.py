@@ -13,7 +13,7 @@ from torch import nn
 from clipforge.errors import ConfigError
 from clipforge.models.base import CLIPOutput, ContrastiveModel
 from clipforge.models.config import ConvNetConfig, ModelConfig, ResNetConfig, TextTransformerConfig, ViTConfig
-from clipforge.models.inputs import check_tokens
+from clipforge.models.inputs import fit_tokens
 from clipforge.models.layers import Transformer
 from clipforge.models.vision import build_vision_tower
 
@@ -61,9 +61,12 @@ class CLIP(ContrastiveModel):
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Embeds token ids [B, L] (zero-padded, end-of-text has the highest id) into [B, E]."""
+        """Embeds token ids [B, L] (zero-padded, end-of-text has the highest id) into [B, E].
+
+        Only the columns up to the longest row's end-of-text are computed (`fit_tokens`).
+        """
         vocab = self.token_embedding.num_embeddings
-        tokens = check_tokens(tokens, self.context_length, vocab, "clip-bpe").to(self.text_projection.device)
+        tokens = fit_tokens(tokens, self.context_length, vocab, "clip-bpe").to(self.text_projection.device)
         return self.encode_text_embeddings(self.token_embedding(tokens), tokens, normalize)
 
     def text_token_table(self) -> torch.Tensor:

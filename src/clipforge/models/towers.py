@@ -20,7 +20,7 @@ from clipforge.errors import ConfigError
 from clipforge.models import efficientnet, minilm
 from clipforge.models.base import TowerModel
 from clipforge.models.config import EfficientNetConfig, MiniLMConfig, ModelConfig
-from clipforge.models.inputs import check_tokens
+from clipforge.models.inputs import fit_tokens
 from clipforge.models.vision import AttentionPool2d
 
 WEIGHTS = ("package", "none")
@@ -172,10 +172,11 @@ class TowerCLIP(TowerModel):
         return self.visual.features(images.to(self.logit_scale.device))
 
     def text_backbone_features(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Mean-pooled MiniLM features [B, 384] of WordPiece ids [B, L]; worth caching when frozen."""
+        """Mean-pooled MiniLM features [B, 384] of WordPiece ids [B, L] (trimmed to the longest row; see
+        `fit_tokens`); worth caching when frozen."""
         backbone = self.text.backbone
         vocab, positions = backbone.token_embedding.num_embeddings, backbone.position_embedding.num_embeddings
-        return backbone(check_tokens(tokens, positions, vocab, "wordpiece").to(self.logit_scale.device))
+        return backbone(fit_tokens(tokens, positions, vocab, "wordpiece").to(self.logit_scale.device))
 
     def text_token_table(self) -> torch.Tensor:
         """MiniLM's word embedding of every vocabulary id, [V, 384] (the space CoOp learns in)."""

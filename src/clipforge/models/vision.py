@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.models.config import ConvNetConfig, ResNetConfig, ViTConfig
+from clipforge.models.fused import FoldCache, FoldedConv, can_fold, compute_dtype, fold
 from clipforge.models.layers import Transformer
 
 
@@ -29,7 +30,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu3 = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
+        self.downsample: nn.Sequential | None = None
         if stride > 1 or inplanes != planes * self.expansion:
             self.downsample = nn.Sequential(
                 OrderedDict(
@@ -47,6 +48,22 @@ class Bottleneck(nn.Module):
         out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(self.avgpool(out)))
         return self.relu3(out + identity)
+
+    def fold(self, dtype: torch.dtype) -> list[FoldedConv]:
+        """conv1, conv2, conv3 (and the downsample conv) with their batch-norms folded in."""
+        convs = [fold(self.conv1, self.bn1, "relu", dtype), fold(self.conv2, self.bn2, "relu", dtype),
+                 fold(self.conv3, self.bn3, "relu", dtype)]
+        if self.downsample is not None:
+            _, conv, bn = self.downsample
+            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+            convs.append(fold(conv, bn, "none", dtype))
+        return convs
+
+    def forward_folded(self, x: torch.Tensor, convs: list[FoldedConv]) -> torch.Tensor:
+        """`forward` with the convolutions `fold` returned; the residual add runs inside conv3."""
+        identity = x if self.downsample is None else convs[3](self.downsample[0](x))
+        out = self.avgpool(convs[1](convs[0](x)))
+        return convs[2](out, identity)
 
 
 class AttentionPool2d(nn.Module):
@@ -102,6 +119,7 @@ class ModifiedResNet(nn.Module):
         self.layer3 = self._make_layer(width * 4, config.layers[2], stride=2)
         self.layer4 = self._make_layer(width * 8, config.layers[3], stride=2)
         self.attnpool = AttentionPool2d(config.image_size // 32, width * 32, config.heads, output_dim)
+        self._folds: FoldCache[tuple[list[FoldedConv], list[list[FoldedConv]]]] = FoldCache()
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         layers = [Bottleneck(self._inplanes, planes, stride)]
@@ -110,11 +128,32 @@ class ModifiedResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if can_fold(self):
+            return self._forward_folded(x)
         x = self.relu1(self.bn1(self.conv1(x)))
         x = self.relu2(self.bn2(self.conv2(x)))
         x = self.avgpool(self.relu3(self.bn3(self.conv3(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.attnpool(x)
+
+    def _blocks(self) -> list[Bottleneck]:
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        return [block for stage in stages for block in stage if isinstance(block, Bottleneck)]
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` in eval mode without autograd: batch-norm folded, activations and adds fused (NHWC)."""
+        dtype = compute_dtype(x)
+        stem, blocks = self._folds.get(self, self._fold, dtype)
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        x = self.avgpool(stem[2](stem[1](stem[0](x))))
+        for block, convs in zip(self._blocks(), blocks, strict=True):
+            x = block.forward_folded(x, convs)
+        return self.attnpool(x)
+
+    def _fold(self, dtype: torch.dtype) -> tuple[list[FoldedConv], list[list[FoldedConv]]]:
+        stem = [fold(self.conv1, self.bn1, "relu", dtype), fold(self.conv2, self.bn2, "relu", dtype),
+                fold(self.conv3, self.bn3, "relu", dtype)]
+        return stem, [block.fold(dtype) for block in self._blocks()]
 
     def init_weights(self) -> None:
         """Zero-init the last BN of each block so every residual branch starts as identity."""

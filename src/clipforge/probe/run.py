@@ -22,6 +22,7 @@ from PIL import Image
 from clipforge.checkpoint import load
 from clipforge.errors import ImageError
 from clipforge.models.base import ContrastiveModel
+from clipforge.models.inputs import encode_by_length
 from clipforge.probe.items import BadItem, ProbeItem, load_item_image
 from clipforge.probe.scorers import check_scorer, sentence_parts
 
@@ -64,12 +65,9 @@ class ClipEncoder:
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-norm text embeddings [N, E]."""
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[start : start + self.batch_size]))
-            out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
-        return torch.cat(out).numpy()
+        """Unit-norm text embeddings [N, E], encoded in batches of similar length."""
+        features = encode_by_length(self.model, self.tokenizer(list(texts)), self.batch_size)
+        return features.float().cpu().numpy()
 
 
 @dataclass

@@ -10,10 +10,10 @@ import torch
 from clipforge.errors import ConfigError
 from clipforge.models.config import TokenizerConfig
 from clipforge.tokenizer.bpe import ClipTokenizer, tokenize
-from clipforge.tokenizer.rows import TokenizerError, trim_padding
+from clipforge.tokenizer.rows import TokenizerError
 from clipforge.tokenizer.wordpiece import WordPieceTokenizer
 
-__all__ = ["ClipTokenizer", "TextTokenizer", "TokenizerError", "get_tokenizer", "tokenize", "trim_padding"]
+__all__ = ["ClipTokenizer", "TextTokenizer", "TokenizerError", "get_tokenizer", "tokenize"]
 
 
 class TextTokenizer(Protocol):

@@ -42,12 +42,3 @@ def pack(rows: list[list[int]], length: int) -> torch.Tensor:
     padded = [row + [0] * (length - len(row)) for row in rows]
     return torch.tensor(padded, dtype=torch.long).reshape(len(rows), length)  # [N, L]
 
-
-def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
-    """Drops trailing columns that are padding in every row [B, L] -> [B, L'] (at least one column).
-
-    Every text tower ignores padding (CLIP pools at the end-of-text id behind a causal mask, MiniLM masks
-    pad ids), so the cut changes no embedding and saves the attention over empty positions.
-    """
-    length = int((tokens != 0).sum(dim=1).max().clamp(min=1))
-    return tokens[:, :length]

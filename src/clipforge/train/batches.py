@@ -24,7 +24,7 @@ from clipforge.data.negatives import text_hard_negatives
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import DataError
 from clipforge.models.base import ContrastiveModel
-from clipforge.tokenizer import TextTokenizer, trim_padding
+from clipforge.tokenizer import TextTokenizer
 
 T = TypeVar("T")
 
@@ -81,14 +81,10 @@ class PairEncoder:
     texts: Callable[[torch.Tensor], torch.Tensor]
 
 
-def encode_tokens(model: ContrastiveModel, tokens: torch.Tensor) -> torch.Tensor:
-    """Normalized text embeddings [B, E] of token ids [B, L], all-padding columns cut off first."""
-    return model.encode_text(trim_padding(tokens), normalize=True)
-
-
 def tower_encoder(model: ContrastiveModel) -> PairEncoder:
-    """For batches of pixels and token ids: both go through the whole towers."""
-    return PairEncoder(partial(model.encode_image, normalize=True), partial(encode_tokens, model))
+    """For batches of pixels and token ids: both go through the whole towers (which trim the padding)."""
+    images, texts = partial(model.encode_image, normalize=True), partial(model.encode_text, normalize=True)
+    return PairEncoder(images, texts)
 
 
 def caption_negatives(key: str, caption: str, k: int) -> list[str]:

@@ -23,13 +23,12 @@ from clipforge.data.transforms import Preprocess
 from clipforge.errors import ConfigError, DataError
 from clipforge.models.base import ContrastiveModel, TowerModel
 from clipforge.progress import Progress, Say
-from clipforge.tokenizer import get_tokenizer, trim_padding
+from clipforge.tokenizer import get_tokenizer
 from clipforge.train.batches import (
     PairBatch,
     PairCollate,
     PairEncoder,
     caption_negatives,
-    encode_tokens,
     epoch_permutation,
     pad_negatives,
 )
@@ -56,7 +55,7 @@ def caches_text(section: ModelSection) -> bool:
 
 def feature_encoder(model: TowerModel, cached_text: bool) -> PairEncoder:
     """For batches of cached image features, and cached text features or token ids."""
-    texts = partial(encode_tokens, model)
+    texts = partial(model.encode_text, normalize=True)
     if cached_text:
         texts = partial(model.project_text_features, normalize=True)
     return PairEncoder(partial(model.project_image_features, normalize=True), texts)
@@ -104,7 +103,7 @@ def text_feature_table(
     tokenizer = get_tokenizer(model.config.tokenizer)
     with Progress(f"text features of {len(missing)} new texts", len(missing), say) as progress:
         for chunk in chunks(missing, batch_size):
-            features = model.text_backbone_features(trim_padding(tokenizer(chunk))).float()
+            features = model.text_backbone_features(tokenizer(chunk)).float()
             keys = [text_key(t) for t in chunk]
             cache.add(keys, features)
             stored.update(zip(keys, features, strict=True))
