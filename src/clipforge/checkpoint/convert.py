@@ -44,7 +44,7 @@ def convert(src: str | Path, dst: str | Path, to: str = "clipforge") -> Path:
         else:
             save(model, staging, extra={"converted_from": str(src)})
         _check_reloads(model, staging, out)
-        _move_files(staging, out)
+        move_files(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
@@ -63,7 +63,8 @@ def _check_reloads(model: torch.nn.Module, folder: Path, out: Path) -> None:
             raise CheckpointError(f"conversion to {out} failed: tensor '{key}' changed in the round trip")
 
 
-def _move_files(staging: Path, out: Path) -> None:
+def move_files(staging: Path, out: Path) -> None:
+    """Moves a staged model folder's files into `out`, its JSON config last."""
     out.mkdir(parents=True, exist_ok=True)
     for item in staging.iterdir():  # weights before config: a config.json always has its weights
         if item.suffix != ".json":

@@ -13,18 +13,20 @@ from pathlib import Path
 from clipforge.checkpoint.files import CONFIG_NAME, read_config
 from clipforge.checkpoint.hf import load_hf_folder
 from clipforge.checkpoint.native import FORMAT_NAME, load_any_folder, load_clipforge_folder
+from clipforge.checkpoint.onnx import FORMAT_NAME as ONNX_FORMAT
+from clipforge.checkpoint.onnx import load_onnx_folder
 from clipforge.checkpoint.open_clip import OPEN_CLIP_CONFIG, load_open_clip_folder
 from clipforge.checkpoint.openai import load_openai_checkpoint
 from clipforge.data.transforms import Preprocess
 from clipforge.device import resolve_device
-from clipforge.errors import CheckpointError, RandomWeightsWarning
+from clipforge.errors import CheckpointError, ConfigError, RandomWeightsWarning
 from clipforge.models.base import ContrastiveModel, Model
 from clipforge.models.registry import create_model, list_models
 from clipforge.tokenizer import TextTokenizer, get_tokenizer
 
 
 def detect_format(spec: str | Path) -> str:
-    """One of `registry`, `clipforge`, `hf`, `open_clip`, `openai` for a load spec."""
+    """One of `registry`, `clipforge`, `onnx`, `hf`, `open_clip`, `openai` for a load spec."""
     path = Path(spec)
     if path.is_dir():
         if not os.path.lexists(path / CONFIG_NAME) and os.path.lexists(path / OPEN_CLIP_CONFIG):
@@ -32,6 +34,8 @@ def detect_format(spec: str | Path) -> str:
         meta = read_config(path)
         if meta.get("format") == FORMAT_NAME:
             return "clipforge"
+        if meta.get("format") == ONNX_FORMAT:
+            return "onnx"
         if "text_config" in meta and "vision_config" in meta:
             return "hf"
         raise CheckpointError(f"{path / CONFIG_NAME}: neither a clipforge nor a Hugging Face CLIP config")
@@ -66,6 +70,10 @@ def load_model(spec: str | Path, device: str = "cpu") -> ContrastiveModel:
         model = create_model(str(spec))
     elif kind == "clipforge":
         model = load_clipforge_folder(Path(spec))
+    elif kind == "onnx":
+        if target.type != "cpu":
+            raise ConfigError(f"{spec} is an ONNX export, which runs on the CPU: use --device cpu")
+        return load_onnx_folder(Path(spec))
     elif kind == "hf":
         model = load_hf_folder(Path(spec))
     elif kind == "open_clip":

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "clipforge.cli.eval_cmd",
     "clipforge.cli.quickstart_cmd",
     "clipforge.cli.convert_cmd",
+    "clipforge.cli.export_cmd",
     "clipforge.cli.train_cmd",
     "clipforge.cli.synth_cmd",
     "clipforge.cli.embed_cmd",

