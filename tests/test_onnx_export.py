@@ -23,6 +23,7 @@ from clipforge.models.towers import TowerCLIP
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+onnx = pytest.importorskip("onnx")
 
 TEXTS = ["a dog!", "two children play football in a park near an old stone church", "x", "red square"]
 
@@ -65,6 +66,11 @@ def test_vit_export_matches_torch(tiny_vit: tuple[Path, Path]) -> None:
     assert meta["format"] == "clipforge-onnx" and meta["precisions"] == ["fp32", "int8"]
     assert {p.name for p in exported.iterdir()} == {"config.json", "image.onnx", "text.onnx",
                                                      "image.int8.onnx", "text.int8.onnx"}
+    # one MLP down-projection per text layer (after QuickGELU) stays fp32 in the int8 text graph
+    kept = onnx_export.mlp_down_projections(exported / "text.onnx")
+    int8_ops = {n.name: n.op_type for n in onnx.load(str(exported / "text.int8.onnx")).graph.node}
+    assert len(kept) == 2 and all(int8_ops.get(name) == "MatMul" for name in kept)
+    assert "DynamicQuantizeMatMul" in int8_ops.values() or "MatMulInteger" in int8_ops.values()
 
 
 def test_exported_folder_is_a_model_spec(tiny_vit: tuple[Path, Path]) -> None:

@@ -50,6 +50,8 @@ def open_session(path: Path) -> Any:
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no per-node placement chatter
+    # Idle threads sleep instead of spinning: they would take cores from torch and data-loading workers.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs

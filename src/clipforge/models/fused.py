@@ -93,9 +93,10 @@ def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str, dtype: torch.dtyp
             symmetric padding of `after` computes the same windows.
     """
     assert bn.running_var is not None and bn.running_mean is not None
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [C_out]
-    weight = conv.weight * scale[:, None, None, None]  # [C_out, C_in / groups, kH, kW]
-    bias = bn.bias - bn.running_mean * scale
+    exact = torch.promote_types(conv.weight.dtype, torch.float32)  # fold in fp32 even for bf16 weights
+    scale = bn.weight.to(exact) / torch.sqrt(bn.running_var.to(exact) + bn.eps)  # [C_out]
+    weight = conv.weight.to(exact) * scale[:, None, None, None]  # [C_out, C_in / groups, kH, kW]
+    bias = bn.bias.to(exact) - bn.running_mean.to(exact) * scale
     padding = (int(conv.padding[0]), int(conv.padding[1]))  # type: ignore[index]
     if pads is not None:
         (top, bottom), (left, right) = pads
