@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clipforge import create_model
-from clipforge.checkpoint import load, save
+from clipforge.checkpoint import load, save, weights_fingerprint
 from clipforge.cli.main import main
 from clipforge.data.transforms import load_image
 from clipforge.errors import ConfigError, DataError
@@ -29,7 +29,6 @@ from clipforge.index.ann import (
     search_reranked,
 )
 from clipforge.index.annfile import read_ann
-from clipforge.index.embed import model_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 COLORS = [(220, 30, 30), (30, 200, 40), (20, 40, 220), (240, 220, 20), (200, 30, 200), (20, 210, 210)]
@@ -73,11 +72,11 @@ def test_fingerprint_is_stable_across_save_load_and_sees_one_weight(tmp_path: Pa
     folder = make_model(tmp_path / "m")
     model, _, _ = load(folder)
     again, _, _ = load(folder)
-    assert model_fingerprint(model) == model_fingerprint(again)
+    assert weights_fingerprint(model) == weights_fingerprint(again)
     with torch.no_grad():
         next(again.parameters()).view(-1)[0] += 1e-3
-    assert model_fingerprint(model) != model_fingerprint(again)
-    assert re.fullmatch(r"[0-9a-f]{64}", model_fingerprint(model))
+    assert weights_fingerprint(model) != weights_fingerprint(again)
+    assert re.fullmatch(r"[0-9a-f]{64}", weights_fingerprint(model))
 
 
 def test_embed_stores_normalized_float16_vectors_equal_to_the_model(collection, tmp_path: Path) -> None:
@@ -101,7 +100,7 @@ def test_embed_stores_normalized_float16_vectors_equal_to_the_model(collection, 
     first = by_path[str(paths[0])]
     assert first.size == paths[0].stat().st_size
     assert first.sha256 == hashlib.sha256(paths[0].read_bytes()).hexdigest()
-    assert store.get_meta("model_hash") == model_fingerprint(model)
+    assert store.get_meta("model_hash") == weights_fingerprint(model)
 
 
 def test_rerun_adds_new_reembeds_changed_and_drops_deleted(collection, tmp_path: Path) -> None:

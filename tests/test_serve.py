@@ -16,9 +16,11 @@ pytest.importorskip("multipart")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from clipforge.checkpoint import load_model  # noqa: E402
+from clipforge.checkpoint import (
+    load_model,  # noqa: E402
+    weights_fingerprint,  # noqa: E402
+)
 from clipforge.index import EmbedConfig, embed_collection  # noqa: E402
-from clipforge.index.embed import model_fingerprint  # noqa: E402
 from clipforge.serve.app import MAX_UPLOAD_BYTES, ServeConfig, create_app  # noqa: E402
 from test_index import make_images, make_model  # noqa: E402
 
@@ -52,7 +54,7 @@ def png_bytes(color: tuple[int, int, int] = (220, 30, 30), size: int = 40) -> by
 def test_health_reports_the_collection(served: Served) -> None:
     client = served.client
     body = client.get("/api/health").json()
-    fingerprint = model_fingerprint(load_model(served.model))  # the hash the index recorded
+    fingerprint = weights_fingerprint(load_model(served.model))  # the hash the index recorded
     assert body == {"status": "ok", "items": 8, "index": "exact", "model": fingerprint[:12]}
 
 

@@ -59,6 +59,11 @@ class RandomWeightsWarning(UserWarning):
     """A model was loaded for use with random weights (a registry architecture, not a checkpoint)."""
 
 
+class RuntimeNotice(UserWarning):
+    """How a model will run differs from what was asked, or costs something worth knowing (e.g. bf16
+    requested on a CPU without bf16 units, or an ONNX export made for this run)."""
+
+
 class MissingExtraError(ClipforgeError, ImportError):
     """An optional dependency is not installed."""
 

@@ -17,12 +17,10 @@ from clipforge.checkpoint.onnx import FORMAT_NAME as ONNX_FORMAT
 from clipforge.checkpoint.onnx import load_onnx_folder
 from clipforge.checkpoint.open_clip import OPEN_CLIP_CONFIG, load_open_clip_folder
 from clipforge.checkpoint.openai import load_openai_checkpoint
-from clipforge.data.transforms import Preprocess
 from clipforge.device import resolve_device
 from clipforge.errors import CheckpointError, ConfigError, RandomWeightsWarning
 from clipforge.models.base import ContrastiveModel, Model
 from clipforge.models.registry import create_model, list_models
-from clipforge.tokenizer import TextTokenizer, get_tokenizer
 
 
 def detect_format(spec: str | Path) -> str:
@@ -55,7 +53,7 @@ def load_model(spec: str | Path, device: str = "cpu") -> ContrastiveModel:
     A registry name gives random weights: a RandomWeightsWarning says so, since its outputs mean nothing.
 
     Args:
-        spec: see `load`.
+        spec: see `clipforge.checkpoint.runtime.load`; an exported ONNX folder gives its fp32 graphs.
         device: ``cpu`` (default), ``cuda`` or ``auto`` (see `clipforge.device.resolve_device`).
     """
     target = resolve_device(device)
@@ -81,21 +79,6 @@ def load_model(spec: str | Path, device: str = "cpu") -> ContrastiveModel:
     else:
         model = load_openai_checkpoint(Path(spec))
     return model.eval().to(target)
-
-
-def load(spec: str | Path, device: str = "cpu") -> tuple[ContrastiveModel, Preprocess, TextTokenizer]:
-    """Loads `(model, preprocess, tokenizer)`; the format is detected from `spec`.
-
-    The tokenizer is the one the model was trained with (its type and context length travel with the
-    weights): encode text for this model with it, not with another model's.
-
-    Args:
-        spec: a registry name (random init), a clipforge folder, a Hugging Face CLIP folder, an open_clip
-            folder, or an OpenAI `.pt` file (TorchScript archive or plain state dict).
-        device: ``cpu`` (default), ``cuda`` or ``auto``.
-    """
-    model = load_model(spec, device)
-    return model, Preprocess(model.config.preprocess), get_tokenizer(model.config.tokenizer)
 
 
 def load_folder(path: str | Path, device: str = "cpu") -> Model:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -44,18 +43,6 @@ def save(model: Model, path: str | Path, extra: dict[str, Any] | None = None) ->
     write_bytes_atomic(folder / WEIGHTS_NAME, save_safetensors(tensors))
     write_text_atomic(folder / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
     return folder
-
-
-def weights_fingerprint(model: Model) -> str:
-    """sha256 over a model's config and its safetensors-serialized state dict.
-
-    Two loads of the same weights give the same fingerprint whatever the spec (registry name plus
-    seed, folder, converted checkpoint), and any change to a single weight changes it.
-    """
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    digest.update(save_safetensors(tensors))
-    return digest.hexdigest()
 
 
 def load_clipforge_folder(folder: Path) -> ContrastiveModel:

@@ -3,9 +3,8 @@
 A folder holds `config.json` (format `clipforge-onnx`: the model config with its preprocessing and
 tokenizer, the logit scale, the text input limits, the parity measured at export) and `image.onnx`,
 `text.onnx`, plus `image.int8.onnx`, `text.int8.onnx` when exported with `--int8`. `OnnxModel` puts the
-two sessions behind the encoding part of the model contract (`encode_image`, `encode_text`, `config`,
-`logit_scale`), so evaluation, search, serving and scoring take it as they take a torch model. It
-only encodes: training it is a one-line error.
+two sessions behind the encoding part of the model contract (a `RuntimeModel`), so evaluation, search,
+serving and scoring take it as they take a torch model.
 """
 
 from __future__ import annotations
@@ -17,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from clipforge.checkpoint.files import CONFIG_NAME, read_config
+from clipforge.checkpoint.precision import RuntimeModel
 from clipforge.errors import CheckpointError, ConfigError, MissingExtraError
 from clipforge.models.config import ModelConfig
 from clipforge.models.inputs import fit_tokens
@@ -59,18 +57,11 @@ def open_session(path: Path) -> Any:
         raise CheckpointError(f"{path}: not a loadable ONNX graph ({detail})") from err
 
 
-class OnnxModel(nn.Module):
-    """The encoders of an exported model: onnxruntime sessions behind `encode_image` and `encode_text`.
-
-    Attributes:
-        config: the source model's config (preprocessing and tokenizer included).
-        logit_scale: the source model's learned log-scale (not trainable here).
-        precision: `fp32` or `int8`, the graphs this model runs.
-        source_fingerprint: sha256 of the source model's config and weights, recorded at export.
-    """
+class OnnxModel(RuntimeModel):
+    """The encoders of an exported model: onnxruntime sessions behind `encode_image` and `encode_text`."""
 
     def __init__(self, config: ModelConfig, sessions: tuple[Any, Any], limits: tuple[int, int],
-                 logit_scale: float, precision: str, source_fingerprint: str = "") -> None:
+                 logit_scale: float, precision: str, source_fingerprint: str) -> None:
         """Wraps two sessions.
 
         Args:
@@ -81,38 +72,23 @@ class OnnxModel(nn.Module):
             precision: `fp32` or `int8`.
             source_fingerprint: identifies the source weights.
         """
-        super().__init__()
-        self.config = config
-        self.precision = precision
+        super().__init__(config, logit_scale, source_fingerprint, "onnx", precision)
         self.image_session, self.text_session = sessions
         self.max_length, self.vocab_size = limits
-        self.source_fingerprint = source_fingerprint
-        self.logit_scale = nn.Parameter(torch.tensor(logit_scale), requires_grad=False)
-        self.eval()
 
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Embeds preprocessed images [B, 3, S, S] into [B, E]."""
+    def _encode_image(self, images: torch.Tensor) -> torch.Tensor:
         pixels = np.ascontiguousarray(images.detach().float().cpu().numpy())
-        return self._run(self.image_session, IMAGE_INPUT, pixels, normalize)
+        return self._run(self.image_session, IMAGE_INPUT, pixels)
 
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Embeds zero-padded token ids [B, L] into [B, E], computing only up to the longest row."""
+    def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Only the columns up to the longest row are fed to the graph (`fit_tokens`)."""
         tokens = fit_tokens(tokens, self.max_length, self.vocab_size, self.config.tokenizer.type)
-        return self._run(self.text_session, TEXT_INPUT, np.ascontiguousarray(tokens.cpu().numpy()), normalize)
+        return self._run(self.text_session, TEXT_INPUT, np.ascontiguousarray(tokens.cpu().numpy()))
 
-    def _run(self, session: Any, name: str, inputs: np.ndarray, normalize: bool) -> torch.Tensor:
+    def _run(self, session: Any, name: str, inputs: np.ndarray) -> torch.Tensor:
         if not len(inputs):
             return torch.zeros(0, self.config.embed_dim)
-        features = torch.from_numpy(session.run([OUTPUT], {name: inputs})[0])  # [B, E]
-        return F.normalize(features, dim=-1) if normalize else features
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("an exported ONNX model only encodes; call encode_image / encode_text")
-
-    def train(self, mode: bool = True) -> OnnxModel:
-        if mode:
-            raise ConfigError("an exported ONNX model only encodes: train the model it was exported from")
-        return super().train(False)
+        return torch.from_numpy(session.run([OUTPUT], {name: inputs})[0])  # [B, E]
 
 
 def load_onnx_folder(folder: Path, precision: str = "fp32") -> OnnxModel:

@@ -28,7 +28,6 @@ from torch import nn
 from clipforge.checkpoint.convert import move_files
 from clipforge.checkpoint.files import CONFIG_NAME
 from clipforge.checkpoint.io import load_model
-from clipforge.checkpoint.native import weights_fingerprint
 from clipforge.checkpoint.onnx import (
     FORMAT_NAME,
     IMAGE_INPUT,
@@ -38,6 +37,7 @@ from clipforge.checkpoint.onnx import (
     open_session,
     tower_file,
 )
+from clipforge.checkpoint.precision import weights_fingerprint
 from clipforge.data.loader import ImageTextLoader, LoaderConfig
 from clipforge.data.specs import open_data
 from clipforge.data.transforms import Preprocess

@@ -12,6 +12,7 @@ from clipforge.adapt.coop import CLASS_POSITIONS, CoopConfig
 from clipforge.adapt.run import AdaptConfig, run_coop, run_linear_probe, run_wise_ft
 from clipforge.adapt.wiseft import LRS, WiseFtConfig
 from clipforge.cli.output import runtime_options
+from clipforge.device import Runtime
 from clipforge.errors import ConfigError
 
 DATA_HELP = "imagefolder:DIR[:split], synth:TASK[:SIZE][:split], flickr8k-tags:ROOT[:split] or corrupt:..."
@@ -34,6 +35,16 @@ def cpu_only(device: str) -> None:
     """Adaptation runs on frozen features cached on the CPU; other devices are refused in one line."""
     if device != "cpu":
         raise ConfigError(f"adaptation and learned prompts run on the CPU only, not --device {device}")
+
+
+def torch_cpu_only(runtime: Runtime) -> None:
+    """Adaptation and learned prompts need the trainable torch model; others are refused in one line."""
+    cpu_only(runtime.device)
+    if (runtime.backend, runtime.precision) != ("torch", "fp32"):
+        raise ConfigError(
+            f"adaptation and learned prompts run with --backend torch --precision fp32, not "
+            f"--backend {runtime.backend} --precision {runtime.precision}"
+        )
 
 
 def parse_shots(values: tuple[str, ...]) -> tuple[int, ...]:

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from clipforge.adapt.run import classify_with_prompt
-from clipforge.cli.adapt_cmd import cpu_only
-from clipforge.cli.output import one_line, quote_path, runtime_options
+from clipforge.cli.adapt_cmd import torch_cpu_only
+from clipforge.cli.output import inference_options, one_line, quote_path
+from clipforge.device import Runtime
 from clipforge.errors import ConfigError
 from clipforge.eval.templates import get_templates
 from clipforge.eval.zeroshot import Prediction, classify_files
@@ -37,10 +38,10 @@ def register(group: click.Group) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (errors included).")
-@runtime_options
+@inference_options
 @click.argument("images", nargs=-1, required=True)
 def classify(spec: str | None, labels: str | None, templates: str, prompt: str | None, top_k: int,
-             batch_size: int, as_json: bool, device: str, images: tuple[str, ...]) -> None:
+             batch_size: int, as_json: bool, runtime: Runtime, images: tuple[str, ...]) -> None:
     """Zero-shot classify IMAGES (files, or folders searched recursively) and print the top labels.
 
     With --prompt, the classes and prompts are those a CoOp run learned. Unreadable files are reported
@@ -49,14 +50,14 @@ def classify(spec: str | None, labels: str | None, templates: str, prompt: str |
     if prompt is not None:
         if labels:
             raise ConfigError("--labels and --prompt exclude each other: a prompt has its own classes")
-        cpu_only(device)
+        torch_cpu_only(runtime)
         predictions = classify_with_prompt(Path(prompt), list(images), top_k, spec, batch_size)
     else:
         if not spec or not labels:
             raise ConfigError("classify needs --model and --labels (or a learned --prompt)")
         names = [name.strip() for name in labels.split(",") if name.strip()]
         predictions = classify_files(spec, list(images), names, get_templates(templates), top_k, batch_size,
-                                     device)
+                                     runtime)
     if as_json:
         click.echo(json.dumps({"results": [_as_dict(p) for p in predictions]}, indent=2))
     else:

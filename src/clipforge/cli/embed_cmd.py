@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from clipforge.cli.output import runtime_options
+from clipforge.cli.output import inference_options
+from clipforge.device import Runtime
 from clipforge.index.ann import KINDS, TARGET_RECALL
 from clipforge.index.embed import EmbedConfig, embed_collection
 
@@ -29,7 +30,7 @@ def register(group: click.Group) -> None:
                    "every deletion).")
 @click.option("--target-recall", default=TARGET_RECALL, show_default=True,
               help="Recall@10 vs exact search that approximate indexes are tuned to reach.")
-@runtime_options
+@inference_options
 def embed(
     model: str,
     data: str | None,
@@ -39,9 +40,9 @@ def embed(
     workers: int,
     kind: str,
     target_recall: float,
-    device: str,
+    runtime: Runtime,
 ) -> None:
     """Embed new and changed images into OUT and drop deleted ones; bad images are skipped and counted."""
     config = EmbedConfig(model, out, data, images, batch_size=batch_size, workers=workers, index=kind,
-                         target_recall=target_recall, device=device)
+                         target_recall=target_recall, runtime=runtime)
     click.echo(embed_collection(config).summary())

@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 
 from clipforge.adapt.run import AdaptConfig, run_template_search, run_zero_shot
-from clipforge.cli.adapt_cmd import cpu_only
-from clipforge.cli.output import runtime_options
+from clipforge.cli.adapt_cmd import torch_cpu_only
+from clipforge.cli.output import inference_options
 from clipforge.data.classification import is_classification_spec
+from clipforge.device import Runtime
 from clipforge.errors import ConfigError
 from clipforge.eval.run import EvalConfig, retrieval_report, zeroshot_report
 from clipforge.fileio import check_writable, write_json
@@ -35,11 +36,12 @@ RETRIEVAL_KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file to write.")
 @click.option("--batch-size", default=64, show_default=True, help="Images per forward pass.")
 @click.option("--workers", default=0, show_default=True, help="DataLoader workers decoding images.")
-@runtime_options
-def retrieval(model_spec: str, data_spec: str, out: str, batch_size: int, workers: int, device: str) -> None:
+@inference_options
+def retrieval(model_spec: str, data_spec: str, out: str, batch_size: int, workers: int,
+              runtime: Runtime) -> None:
     """Image<->text recall@1/5/10 (CLIP-paper convention for images with several captions)."""
     check_writable(out)
-    report = retrieval_report(model_spec, data_spec, EvalConfig(batch_size, workers, device))
+    report = retrieval_report(model_spec, data_spec, EvalConfig(batch_size, workers, runtime))
     write_json(report, out)
     click.echo(" ".join(f"{k}={report[k]:.4f}" for k in RETRIEVAL_KEYS))
     click.echo(f"{report['images']} images, {report['captions']} captions; wrote {out}")
@@ -58,12 +60,12 @@ def retrieval(model_spec: str, data_spec: str, out: str, batch_size: int, worker
 @click.option("--feature-cache", type=click.Path(file_okay=False), default=None,
               help="Frozen-feature cache folder (classification specs; default OUT/features).")
 @click.option("--batch-size", default=64, show_default=True, help="Images per forward pass.")
-@runtime_options
+@inference_options
 def zeroshot(model_spec: str, data_spec: str, out: str, val: str | None, template_search: bool,
-             feature_cache: str | None, batch_size: int, device: str) -> None:
+             feature_cache: str | None, batch_size: int, runtime: Runtime) -> None:
     """Zero-shot accuracy: attributes of synthetic scenes, or a classification task (prompt ensemble)."""
     if is_classification_spec(data_spec):
-        cpu_only(device)
+        torch_cpu_only(runtime)
         config = AdaptConfig(model=model_spec, test=data_spec, out=Path(out), val=val, batch_size=batch_size,
                              feature_cache=Path(feature_cache) if feature_cache else None)
         _classification_zeroshot(config, template_search)
@@ -71,7 +73,7 @@ def zeroshot(model_spec: str, data_spec: str, out: str, val: str | None, templat
     if template_search or val:
         raise ConfigError("--template-search and --val need a classification spec as --data")
     check_writable(out)
-    report = zeroshot_report(model_spec, data_spec, EvalConfig(batch_size, device=device))
+    report = zeroshot_report(model_spec, data_spec, EvalConfig(batch_size, runtime=runtime))
     write_json(report, out)
     click.echo(f"shape={report['shape']:.4f} color={report['color']:.4f} on {report['images']} scenes")
     click.echo(f"wrote {out}")

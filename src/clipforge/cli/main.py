@@ -14,7 +14,7 @@ from typing import TextIO
 import click
 
 from clipforge.cli.output import one_line
-from clipforge.errors import ClipforgeError, RandomWeightsWarning
+from clipforge.errors import ClipforgeError, RandomWeightsWarning, RuntimeNotice
 from clipforge.version import __version__
 
 # One module per command group; each defines `register(group)`.
@@ -43,6 +43,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         with warnings.catch_warnings():
             warnings.simplefilter("always", RandomWeightsWarning)
+            warnings.simplefilter("always", RuntimeNotice)
             warnings.showwarning = _show_warning
             try:
                 return super().invoke(ctx)
@@ -62,6 +63,8 @@ def _show_warning(
     """Our warnings as one `warning: ...` line on stderr (others keep Python's format)."""
     if issubclass(category, RandomWeightsWarning):
         click.echo(f"warning: {one_line(str(message))}", err=True)
+    elif issubclass(category, RuntimeNotice):
+        click.echo(f"notice: {one_line(str(message))}", err=True)
     else:
         click.echo(warnings.formatwarning(message, category, filename, lineno, line).rstrip(), err=True)
 

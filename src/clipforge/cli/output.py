@@ -7,12 +7,13 @@ surrogates); printed raw it would break line-oriented output (one result per lin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from clipforge.device import DEVICES, set_threads
+from clipforge.device import BACKENDS, DEVICES, PRECISIONS, Runtime, set_threads
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,12 +39,13 @@ _DEVICE_HELP = "Where the model runs: cpu, cuda, or auto (cuda when available)."
 def runtime_options(command: F) -> F:
     """Adds ``--device auto|cpu|cuda`` and ``--threads N`` to a command that runs a model.
 
-    ``--threads`` is applied here (torch's intra-op threads are process-wide); the command passes
-    ``device`` on to the library call that loads the model.
+    ``--threads`` is applied here (torch's intra-op threads are process-wide, and onnxruntime sessions
+    take the same count); the command passes ``device`` on to the library call that loads the model.
     """
     command = click.option(
         "--threads", type=click.IntRange(min=0), default=0, show_default=True, expose_value=False,
-        callback=lambda _ctx, _param, value: set_threads(value), help="CPU threads for torch (0: default).",
+        callback=lambda _ctx, _param, value: set_threads(value),
+        help="CPU threads for torch and onnxruntime (0: default).",
     )(command)
     return click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
                         help=_DEVICE_HELP)(command)
@@ -61,3 +63,27 @@ def run_options(command: F) -> F:
     )(command)
     return click.option("--device", type=click.Choice(DEVICES), default=None,
                         help=f"{_DEVICE_HELP} [default: the run config's, cpu]")(command)
+
+
+def inference_options(command: F) -> F:
+    """`runtime_options` plus ``--backend torch|onnx`` and ``--precision fp32|bf16|int8``, for commands
+    that only encode (classify, eval, embed, search, serve, skills score).
+
+    The command receives device, backend and precision as one ``runtime: Runtime`` argument and passes
+    it on to the library call that loads the model.
+    """
+
+    @functools.wraps(command)
+    def with_runtime(*args: Any, device: str, backend: str, precision: str, **kwargs: Any) -> Any:
+        return command(*args, runtime=Runtime(device, backend, precision), **kwargs)
+
+    with_precision = click.option(
+        "--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+        help="fp32; bf16 (torch, where the CPU has bf16 units); int8 (onnx graphs or torch dynamic "
+             "quantization).",
+    )(with_runtime)
+    with_backend = click.option(
+        "--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
+        help="torch, or onnx (onnxruntime; a torch model is exported for the run first).",
+    )(with_precision)
+    return runtime_options(with_backend)  # type: ignore[return-value]

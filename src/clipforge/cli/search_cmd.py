@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from clipforge.cli.output import one_line, quote_path, runtime_options
+from clipforge.cli.output import inference_options, one_line, quote_path
+from clipforge.device import Runtime
 from clipforge.index.search import SearchConfig
 from clipforge.index.search import search as run_search
 
@@ -23,7 +24,7 @@ def register(group: click.Group) -> None:
 @click.option("--model", default=None, help="Query model (default: the one recorded in the index).")
 @click.option("-k", "k", default=10, show_default=True, help="Number of results.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-@runtime_options
+@inference_options
 @click.argument("text", required=False)
 def search(
     index_dir: Path,
@@ -31,11 +32,11 @@ def search(
     model: str | None,
     k: int,
     as_json: bool,
-    device: str,
+    runtime: Runtime,
     text: str | None,
 ) -> None:
     """Print the K indexed images closest to TEXT or to --image PATH."""
-    hits = run_search(SearchConfig(index_dir, text, image, model, k, device=device))
+    hits = run_search(SearchConfig(index_dir, text, image, model, k, runtime=runtime))
     if as_json:
         click.echo(json.dumps({"results": [hit.to_dict() for hit in hits]}, indent=2))
         return

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from clipforge.cli.output import runtime_options
+from clipforge.cli.output import inference_options
+from clipforge.device import Runtime
 
 
 def register(group: click.Group) -> None:
@@ -27,7 +28,7 @@ def register(group: click.Group) -> None:
                    "is always accepted, and loopback names when bound to loopback or 0.0.0.0.")
 @click.option("--concurrency", default=1, show_default=True, help="Model jobs running at once.")
 @click.option("--queue", default=16, show_default=True, help="Model jobs waiting; beyond them, 503.")
-@runtime_options
+@inference_options
 def serve(
     index_dir: Path,
     model: str | None,
@@ -37,12 +38,13 @@ def serve(
     allow_hosts: tuple[str, ...],
     concurrency: int,
     queue: int,
-    device: str,
+    runtime: Runtime,
 ) -> None:
     """Serve search, image search and zero-shot classification over HTTP, with a web UI at /."""
     # Imported here so that the CLI starts without FastAPI installed.
     from clipforge.serve.app import ServeConfig
     from clipforge.serve.app import serve as run_server
 
-    config = ServeConfig(index_dir, model, host, port, token, allow_hosts, concurrency, queue, device=device)
+    config = ServeConfig(index_dir, model, host, port, token, allow_hosts, concurrency, queue,
+                         runtime=runtime)
     run_server(config)

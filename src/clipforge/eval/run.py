@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from clipforge.checkpoint import load
+from clipforge.checkpoint import load_with
 from clipforge.data.loader import ImageTextLoader, LoaderConfig
 from clipforge.data.specs import ImageTextData, open_data, parse_spec
+from clipforge.device import Runtime
 from clipforge.errors import DataError
 from clipforge.eval.retrieval import recall_at_k
 from clipforge.eval.zeroshot import classify, zero_shot_classifier
@@ -38,12 +39,12 @@ class EvalConfig:
     Attributes:
         batch_size: images encoded per forward pass (their captions go in the same pass).
         num_workers: DataLoader workers decoding images (0: in this process).
-        device: where a model loaded from a spec runs: ``cpu``, ``cuda`` or ``auto``.
+        runtime: where and how a model loaded from a spec runs (device, backend, precision).
     """
 
     batch_size: int = 64
     num_workers: int = 0
-    device: str = "cpu"
+    runtime: Runtime = Runtime()
 
 
 @dataclass
@@ -101,7 +102,7 @@ def retrieval_report(model_spec: str, data_spec: str, config: EvalConfig = EvalC
     Returns:
         ``t2i_r1 .. i2t_r10`` plus provenance: model, data, version, images, captions, bad samples.
     """
-    model, preprocess, tokenizer = load(model_spec, config.device)
+    model, preprocess, tokenizer = load_with(model_spec, config.runtime)
     data = open_data(data_spec)
     features = embed_dataset(model, preprocess, tokenizer, data, config)
     metrics = recall_at_k(features.images, features.texts, features.text_to_image, RETRIEVAL_KS)
@@ -159,6 +160,6 @@ def zeroshot_report(model_spec: str, data_spec: str, config: EvalConfig = EvalCo
     images, labels, bad = load_labelled_scenes(Path(spec.location), spec.split)
     if not images:
         raise DataError(f"no readable single-object scenes in '{data_spec}' to classify")
-    model, preprocess, tokenizer = load(model_spec, config.device)
+    model, preprocess, tokenizer = load_with(model_spec, config.runtime)
     accuracy = evaluate_zeroshot(model, preprocess, tokenizer, images, labels, config)
     return {**accuracy, **provenance(model_spec, data_spec), "images": len(images), "bad_images": bad}

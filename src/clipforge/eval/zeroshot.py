@@ -9,9 +9,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clipforge.checkpoint import load
+from clipforge.checkpoint import load_with
 from clipforge.data.readers import image_files
 from clipforge.data.transforms import load_image
+from clipforge.device import DEFAULT_RUNTIME, Runtime
 from clipforge.errors import ConfigError, ImageError
 from clipforge.models.base import ContrastiveModel
 from clipforge.models.inputs import encode_by_length
@@ -76,7 +77,7 @@ def classify_files(
     templates: Sequence[str],
     top_k: int = 3,
     batch_size: int = 32,
-    device: str = "cpu",
+    runtime: Runtime = DEFAULT_RUNTIME,
 ) -> list[Prediction]:
     """Zero-shot classifies image files with a model loaded from `spec`; unreadable files get an error entry
     and the others keep their results.
@@ -88,12 +89,12 @@ def classify_files(
         templates: prompt templates (ensembled).
         top_k: how many labels to keep per image.
         batch_size: images per forward pass.
-        device: ``cpu``, ``cuda`` or ``auto``.
+        runtime: where and how the model runs (device, backend, precision).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     paths = image_files(images)
-    model, preprocess, tokenizer = load(spec, device)
+    model, preprocess, tokenizer = load_with(spec, runtime)
     classifier = zero_shot_classifier(model, tokenizer, labels, templates)
     return classify_images(model, preprocess, paths, labels, classifier, top_k, batch_size)
 

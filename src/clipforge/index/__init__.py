@@ -1,7 +1,7 @@
 """Image collections as searchable indexes: embed incrementally, store, search exactly or with FAISS."""
 
 from clipforge.index.ann import ExactIndex, FaissIndex, VectorIndex, build_index, choose_kind
-from clipforge.index.embed import EmbedConfig, EmbedReport, ImageEncoder, embed_collection, model_fingerprint
+from clipforge.index.embed import EmbedConfig, EmbedReport, ImageEncoder, embed_collection
 from clipforge.index.lock import IndexBusyError
 from clipforge.index.search import Hit, SearchConfig, Searcher, search
 from clipforge.index.store import EmbeddingStore, Item
@@ -22,6 +22,5 @@ __all__ = [
     "build_index",
     "choose_kind",
     "embed_collection",
-    "model_fingerprint",
     "search",
 ]

@@ -14,7 +14,6 @@ checks against the rows and patches or rebuilds (`clipforge.index.sync`).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -24,15 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset
 
-from clipforge.checkpoint import load
+from clipforge.checkpoint import load_with, weights_fingerprint
 from clipforge.data.loader import Transform, decode_image, single_threaded, torch_threads
 from clipforge.data.readers import IMAGE_EXTENSIONS, BadSample, BadSampleCounter
 from clipforge.data.specs import open_data
 from clipforge.data.transforms import MAX_IMAGE_BYTES
-from clipforge.device import resolve_device
+from clipforge.device import DEFAULT_RUNTIME, Runtime, resolve_device
 from clipforge.errors import ConfigError, DataError, UnreadableFileError
 from clipforge.fileio import read_regular_file, remove_stale_temps
 from clipforge.index.ann import TARGET_RECALL, choose_kind, faiss_threads
@@ -40,7 +38,7 @@ from clipforge.index.annfile import ANN_NAME
 from clipforge.index.lock import index_lock
 from clipforge.index.store import EmbeddingStore, Item, KnownBad, Signature
 from clipforge.index.sync import synced_index
-from clipforge.models.base import ContrastiveModel, Model
+from clipforge.models.base import ContrastiveModel
 from clipforge.progress import Progress
 
 NO_MTIME = -1  # sources that are not plain files (tar members) are re-embedded on every run
@@ -53,18 +51,6 @@ def crash_point(stage: str) -> None:
     """Test hook: a process started with CLIPFORGE_CRASH_AT=STAGE dies here by SIGKILL, like a power cut."""
     if os.environ.get(CRASH_ENV) == stage:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def model_fingerprint(model: Model) -> str:
-    """sha256 over the model's config and its safetensors-serialized state dict.
-
-    Two loads of the same weights give the same fingerprint whatever the spec (registry name plus
-    seed, folder, converted checkpoint), and any change to a single weight changes it.
-    """
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    digest.update(save(tensors))
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -84,10 +70,10 @@ class ImageEncoder:
     dim: int
 
 
-def load_encoder(spec: str, device: str = "cpu") -> ImageEncoder:
+def load_encoder(spec: str, runtime: Runtime = DEFAULT_RUNTIME) -> ImageEncoder:
     """The image encoder of a model spec (anything `clipforge.checkpoint.load` accepts)."""
-    model, preprocess, _ = load(spec)
-    return image_encoder(model, preprocess, resolve_device(device))
+    model, preprocess, _ = load_with(spec, runtime)
+    return image_encoder(model, preprocess, resolve_device(runtime.device))
 
 
 def image_encoder(model: ContrastiveModel, preprocess: Transform, target: torch.device) -> ImageEncoder:
@@ -99,7 +85,7 @@ def image_encoder(model: ContrastiveModel, preprocess: Transform, target: torch.
         vectors = model.encode_image(pixels.to(target), normalize=True)
         return vectors.float().cpu().numpy().astype(np.float16)  # [B, E]
 
-    return ImageEncoder(encode, preprocess, model_fingerprint(model), model.config.embed_dim)
+    return ImageEncoder(encode, preprocess, weights_fingerprint(model), model.config.embed_dim)
 
 
 @dataclass(frozen=True)
@@ -116,7 +102,7 @@ class EmbedConfig:
         index: `auto`, `exact`, `ivf`, `ivf-sq8`, `ivf-pq` or `hnsw`.
         target_recall: recall@10 against exact search that approximate indexes are tuned to reach.
         threads: torch (and FAISS) threads for encoding; None keeps the current setting.
-        device: `cpu`, `cuda` or `auto`.
+        runtime: where and how the model runs (device, backend, precision).
         progress: show a progress bar.
     """
 
@@ -129,7 +115,7 @@ class EmbedConfig:
     index: str = "auto"
     target_recall: float = TARGET_RECALL
     threads: int | None = None
-    device: str = "cpu"
+    runtime: Runtime = Runtime()
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -141,7 +127,7 @@ class EmbedConfig:
         if not 0 < self.target_recall <= 1:
             raise ConfigError(f"target recall must be in (0, 1], got {self.target_recall}")
         choose_kind(0, self.index)  # fail on a bad kind before any work
-        resolve_device(self.device)
+        resolve_device(self.runtime.device)
 
 
 @dataclass
@@ -348,7 +334,7 @@ def embed_collection(config: EmbedConfig, encoder: ImageEncoder | None = None) -
 
     Args:
         config: what to embed and where.
-        encoder: the image encoder to use; by default `config.model` loaded on `config.device`.
+        encoder: the image encoder to use; by default `config.model` loaded as `config.runtime` says.
 
     Raises:
         ConfigError: the index was made by another model, or the options are inconsistent.
@@ -356,7 +342,7 @@ def embed_collection(config: EmbedConfig, encoder: ImageEncoder | None = None) -
         IndexBusyError: another run is updating the same index folder.
     """
     with torch_threads(config.threads), faiss_threads(config.threads):
-        encoder = encoder or load_encoder(config.model, config.device)
+        encoder = encoder or load_encoder(config.model, config.runtime)
         sources, read, bad = _list_sources(config)
         with index_lock(Path(config.out)):
             return _embed_locked(config, encoder, sources, read, EmbedReport(bad=bad))

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipforge.checkpoint import load
+from clipforge.checkpoint import load_with
 from clipforge.data.loader import torch_threads
 from clipforge.data.transforms import load_image
-from clipforge.device import resolve_device
+from clipforge.device import DEFAULT_RUNTIME, Runtime, resolve_device
 from clipforge.errors import ConfigError, DataError
 from clipforge.index.ann import VectorIndex, faiss_threads, search_reranked
 from clipforge.index.embed import image_encoder
@@ -45,13 +45,14 @@ class Searcher:
         index_note: how the vector index was opened (`up to date`, `patched: ...`, `built (...)`).
     """
 
-    def __init__(self, folder: str | Path, model_spec: str | None = None, device: str = "cpu") -> None:
+    def __init__(self, folder: str | Path, model_spec: str | None = None,
+                 runtime: Runtime = DEFAULT_RUNTIME) -> None:
         """Opens an index and loads its model.
 
         Args:
             folder: an index folder written by `clipforge embed`.
             model_spec: the model to embed queries with; defaults to the one recorded in the index.
-            device: `auto`, `cpu` or `cuda`.
+            runtime: where and how the query model runs (device, backend, precision).
 
         Raises:
             DataError: the folder is not an index, or holds no images.
@@ -61,8 +62,8 @@ class Searcher:
         if not len(self.store):
             raise DataError(f"index {folder} holds no images: add some with `clipforge embed --out {folder}`")
         spec = model_spec or self.store.get_meta("model_spec") or ""
-        self.device = resolve_device(device)
-        self.model, preprocess, self.tokenizer = load(spec)
+        self.device = resolve_device(runtime.device)
+        self.model, preprocess, self.tokenizer = load_with(spec, runtime)
         self.images = image_encoder(self.model, preprocess, self.device)
         self.store.check_model(self.images.fingerprint, spec)
         self.kind = self.store.get_meta("index_kind") or "exact"
@@ -119,7 +120,7 @@ class SearchConfig:
         model: the query model; defaults to the one recorded in the index.
         k: number of results.
         threads: torch (and FAISS) threads; None keeps torch's default.
-        device: `auto`, `cpu` or `cuda`.
+        runtime: where and how the query model runs (device, backend, precision).
     """
 
     index: Path
@@ -128,7 +129,7 @@ class SearchConfig:
     model: str | None = None
     k: int = 10
     threads: int | None = None
-    device: str = "cpu"
+    runtime: Runtime = Runtime()
 
     def __post_init__(self) -> None:
         if (self.text is None) == (self.image is None):
@@ -145,7 +146,7 @@ def search(config: SearchConfig) -> list[Hit]:
         ConfigError: the model is not the one the index was built with.
     """
     with torch_threads(config.threads), faiss_threads(config.threads):
-        searcher = Searcher(config.index, config.model, config.device)
+        searcher = Searcher(config.index, config.model, config.runtime)
         if config.text is not None:
             return searcher.search_text(config.text, config.k)
         return searcher.search_image(load_image(config.image or ""), config.k)

@@ -42,6 +42,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from clipforge.data.loader import torch_threads
 from clipforge.data.transforms import load_image
+from clipforge.device import Runtime
 from clipforge.eval.templates import get_templates
 from clipforge.eval.zeroshot import classify, zero_shot_classifier
 from clipforge.index.ann import faiss_threads
@@ -76,7 +77,7 @@ class ServeConfig:
         concurrency: model jobs (image decode + encode, text encode, classify) run at once.
         queue: model jobs that may wait for a slot; more get 503 with Retry-After.
         threads: torch and FAISS threads of the server process; None keeps torch's default.
-        device: `auto`, `cpu` or `cuda`.
+        runtime: where and how the query model runs (device, backend, precision).
     """
 
     index: Path
@@ -88,7 +89,7 @@ class ServeConfig:
     concurrency: int = 1
     queue: int = 16
     threads: int | None = None
-    device: str = "cpu"
+    runtime: Runtime = Runtime()
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.queue < 0:
@@ -210,7 +211,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     """
     if "max_body_size" not in inspect.signature(FastAPI).parameters:
         raise MissingExtraError("fastapi>=0.165", "serve")
-    searcher = Searcher(config.index, config.model, config.device)
+    searcher = Searcher(config.index, config.model, config.runtime)
     app = FastAPI(
         title="clipforge",
         summary="Text and image search over an image collection, and zero-shot classification.",
