@@ -6,8 +6,9 @@ On identical random ViT-B/32 weights (clipforge's, written as an HF folder and l
 `transformers.CLIPModel`), each round times one call of every variant in turn (A, B, C, ..., then again;
 medians over `--reps` rounds, the same thread count everywhere), so machine load hits all sides alike:
 
-- images/s: clipforge fp32, bf16 autocast, onnx fp32, onnx int8 (dynamic), torch int8 (torch.ao dynamic),
-  HF fp32; with each side's share of the measured matmul peak (FLOPs counted by torch's FlopCounterMode).
+- images/s: clipforge (each as `clipforge.load(..., backend, precision)` runs it) fp32, bf16, onnx fp32,
+  onnx int8 (dynamic), torch int8 (torch.ao dynamic), and HF fp32; with each side's share of the measured
+  matmul peak (FLOPs counted by torch's FlopCounterMode).
 - captions/s on Flickr8k captions: HF at 77-token padding against clipforge's trimmed encoding (per batch,
   and bucketed by length), with the largest difference from the padded path.
 - EfficientNet-Lite0 and ModifiedResNet (RN50) towers: the plain eager forward against the folded one.
@@ -19,7 +20,6 @@ medians over `--reps` rounds, the same thread count everywhere), so machine load
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import statistics
@@ -41,6 +41,7 @@ from clipforge.checkpoint.hf import save_hf
 from clipforge.checkpoint.onnx import load_onnx_folder
 from clipforge.checkpoint.onnx_export import ExportConfig, export_onnx
 from clipforge.data.specs import open_data
+from clipforge.device import bf16_supported
 from clipforge.eval.run import EvalConfig, embed_dataset
 from clipforge.models import create_model, efficientnet
 from clipforge.models.efficientnet import EfficientNetLite0
@@ -93,47 +94,40 @@ def captions(n: int) -> list[str]:
 
 
 class Sides:
-    """The ViT-B/32 variants on identical weights: clipforge torch/onnx at each precision, and HF."""
+    """The ViT-B/32 variants on identical weights: clipforge as `clipforge.load` runs it, and HF."""
 
     def __init__(self, work: Path) -> None:
         torch.manual_seed(0)
-        self.model = create_model("ViT-B-32").eval()
-        save(self.model, work / "vit")
-        save_hf(self.model, work / "hf")
+        save(create_model("ViT-B-32"), work / "vit")
+        save_hf(load(work / "vit")[0], work / "hf")
         import transformers
 
         self.hf = transformers.CLIPModel.from_pretrained(work / "hf").eval()
         export_onnx(work / "vit", work / "onnx", ExportConfig(int8=True))
-        self.onnx = {p: load_onnx_folder(work / "onnx", p) for p in ("fp32", "int8")}
-        self.torch_int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(self.model), {nn.Linear},
-                                                                 dtype=torch.qint8)
+        self.models = {
+            "fp32": load(work / "vit")[0],
+            "bf16": load(work / "vit", precision="bf16")[0],
+            "onnx fp32": load(work / "onnx")[0],
+            "onnx int8": load(work / "onnx", precision="int8")[0],
+            "torch int8": load(work / "vit", precision="int8")[0],
+        }
 
     def image_calls(self, pixels: torch.Tensor) -> dict[str, Call]:
-        m = self.model
-        return {
-            "HF transformers fp32": lambda: self.hf.get_image_features(pixel_values=pixels),
-            "clipforge fp32": lambda: m.encode_image(pixels),
-            "clipforge bf16 (autocast)": lambda: _bf16(lambda: m.encode_image(pixels)),
-            "clipforge onnx fp32": lambda: self.onnx["fp32"].encode_image(pixels),
-            "clipforge onnx int8": lambda: self.onnx["int8"].encode_image(pixels),
-            "clipforge torch int8": lambda: self.torch_int8.encode_image(pixels),
-        }
+        hf = self.hf
+        calls: dict[str, Call] = {"HF transformers fp32": lambda: hf.get_image_features(pixel_values=pixels)}
+        for name, model in self.models.items():
+            calls[f"clipforge {name}"] = lambda m=model: m.encode_image(pixels)
+        return calls
 
     def text_calls(self, tokens: torch.Tensor, batch: int) -> dict[str, Call]:
-        m, chunks, hf = self.model, tokens.split(batch), self.hf
-        return {
+        chunks, hf, fp32 = tokens.split(batch), self.hf, self.models["fp32"]
+        calls: dict[str, Call] = {
             "HF transformers fp32 (77 tokens)": lambda: [hf.get_text_features(input_ids=t) for t in chunks],
-            "clipforge fp32, trimmed per batch": lambda: [m.encode_text(t) for t in chunks],
-            "clipforge fp32, length buckets": lambda: encode_by_length(m, tokens, batch),  # type: ignore[arg-type]
-            "clipforge bf16, length buckets": lambda: _bf16(lambda: encode_by_length(m, tokens, batch)),  # type: ignore[arg-type]
-            "clipforge onnx fp32, length buckets": lambda: encode_by_length(self.onnx["fp32"], tokens, batch),
-            "clipforge onnx int8, length buckets": lambda: encode_by_length(self.onnx["int8"], tokens, batch),
+            "clipforge fp32, trimmed per batch": lambda: [fp32.encode_text(t) for t in chunks],
         }
-
-
-def _bf16(call: Call) -> Any:
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        return call()
+        for name, model in self.models.items():
+            calls[f"clipforge {name}, length buckets"] = lambda m=model: encode_by_length(m, tokens, batch)
+        return calls
 
 
 def bench_images(sides: Sides, batch: int, reps: int, peaks: dict[str, float]) -> list[str]:
@@ -147,7 +141,7 @@ def bench_images(sides: Sides, batch: int, reps: int, peaks: dict[str, float]) -
     base = seconds["HF transformers fp32"]
     rows = [f"Identical weights: clipforge fp32 vs HF image features max abs diff {hf_diff:.2e}; "
             f"{per_image / 1e9:.2f} GFLOP per image; matmul peak fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
-            f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s.", "",
+            f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; CPU bf16 units: {bf16_supported()}.", "",
             f"| images (batch {batch}) | images/s | vs HF fp32 | % of matmul peak |", "|---|---:|---:|---:|"]
     for name, s in seconds.items():
         rate = batch / s
@@ -165,7 +159,7 @@ def bench_captions(sides: Sides, n: int, batch: int, reps: int) -> list[str]:
         seconds = interleaved(calls, reps)
         padded = torch.cat([sides.hf.get_text_features(input_ids=t).pooler_output
                             for t in tokens.split(batch)])  # [N, E], all 77 positions
-        trimmed = encode_by_length(sides.model, tokens, batch, normalize=False)  # type: ignore[arg-type]
+        trimmed = encode_by_length(sides.models["fp32"], tokens, batch, normalize=False)  # type: ignore[arg-type]
     diff = float((trimmed - padded).abs().max())
     mean_len = float((tokens != 0).sum(dim=1).float().mean())
     base = seconds["HF transformers fp32 (77 tokens)"]
