@@ -61,18 +61,18 @@ class OnnxModel(RuntimeModel):
     """The encoders of an exported model: onnxruntime sessions behind `encode_image` and `encode_text`."""
 
     def __init__(self, config: ModelConfig, sessions: tuple[Any, Any], limits: tuple[int, int],
-                 logit_scale: float, precision: str, source_fingerprint: str) -> None:
+                 logits: tuple[float, float | None], precision: str, source_fingerprint: str) -> None:
         """Wraps two sessions.
 
         Args:
             config: the source model's config.
             sessions: the image and text onnxruntime sessions.
             limits: the longest token rows and the vocabulary size the text graph takes.
-            logit_scale: the source model's log-scale.
+            logits: the source model's log-scale and SigLIP bias (or None).
             precision: `fp32` or `int8`.
             source_fingerprint: identifies the source weights.
         """
-        super().__init__(config, logit_scale, source_fingerprint, "onnx", precision)
+        super().__init__(config, logits, source_fingerprint, "onnx", precision)
         self.image_session, self.text_session = sessions
         self.max_length, self.vocab_size = limits
 
@@ -108,7 +108,8 @@ def load_onnx_folder(folder: Path, precision: str = "fp32") -> OnnxModel:
     try:
         limits = (int(meta["text_max_length"]), int(meta["text_vocab_size"]))
         scale, fingerprint = float(meta["logit_scale"]), str(meta.get("source_fingerprint", ""))
+        bias = None if meta.get("logit_bias") is None else float(meta["logit_bias"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{where}: missing or malformed field {err}") from err
     sessions = tuple(open_session(folder / tower_file(tower, precision)) for tower in ("image", "text"))
-    return OnnxModel(config, (sessions[0], sessions[1]), limits, scale, precision, fingerprint)
+    return OnnxModel(config, (sessions[0], sessions[1]), limits, (scale, bias), precision, fingerprint)

@@ -37,12 +37,13 @@ from clipforge.checkpoint.onnx import (
     open_session,
     tower_file,
 )
-from clipforge.checkpoint.precision import weights_fingerprint
+from clipforge.checkpoint.precision import logit_values, weights_fingerprint
 from clipforge.data.loader import ImageTextLoader, LoaderConfig
 from clipforge.data.specs import open_data
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import CheckpointError, ConfigError, MissingExtraError
 from clipforge.fileio import write_json
+from clipforge.models.base import ContrastiveModel
 from clipforge.models.config import ModelConfig, TextTransformerConfig
 from clipforge.models.inputs import trim_padding
 from clipforge.models.minilm import VOCAB_SIZE as MINILM_VOCAB_SIZE
@@ -179,23 +180,23 @@ def _require_exporter() -> None:
 class _ImageGraph(nn.Module):
     """A model's image encoder as a module of its own, for the exporter."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: ContrastiveModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels)  # type: ignore[operator,no-any-return]
+        return self.model.encode_image(pixels)
 
 
 class _TextGraph(nn.Module):
     """A model's text encoder as a module of its own, for the exporter."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: ContrastiveModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens)  # type: ignore[operator,no-any-return]
+        return self.model.encode_text(tokens)
 
 
 def text_limits(config: ModelConfig) -> tuple[int, int]:
@@ -205,9 +206,9 @@ def text_limits(config: ModelConfig) -> tuple[int, int]:
     return config.tokenizer.context_length, MINILM_VOCAB_SIZE
 
 
-def export_towers(model: nn.Module, folder: Path, opset: int | None) -> int:
+def export_towers(model: ContrastiveModel, folder: Path, opset: int | None) -> int:
     """Writes `image.onnx` and `text.onnx` (fp32) into `folder`; returns the opset written."""
-    config: ModelConfig = model.config  # type: ignore[assignment]
+    config = model.config
     size = config.preprocess.image_size
     pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     tokens = trim_padding(get_tokenizer(config.tokenizer)(list(PROBE_TEXTS[:2])))
@@ -247,7 +248,7 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def quantize(model: nn.Module, folder: Path, config: ExportConfig) -> str:
+def quantize(model: ContrastiveModel, folder: Path, config: ExportConfig) -> str:
     """Writes `image.int8.onnx` and `text.int8.onnx` beside the fp32 graphs; returns how.
 
     The text graph keeps its MLP down-projections in fp32: in BERT-style encoders their input (after
@@ -288,7 +289,7 @@ def mlp_down_projections(path: Path) -> list[str]:
             if node.op_type in ("MatMul", "Gemm") and weights & set(node.input) and is_gelu(node.input[0])]
 
 
-def _quantize_static_image(model: nn.Module, folder: Path, spec: str, images: int) -> int:
+def _quantize_static_image(model: ContrastiveModel, folder: Path, spec: str, images: int) -> int:
     """Static int8 (QDQ, per-channel weights) of the image graph, calibrated on `images` images of `spec`."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -313,13 +314,15 @@ def _quantize_static_image(model: nn.Module, folder: Path, spec: str, images: in
     return sum(len(b) for b in batches)
 
 
-def calibration_batches(model: nn.Module, spec: str, images: int, batch_size: int = 32) -> list[np.ndarray]:
+def calibration_batches(
+    model: ContrastiveModel, spec: str, images: int, batch_size: int = 32
+) -> list[np.ndarray]:
     """The first `images` usable images of a data spec, preprocessed for `model`, in batches.
 
     Raises:
         DataError: the spec has no usable image.
     """
-    config: ModelConfig = model.config  # type: ignore[assignment]
+    config = model.config
     preprocess = Preprocess(config.preprocess)
     loader = ImageTextLoader(open_data(spec), preprocess, LoaderConfig("images", batch_size))
     batches, seen = [], 0
@@ -341,12 +344,12 @@ def probe_inputs(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return pixels, trim_padding(get_tokenizer(config.tokenizer)(list(PROBE_TEXTS)))
 
 
-def check_parity(model: nn.Module, folder: Path, precision: str) -> Parity:
+def check_parity(model: ContrastiveModel, folder: Path, precision: str) -> Parity:
     """Compares the graphs of `precision` in `folder` with the torch model on the probe batch."""
-    config: ModelConfig = model.config  # type: ignore[assignment]
+    config = model.config
     pixels, tokens = probe_inputs(config)
     with torch.inference_mode():
-        ours = (model.encode_image(pixels, normalize=True), model.encode_text(tokens, normalize=True))  # type: ignore[operator]
+        ours = (model.encode_image(pixels, normalize=True), model.encode_text(tokens, normalize=True))
     image = _run(open_session(folder / tower_file("image", precision)), IMAGE_INPUT, pixels)
     text = _run(open_session(folder / tower_file("text", precision)), TEXT_INPUT, tokens)
     if precision == "fp32":
@@ -366,15 +369,17 @@ def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a, b.float(), dim=-1).min())
 
 
-def _meta(model: nn.Module, spec: str | Path, opset: int, parity: list[Parity],
+def _meta(model: ContrastiveModel, spec: str | Path, opset: int, parity: list[Parity],
           method: str | None) -> dict[str, Any]:
-    config: ModelConfig = model.config  # type: ignore[assignment]
+    config = model.config
     max_length, vocab = text_limits(config)
+    scale, bias = logit_values(model)
     return {
         "format": FORMAT_NAME,
         "version": __version__,
         "model": config.to_dict(),
-        "logit_scale": float(model.logit_scale.detach()),  # type: ignore[operator]
+        "logit_scale": scale,
+        "logit_bias": bias,
         "text_max_length": max_length,
         "text_vocab_size": vocab,
         "precisions": [p.precision for p in parity],

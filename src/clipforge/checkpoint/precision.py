@@ -21,10 +21,11 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from clipforge.errors import ConfigError
+from clipforge.models.base import CLIPOutput, ContrastiveModel, Model
 from clipforge.models.config import ModelConfig
 
 
-def weights_fingerprint(model: nn.Module) -> str:
+def weights_fingerprint(model: Model) -> str:
     """sha256 over a model's config and its safetensors-serialized state dict (a runtime model: its
     source's).
 
@@ -33,29 +34,32 @@ def weights_fingerprint(model: nn.Module) -> str:
     """
     if isinstance(model, RuntimeModel):
         return model.source_fingerprint
-    config: ModelConfig = model.config  # type: ignore[assignment]
-    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     digest.update(save_safetensors(tensors))
     return digest.hexdigest()
 
 
-class RuntimeModel(nn.Module):
+class RuntimeModel(ContrastiveModel):
     """The encoders of a model run by another runtime; subclasses implement `_encode_image/_text`.
 
     Attributes:
         config: the source model's config (preprocessing and tokenizer included).
         logit_scale: the source's learned log-scale, fp32 and frozen.
+        logit_bias: the source's SigLIP logit bias (frozen), or None.
         source_fingerprint: `weights_fingerprint` of the source model.
         backend: `torch` or `onnx`.
         precision: `fp32`, `bf16` or `int8`.
     """
 
-    def __init__(self, config: ModelConfig, logit_scale: float, source_fingerprint: str, backend: str,
-                 precision: str) -> None:
+    def __init__(self, config: ModelConfig, logits: tuple[float, float | None], source_fingerprint: str,
+                 backend: str, precision: str) -> None:
         super().__init__()
         self.config = config
-        self.logit_scale = nn.Parameter(torch.tensor(logit_scale), requires_grad=False)
+        scale, bias = logits
+        self.logit_scale = nn.Parameter(torch.tensor(scale), requires_grad=False)
+        frozen_bias = None if bias is None else nn.Parameter(torch.tensor(bias), requires_grad=False)
+        self.register_parameter("logit_bias", frozen_bias)
         self.source_fingerprint = source_fingerprint
         self.backend, self.precision = backend, precision
         super().train(False)
@@ -76,7 +80,7 @@ class RuntimeModel(nn.Module):
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
         raise ConfigError(f"{self._what()} only encodes: call encode_image / encode_text")
 
     def train(self, mode: bool = True) -> RuntimeModel:
@@ -96,11 +100,10 @@ class PrecisionModel(RuntimeModel):
     quantization of the `nn.Linear` layers (int8 weights, activations quantized per batch), CPU only.
     """
 
-    def __init__(self, model: nn.Module, precision: str) -> None:
+    def __init__(self, model: ContrastiveModel, precision: str) -> None:
         if precision not in ("bf16", "int8"):
             raise ConfigError(f"PrecisionModel runs bf16 or int8, not '{precision}'")
-        scale = float(model.logit_scale.detach())  # type: ignore[operator]
-        super().__init__(model.config, scale, weights_fingerprint(model), "torch", precision)  # type: ignore[arg-type]
+        super().__init__(model.config, logit_values(model), weights_fingerprint(model), "torch", precision)
         self.device_type = next(model.parameters()).device.type
         self.model = model.to(torch.bfloat16) if precision == "bf16" else quantize_linear_int8(model)
 
@@ -114,14 +117,20 @@ class PrecisionModel(RuntimeModel):
 
     def _encode_image(self, images: torch.Tensor) -> torch.Tensor:
         with self._running():
-            return self.model.encode_image(images)  # type: ignore[operator,no-any-return]
+            return self.model.encode_image(images)
 
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         with self._running():
-            return self.model.encode_text(tokens)  # type: ignore[operator,no-any-return]
+            return self.model.encode_text(tokens)
 
 
-def quantize_linear_int8(model: nn.Module) -> nn.Module:
+def logit_values(model: ContrastiveModel) -> tuple[float, float | None]:
+    """A model's learned logit scale and SigLIP bias (None when it has none), as plain numbers."""
+    bias = None if model.logit_bias is None else float(model.logit_bias.detach())
+    return float(model.logit_scale.detach()), bias
+
+
+def quantize_linear_int8(model: ContrastiveModel) -> ContrastiveModel:
     """`model` with its `nn.Linear` layers dynamically quantized to int8 in place (torch.ao, CPU only).
 
     Raises:
@@ -131,4 +140,5 @@ def quantize_linear_int8(model: nn.Module) -> nn.Module:
         raise ConfigError("torch int8 runs on the CPU: use --device cpu (or --backend onnx)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao announces its move to torchao; the API still works
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    return model

@@ -12,8 +12,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from torch import nn
-
 from clipforge.checkpoint.io import detect_format, load_model
 from clipforge.checkpoint.onnx import load_onnx_folder
 from clipforge.checkpoint.onnx_export import ExportConfig, export_onnx
@@ -21,12 +19,12 @@ from clipforge.checkpoint.precision import PrecisionModel
 from clipforge.data.transforms import Preprocess
 from clipforge.device import Runtime, bf16_supported, resolve_device
 from clipforge.errors import ConfigError, RuntimeNotice
-from clipforge.models.config import ModelConfig
+from clipforge.models.base import ContrastiveModel
 from clipforge.tokenizer import TextTokenizer, get_tokenizer
 
 
 def load(spec: str | Path, device: str = "cpu", backend: str = "torch",
-         precision: str = "fp32") -> tuple[nn.Module, Preprocess, TextTokenizer]:
+         precision: str = "fp32") -> tuple[ContrastiveModel, Preprocess, TextTokenizer]:
     """Loads `(model, preprocess, tokenizer)`; the format is detected from `spec`.
 
     The tokenizer is the one the model was trained with (its type and context length travel with the
@@ -42,14 +40,13 @@ def load(spec: str | Path, device: str = "cpu", backend: str = "torch",
     return load_with(spec, Runtime(device, backend, precision))
 
 
-def load_with(spec: str | Path, runtime: Runtime) -> tuple[nn.Module, Preprocess, TextTokenizer]:
+def load_with(spec: str | Path, runtime: Runtime) -> tuple[ContrastiveModel, Preprocess, TextTokenizer]:
     """`load` with the device, backend and precision in one typed `Runtime` (what engine configs hold)."""
     model = runtime_model(spec, runtime)
-    config: ModelConfig = model.config  # type: ignore[assignment]
-    return model, Preprocess(config.preprocess), get_tokenizer(config.tokenizer)
+    return model, Preprocess(model.config.preprocess), get_tokenizer(model.config.tokenizer)
 
 
-def runtime_model(spec: str | Path, runtime: Runtime) -> nn.Module:
+def runtime_model(spec: str | Path, runtime: Runtime) -> ContrastiveModel:
     """The model of `spec`, in eval mode, running as `runtime` says."""
     if runtime.backend == "onnx" or detect_format(spec) == "onnx":
         return _onnx_model(spec, runtime)
@@ -61,7 +58,7 @@ def runtime_model(spec: str | Path, runtime: Runtime) -> nn.Module:
     return model if runtime.precision == "fp32" else PrecisionModel(model, runtime.precision)
 
 
-def _onnx_model(spec: str | Path, runtime: Runtime) -> nn.Module:
+def _onnx_model(spec: str | Path, runtime: Runtime) -> ContrastiveModel:
     if resolve_device(runtime.device).type != "cpu":
         raise ConfigError("the onnx backend runs on the CPU: use --device cpu (or --backend torch)")
     if runtime.precision == "bf16":
