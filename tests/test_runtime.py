@@ -18,6 +18,8 @@ from clipforge.checkpoint.precision import PrecisionModel
 from clipforge.cli.main import main
 from clipforge.device import Runtime, bf16_supported
 from clipforge.errors import ConfigError, RuntimeNotice
+from clipforge.models.base import ContrastiveModel
+from clipforge.probe.run import ClipEncoder
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +28,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save(create_model("tiny-vit"), tmp_path_factory.mktemp("runtime") / "model")
 
 
-def _probe(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _probe(model: ContrastiveModel) -> tuple[torch.Tensor, torch.Tensor]:
     """Four seeded images and two CLIP-BPE rows (start, words, end, padding) for tiny-vit."""
-    size = model.config.preprocess.image_size  # type: ignore[union-attr]
+    size = model.config.preprocess.image_size
     pixels = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(3))
     return pixels, torch.tensor([[49406, 320, 1929, 49407, 0], [49406, 539, 49407, 0, 0]])
 
 
-def _cosines(a: torch.nn.Module, b: torch.nn.Module) -> float:
+def _cosines(a: ContrastiveModel, b: ContrastiveModel) -> float:
     pixels, tokens = _probe(a)
     with torch.inference_mode():
-        images = F.cosine_similarity(a.encode_image(pixels), b.encode_image(pixels))  # type: ignore[operator]
-        texts = F.cosine_similarity(a.encode_text(tokens), b.encode_text(tokens))  # type: ignore[operator]
+        images = F.cosine_similarity(a.encode_image(pixels), b.encode_image(pixels))
+        texts = F.cosine_similarity(a.encode_text(tokens), b.encode_text(tokens))
     return float(torch.cat([images, texts]).min())
 
 
@@ -123,3 +125,22 @@ def test_index_built_by_torch_answers_onnx_and_bf16_queries(tiny: Path, tmp_path
                                   "--json", str(images)])
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["results"]) == 5
+
+
+@pytest.mark.parametrize("command", [["classify"], ["eval", "retrieval"], ["eval", "zeroshot"], ["embed"],
+                                     ["search"], ["serve"], ["skills", "score"]])
+def test_every_command_that_encodes_takes_the_runtime_options(command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    for option in ("--device [auto|cpu|cuda]", "--threads", "--backend [torch|onnx]",
+                   "--precision [fp32|bf16|int8]"):
+        assert option in result.output, (command, option)
+
+
+def test_skill_scorer_clip_runs_the_requested_runtime(tiny: Path) -> None:
+    encoder = ClipEncoder.load(str(tiny), runtime=Runtime(precision="int8"))
+    assert isinstance(encoder.model, PrecisionModel) and encoder.model.precision == "int8"
+    fp32 = ClipEncoder.load(str(tiny))
+    texts = ["a red circle", "two blue squares"]
+    cosines = (encoder.encode_texts(texts) * fp32.encode_texts(texts)).sum(axis=1)  # row-wise: same text
+    assert cosines.min() > 0.99

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from clipforge.cli.output import runtime_options
+from clipforge.cli.output import inference_options
+from clipforge.device import Runtime
 from clipforge.skills.make import SkillSetConfig, make_skill_set
 from clipforge.skills.score import ScoreConfig, score
 
@@ -49,12 +50,12 @@ def make_command(out: Path, n_per_skill: int, seed: int, size: int) -> None:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the bootstrap, the shuffle, R-precision distractors and KID subsets.")
 @click.option("--resamples", type=click.IntRange(min=1), default=1000, show_default=True)
-@runtime_options
+@inference_options
 def score_command(skills_dir: Path, images: Path, clip: str | None, reference: Path | None, out: Path,
-                  split: str, seed: int, resamples: int, device: str) -> None:
+                  split: str, seed: int, resamples: int, runtime: Runtime) -> None:
     """Score generated images: skill accuracy with CIs and controls, alignment and quality."""
     config = ScoreConfig(clip=clip, reference=reference, split=split, n_resamples=resamples, seed=seed,
-                         device=device)
+                         runtime=runtime)
     report = score(skills_dir, images, out, config)
     for skill, block in report["skills"].items():
         low, high = block["ci95"]

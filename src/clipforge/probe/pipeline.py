@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipforge.device import resolve_device
+from clipforge.device import Runtime, resolve_device
 from clipforge.errors import ConfigError
 from clipforge.probe.analysis import Analysis
 from clipforge.probe.formats import write_pairs
@@ -93,15 +93,16 @@ def _probe_items(suite: Suite, config: ProbeConfig) -> dict[str, Any]:
         write_pairs(suite.items, config.out / "suite")
     results: dict[str, ProbeResult] = {}
     for name, spec in config.models:
-        encoder = ClipEncoder.load(spec, config.batch_size, config.device)
+        encoder = ClipEncoder.load(spec, config.batch_size, Runtime(config.device))
         results[name] = run_probe(suite.items, encoder, config.scorer)
     return write_probe_report(suite, config.scorer, results, config.out, config.n_resamples, config.seed)
 
 
 def _probe_analysis(suite: Analysis, config: ProbeConfig) -> dict[str, Any]:
     resamples, seed = config.n_resamples, config.seed
+    runtime = Runtime(config.device)
     summaries = {
-        name: suite.analyze(ClipEncoder.load(spec, config.batch_size, config.device), resamples, seed)
+        name: suite.analyze(ClipEncoder.load(spec, config.batch_size, runtime), resamples, seed)
         for name, spec in config.models
     }
     return write_analysis_report(suite, summaries, config.out, resamples, seed)

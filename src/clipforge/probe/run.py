@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipforge.checkpoint import load
+from clipforge.checkpoint import load_with
+from clipforge.device import DEFAULT_RUNTIME, Runtime
 from clipforge.errors import ImageError
 from clipforge.models.base import ContrastiveModel
 from clipforge.models.inputs import encode_by_length
@@ -49,9 +50,9 @@ class ClipEncoder:
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, spec: str, batch_size: int = 64, device: str = "cpu") -> ClipEncoder:
-        """Loads a model from any spec `clipforge.checkpoint.load` understands, on `device`."""
-        model, preprocess, tokenizer = load(spec, device)
+    def load(cls, spec: str, batch_size: int = 64, runtime: Runtime = DEFAULT_RUNTIME) -> ClipEncoder:
+        """Loads a model from any spec `clipforge.load` understands, to run as `runtime` says."""
+        model, preprocess, tokenizer = load_with(spec, runtime)
         return cls(model, preprocess, tokenizer, batch_size)
 
     @torch.inference_mode()

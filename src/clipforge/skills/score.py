@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from clipforge.data.transforms import load_image
+from clipforge.device import DEFAULT_RUNTIME, Runtime
 from clipforge.errors import DataError, ImageError
 from clipforge.fileio import write_json
 from clipforge.probe.run import ClipEncoder, Encoder
@@ -57,7 +58,7 @@ class ScoreConfig:
         batch_size: images or texts encoded at once.
         examples: passed and failed examples per skill drawn in skills.html.
         parser: parser thresholds.
-        device: where the CLIP runs: ``cpu``, ``cuda`` or ``auto``.
+        runtime: where and how the CLIP runs (device, backend, precision).
     """
 
     clip: str | None = None
@@ -68,7 +69,7 @@ class ScoreConfig:
     batch_size: int = 64
     examples: int = 6
     parser: ParserConfig = field(default_factory=ParserConfig)
-    device: str = "cpu"
+    runtime: Runtime = DEFAULT_RUNTIME
 
 
 @dataclass
@@ -463,7 +464,7 @@ def score_images(skills_dir: Path, images_dir: Path, config: ScoreConfig) -> Ski
     records = load_skill_set(skills_dir, config.split)
     generated = read_images(images_dir, records)
     truth = read_images(skills_dir, records)
-    encoder = ClipEncoder.load(config.clip, config.batch_size, config.device) if config.clip else None
+    encoder = ClipEncoder.load(config.clip, config.batch_size, config.runtime) if config.clip else None
     reference = _reference_images(config.reference) if config.reference is not None else None
     result = evaluate(records, generated, truth, config, encoder, reference)
     result.report.update(skills_dir=str(skills_dir), images_dir=str(images_dir), split=config.split,
