@@ -160,7 +160,7 @@ def bench_captions(sides: Sides, n: int, batch: int, reps: int) -> list[str]:
         seconds = interleaved(calls, reps)
         padded = torch.cat([sides.hf.get_text_features(input_ids=t).pooler_output
                             for t in tokens.split(batch)])  # [N, E], all 77 positions
-        trimmed = encode_by_length(sides.models["fp32"], tokens, batch, normalize=False)  # type: ignore[arg-type]
+        trimmed = encode_by_length(sides.models["fp32"], tokens, batch, normalize=False)
     diff = float((trimmed - padded).abs().max())
     mean_len = float((tokens != 0).sum(dim=1).float().mean())
     base = seconds["HF transformers fp32 (77 tokens)"]
