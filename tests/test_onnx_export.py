@@ -2,6 +2,7 @@
 
 import builtins
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,15 +52,17 @@ def _compare(source: Path, exported: Path, precision: str = "fp32") -> tuple[flo
 
 
 @pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A tiny ViT, its export by `clipforge export onnx --int8` (one export for the module), the output."""
     work = tmp_path_factory.mktemp("onnx-vit")
     source = _saved("tiny-vit", work / "model")
-    export_onnx(source, work / "onnx", ExportConfig(int8=True))
-    return source, work / "onnx"
+    result = CliRunner().invoke(main, ["export", "onnx", str(source), str(work / "onnx"), "--int8"])
+    assert result.exit_code == 0, result.output
+    return source, work / "onnx", result.output
 
 
-def test_vit_export_matches_torch(tiny_vit: tuple[Path, Path]) -> None:
-    source, exported = tiny_vit
+def test_vit_export_matches_torch(tiny_vit: tuple[Path, Path, str]) -> None:
+    source, exported, _ = tiny_vit
     assert max(_compare(source, exported, "fp32")) <= 1e-4
     assert min(_compare(source, exported, "int8")) >= 0.99
     meta = json.loads((exported / "config.json").read_text())
@@ -73,8 +76,8 @@ def test_vit_export_matches_torch(tiny_vit: tuple[Path, Path]) -> None:
     assert "DynamicQuantizeMatMul" in int8_ops.values() or "MatMulInteger" in int8_ops.values()
 
 
-def test_exported_folder_is_a_model_spec(tiny_vit: tuple[Path, Path]) -> None:
-    source, exported = tiny_vit
+def test_exported_folder_is_a_model_spec(tiny_vit: tuple[Path, Path, str]) -> None:
+    source, exported, _ = tiny_vit
     model, preprocess, tokenizer = clipforge.load(exported)
     assert isinstance(model, OnnxModel) and model.config == clipforge.load(source)[0].config
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
@@ -131,13 +134,21 @@ def _image_folder(folder: Path, count: int) -> Path:
     return folder
 
 
-def test_failed_parity_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = _saved("tiny-vit", tmp_path / "model")
+def test_failed_parity_writes_nothing(tiny_vit: tuple[Path, Path, str], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    source, exported, _ = tiny_vit
+
+    def reuse_graphs(model: object, folder: Path, opset: int | None) -> int:  # the module's export, copied
+        for tower in ("image", "text"):
+            shutil.copy(exported / f"{tower}.onnx", folder)
+        return 18
+
+    monkeypatch.setattr(onnx_export, "export_towers", reuse_graphs)
     monkeypatch.setattr(onnx_export, "FP32_MAX_ABS", -1.0)  # no graph can pass
     with pytest.raises(CheckpointError, match="does not match torch"):
         export_onnx(source, tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging folder left behind
+    assert list(tmp_path.iterdir()) == []  # no staging folder left behind
 
 
 def test_missing_extra_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,11 +171,9 @@ def test_export_options_are_checked() -> None:
         ExportConfig(opset=11)
 
 
-def test_cli_export(tiny_vit: tuple[Path, Path], tmp_path: Path) -> None:
-    source, _ = tiny_vit
-    result = CliRunner().invoke(main, ["export", "onnx", str(source), str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
-    assert "parity fp32" in result.output and (tmp_path / "out" / "image.onnx").is_file()
-    result = CliRunner().invoke(main, ["classify", "--model", str(tmp_path / "out"), "--labels", "a,b",
+def test_cli_export(tiny_vit: tuple[Path, Path, str], tmp_path: Path) -> None:
+    _, exported, output = tiny_vit
+    assert "parity fp32" in output and "int8" in output and (exported / "image.onnx").is_file()
+    result = CliRunner().invoke(main, ["classify", "--model", str(exported), "--labels", "a,b",
                                        str(tmp_path / "missing.png")])
     assert result.exit_code == 1 and "missing.png" in result.output
