@@ -252,12 +252,12 @@ def bench_lit(model: Path, work: Path, calibration_images: int) -> list[str]:
     variants = {"torch fp32 (folded conv tower)": torch_model,
                 "onnx fp32": load_onnx_folder(work / "lit-onnx", "fp32"),
                 "onnx int8 dynamic": load_onnx_folder(work / "lit-onnx", "int8")}
-    static = f"onnx int8 static ({calibration_images} train images)"
+    static, refused = f"onnx int8 static ({calibration_images} train images)", ""
     calibration = ExportConfig(True, None, f"flickr8k:{FLICKR}:train", calibration_images)
     try:
-        export_onnx(model, work / "lit-static", calibration)
-        variants[static] = load_onnx_folder(work / "lit-static", "int8")
-        refused = ""
+        if calibration_images:
+            export_onnx(model, work / "lit-static", calibration)
+            variants[static] = load_onnx_folder(work / "lit-static", "int8")
     except CheckpointError as err:  # the export's own parity check refused the static graphs
         refused = f"{static}: refused by the export's parity check ({err})."
     spec = f"flickr8k:{FLICKR}:test"
@@ -283,10 +283,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=16, help="images per call")
     parser.add_argument("--captions", type=int, default=512, help="captions per call")
     parser.add_argument("--lit", type=Path, default=None, help="a Flickr8k LiT model for the R@1 check")
-    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--calibration-images", type=int, default=300,
+                        help="train images for the static int8 export of the LiT model (0: skip it)")
+    parser.add_argument("--lit-only", action="store_true",
+                        help="only the LiT R@1 check (its own RESULTS section, inference-lit)")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.lit_only:
+        with tempfile.TemporaryDirectory(prefix="bench-lit-") as tmp:
+            text = "\n".join(bench_lit(args.lit, Path(tmp), args.calibration_images))
+        print(text)
+        if args.write:
+            write_section("inference-lit", text)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         peaks = {"fp32": matmul_peak(torch.float32, args.reps),
                  "bf16": matmul_peak(torch.bfloat16, args.reps)}
