@@ -21,6 +21,8 @@ from clipforge.errors import CheckpointError, ConfigError, MissingExtraError, Mo
 from clipforge.models import create_model
 from clipforge.models.config import ModelConfig
 from clipforge.models.towers import TowerCLIP
+from clipforge.train.config import LossSection, ModelSection
+from clipforge.train.contrastive import build_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -87,6 +89,9 @@ def test_exported_folder_is_a_model_spec(tiny_vit: tuple[Path, Path, str]) -> No
     assert model.encode_text(tokenizer([]), normalize=True).shape == (0, model.config.embed_dim)
     with pytest.raises(ConfigError, match="only encodes"):
         model.train()
+    for loss in (LossSection(), LossSection(kind="siglip")):  # `clipforge train` from an exported folder
+        with pytest.raises(ConfigError, match="only encodes"):
+            build_model(ModelSection(name=str(exported), lock_image=True), loss)
     with pytest.raises(ModelInputError, match="99 long"):
         model.encode_text(torch.zeros(1, 99, dtype=torch.long))
 

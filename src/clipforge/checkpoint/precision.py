@@ -85,8 +85,20 @@ class RuntimeModel(ContrastiveModel):
 
     def train(self, mode: bool = True) -> RuntimeModel:
         if mode:
-            raise ConfigError(f"{self._what()} only encodes: train the fp32 torch model it came from")
+            self._refuse_training()
         return super().train(False)
+
+    def lock_image_tower(self, unlocked_blocks: int | None = None) -> None:
+        self._refuse_training()
+
+    def lock_text_tower(self, unlocked_blocks: int | None = None) -> None:
+        self._refuse_training()
+
+    def enable_logit_bias(self, init_scale: float, init_bias: float) -> None:
+        self._refuse_training()
+
+    def _refuse_training(self) -> None:
+        raise ConfigError(f"{self._what()} only encodes: train the fp32 torch model it came from")
 
     def _what(self) -> str:
         return f"a {self.backend} {self.precision} model"
