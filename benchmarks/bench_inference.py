@@ -253,9 +253,9 @@ def bench_lit(model: Path, work: Path, calibration_images: int) -> list[str]:
                 "onnx fp32": load_onnx_folder(work / "lit-onnx", "fp32"),
                 "onnx int8 dynamic": load_onnx_folder(work / "lit-onnx", "int8")}
     static, refused = f"onnx int8 static ({calibration_images} train images)", ""
-    calibration = ExportConfig(True, None, f"flickr8k:{FLICKR}:train", calibration_images)
     try:
         if calibration_images:
+            calibration = ExportConfig(True, None, f"flickr8k:{FLICKR}:train", calibration_images)
             export_onnx(model, work / "lit-static", calibration)
             variants[static] = load_onnx_folder(work / "lit-static", "int8")
     except CheckpointError as err:  # the export's own parity check refused the static graphs
