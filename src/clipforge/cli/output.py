@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -86,4 +86,4 @@ def inference_options(command: F) -> F:
         "--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
         help="torch, or onnx (onnxruntime; a torch model is exported for the run first).",
     )(with_precision)
-    return runtime_options(with_backend)  # type: ignore[return-value]
+    return cast(F, runtime_options(with_backend))

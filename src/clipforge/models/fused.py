@@ -97,7 +97,8 @@ def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str, dtype: torch.dtyp
     scale = bn.weight.to(exact) / torch.sqrt(bn.running_var.to(exact) + bn.eps)  # [C_out]
     weight = conv.weight.to(exact) * scale[:, None, None, None]  # [C_out, C_in / groups, kH, kW]
     bias = bn.bias.to(exact) - bn.running_mean.to(exact) * scale
-    padding = (int(conv.padding[0]), int(conv.padding[1]))  # type: ignore[index]
+    assert not isinstance(conv.padding, str), "string padding ('same') is resolved before folding"
+    padding = (int(conv.padding[0]), int(conv.padding[1]))
     if pads is not None:
         (top, bottom), (left, right) = pads
         weight = F.pad(weight, (right - left, 0, bottom - top, 0))
