@@ -16,6 +16,8 @@ Kinds:
 
 Analysis kinds (`clipforge.probe.analysis`; not item lists, each scores models its own way):
     ``bias:DATA``                  gender skew of retrieval for neutral queries (`clipforge.probe.bias`)
+    ``typographic:DATA``           a wrong class name written on classification images, against a neutral
+                                   word (`clipforge.probe.typographic`)
 
 ``--option KEY=VALUE`` sets a kind's options; kinds without options refuse any.
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 from clipforge.data.negatives import SpatialSwap, spatial_swaps
 from clipforge.data.specs import open_data
 from clipforge.errors import ConfigError, DataError
-from clipforge.probe import bias, formats
+from clipforge.probe import bias, formats, typographic
 from clipforge.probe.analysis import Analysis, parse_options
 from clipforge.probe.exact_spatial import CollageOptions, collage_items, flip_items, photo_of
 from clipforge.probe.items import BadItem, ProbeItem, Suite
@@ -43,7 +45,8 @@ _READERS: dict[str, Callable[[Path, Path], formats.Loaded]] = {
     "winoground": formats.read_winoground,
 }
 # Analysis kinds: open(location, options, limit).
-ANALYSES: dict[str, Callable[[str, Sequence[str], int | None], Analysis]] = {"bias": bias.open_bias}
+ANALYSES: dict[str, Callable[[str, Sequence[str], int | None], Analysis]] = {
+    "bias": bias.open_bias, "typographic": typographic.open_typographic}
 ITEM_KINDS = ("pairs", "preposition-swap", "flip", "collage", "synthetic", *list(_READERS)[1:])
 KINDS = (*ITEM_KINDS, *ANALYSES)
 GROUP_METRICS = {"whatsup": "whatsup", "winoground": "winoground"}
