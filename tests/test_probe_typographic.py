@@ -166,3 +166,20 @@ def test_cli_compares_models_with_example_images(data: Path, tmp_path: Path) -> 
     page = (out / "probe.html").read_text()
     assert page.count("data:image/jpeg;base64,") == 2 * len(VARIANTS)
     assert page.count("http") == page.count("http://www.w3.org/2000/svg")  # no external assets
+
+
+def test_readme_command_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's command, with registry models and fewer images."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("### Typographic attacks", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    args = block.replace("\\\n", " ").split()
+    assert args[:3] == ["clipforge", "probe", "--suite"] and "typographic:synth:shape" in args
+    swap = {"plain=runs/quickstart/plain/final": "plain=tiny-convnet",
+            "hardneg=runs/quickstart/hardneg/final": "hardneg=tiny-vit"}
+    monkeypatch.chdir(tmp_path)
+    extra = ["--limit", "30", "--resamples", "50"]
+    result = CliRunner().invoke(main, [swap.get(a, a) for a in args[1:]] + extra)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "typo" / "probe.json").read_text())
+    assert set(report["models"]) == {"plain", "hardneg"}
+    assert all(summary["n"] == 30 for summary in report["models"].values())
