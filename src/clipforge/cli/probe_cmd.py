@@ -19,7 +19,8 @@ def register(group: click.Group) -> None:
 @click.option("--suite", required=True,
               help="pairs:FILE.jsonl, preposition-swap:DATA, flip:DATA, collage:DATA, synthetic:DIR, "
                    "spatialvoc2k:FILE, whatsup:FILE, aro:FILE, sugarcrepe:FILE_OR_DIR, winoground:FILE.jsonl "
-                   "or bias:DATA (DATA: a --data spec such as flickr8k:ROOT:test).")
+                   "bias:DATA (DATA: a --data spec such as flickr8k:ROOT:test) or typographic:DATA (DATA: "
+                   "classification data such as synth:shape or flickr8k-tags:ROOT:test).")
 @click.option("--model", "models", multiple=True, required=True,
               help="NAME=SPEC (registry name, model folder, HF folder or OpenAI .pt); repeat to compare.")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -34,7 +35,8 @@ def register(group: click.Group) -> None:
               help="Bootstrap resamples for the 95% intervals.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="An option of the suite kind: top_k=20 or queries=FILE for bias:, seed=1 for collage:.")
+              help="An option of the suite kind: top_k=20 or queries=FILE for bias:, seed=1 for collage:, "
+                   "linear_probe=SPEC, linear_probe_val=SPEC, seed=1 or examples=6 for typographic:.")
 @click.option("--write-suite", is_flag=True,
               help="Also write the items as a pairs suite (OUT/suite/pairs.jsonl, generated images as PNG).")
 @runtime_options
