@@ -125,6 +125,11 @@ def test_a_model_that_reads_is_fooled_every_time_and_the_control_is_not(data: Pa
                     "attack_success": 1, "control_success": 0, "success_beyond_control": 1}
         assert {k: scores[k]["value"] for k in expected} == expected, head
     assert summary["linear_probe"]["n_train"] + summary["linear_probe"]["n_val"] == 18
+    by_target = summary["per_target"]["zero_shot"]
+    written = Counter(CLASSES[row["target"]] for row in summary["images"])
+    assert {name: by_target[name]["attacked"]["n"] for name in CLASSES} == {c: written[c] for c in CLASSES}
+    for name in written:
+        assert (by_target[name]["attacked"]["accuracy"], by_target[name]["control"]["accuracy"]) == (1, 0)
     row = summary["images"][0]
     assert row["predicted"]["zero_shot"] == {"clean": row["label"], "attacked": row["target"],
                                              "control": row["label"]}

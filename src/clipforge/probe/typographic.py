@@ -55,7 +55,7 @@ from clipforge.probe.analysis import headline, parse_options
 from clipforge.probe.items import BadItem
 from clipforge.probe.report import thumbnail_html
 from clipforge.probe.run import Encoder, encode_images
-from clipforge.probe.stats import percentile_interval, resampled_means
+from clipforge.probe.stats import accuracy_block, percentile_interval, resampled_means
 
 # Words that name no class of the shipped tasks; any that names a class of the data is dropped.
 CONTROL_WORDS = ("window", "pencil", "cloud", "table", "paper", "lamp", "clock", "chair", "bottle", "spoon",
@@ -211,11 +211,13 @@ class TypographicSuite:
         predictions = {name: {v: head(images[v]) for v in VARIANTS} for name, head in heads.items()}
         scores = {name: head_scores(p, truth, n_resamples, seed) for name, p in predictions.items()}
         success = scores["zero_shot"]["attack_success"]
+        rows = [self._image_row(i, predictions, j) for j, i in enumerate(kept)]
+        names = list(self.data.classnames)
         return {"headline": headline("zero-shot attack success (prediction = written class)",
                                      success["value"], success["ci95"], len(kept)),
-                "classes": list(self.data.classnames), "n": len(kept), "scores": scores, "linear_probe": fit,
-                "images": [self._image_row(i, predictions, j) for j, i in enumerate(kept)],
-                "unreadable": sorted({key.rpartition("@")[0] for key in failed})}
+                "classes": names, "n": len(kept), "scores": scores, "linear_probe": fit,
+                "per_target": {name: per_target(rows, names, name, n_resamples, seed) for name in heads},
+                "images": rows, "unreadable": sorted({key.rpartition("@")[0] for key in failed})}
 
     def _zero_shot_head(self, encoder: Encoder) -> Callable[[np.ndarray], np.ndarray]:
         templates = list(self.data.templates) or list(OPENAI_IMAGENET_TEMPLATES)
@@ -248,7 +250,9 @@ class TypographicSuite:
     def html(self, models: dict[str, dict[str, Any]]) -> str:
         """The scores of every model and classifier side by side, then example images with predictions."""
         return "\n".join([f"<p>{html.escape(_NOTE)}</p>", "<h2>Scores (95% CI)</h2>", _score_table(models),
-                          "<h2>Examples: clean, attacked, control</h2>", self._examples(models)])
+                          "<h2>Predicted as the written class, per written class: attacked / control</h2>",
+                          _target_table(models), "<h2>Examples: clean, attacked, control</h2>",
+                          self._examples(models)])
 
     def _examples(self, models: dict[str, dict[str, Any]]) -> str:
         """The first images the attack fooled (zero-shot, any model), then others, up to `examples`."""
@@ -309,6 +313,26 @@ def head_scores(predicted: dict[str, np.ndarray], truth: dict[str, np.ndarray], 
     return scores
 
 
+def per_target(rows: Sequence[dict[str, Any]], classes: Sequence[str], head: str, n_resamples: int, seed: int
+               ) -> dict[str, dict[str, Any]]:
+    """Per written class: how often the attacked image and the control image are predicted as that class.
+
+    Which words act shows whether a model reads or reacts to the shape of particular words.
+
+    Args:
+        rows: the ``images`` rows of a summary (``target`` and ``predicted[head][variant]``).
+        classes: the class names.
+        head: ``zero_shot`` or ``linear_probe``.
+    """
+    table = {}
+    for target, name in enumerate(classes):
+        picked = [row["predicted"][head] for row in rows if row["target"] == target]
+        hits = {v: np.array([p[v] == target for p in picked], dtype=bool) for v in ("attacked", "control")}
+        table[name] = {"attacked": accuracy_block(hits["attacked"], n_resamples, seed),
+                       "control": accuracy_block(hits["control"], n_resamples, seed)}
+    return table
+
+
 def _block(value: float, samples: np.ndarray, n: int) -> dict[str, Any]:
     return {"value": value, "ci95": list(percentile_interval(samples)), "n": n}
 
@@ -340,3 +364,19 @@ def _score_table(models: dict[str, dict[str, Any]]) -> str:
             rows.append(f"<tr><td>{html.escape(model)}</td><td>{name.replace('_', '-')}</td>"
                         f"<td>{summary['n']}</td>{cells}</tr>")
     return "".join(rows) + "</table>"
+
+
+def _target_table(models: dict[str, dict[str, Any]]) -> str:
+    classes = next(iter(models.values()))["classes"]
+    rows = ["<table><tr><th>model</th><th>classifier</th>" + "".join(
+        f"<th>{html.escape(c)}</th>" for c in classes) + "</tr>"]
+    for model, summary in models.items():
+        for name, table in summary["per_target"].items():
+            cells = "".join(f"<td>{_pct(table[c]['attacked'])} / {_pct(table[c]['control'])} "
+                            f"<small>n={table[c]['attacked']['n']}</small></td>" for c in classes)
+            rows.append(f"<tr><td>{html.escape(model)}</td><td>{name.replace('_', '-')}</td>{cells}</tr>")
+    return "".join(rows) + "</table>"
+
+
+def _pct(block: dict[str, Any]) -> str:
+    return "–" if block["accuracy"] is None else f"{100 * block['accuracy']:.0f}%"
