@@ -10,11 +10,14 @@ Run (from the repository root):
         --out runs/typographic --write
 
 Each setup is one `clipforge probe` call (its probe.json/probe.html stay under ``--out``); the timing rows are
-one model on 1000 images, zero-shot only. ``--write`` replaces only the ``typographic-tables`` block.
+one model on 1000 images, zero-shot only (``--no-timing`` skips them). ``--reuse`` renders the tables from the
+setups' probe.json files already under ``--out`` instead of probing again. ``--write`` replaces only the
+``typographic-tables`` block.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ import torch
 from _results import write_section
 
 from clipforge.probe import ProbeConfig, parse_model_option, probe
+from clipforge.probe.typographic import per_target
 
 Models = tuple[tuple[str, str], ...]
 COLUMNS = ("clean_accuracy", "attacked_accuracy", "control_accuracy", "drop_beyond_control", "attack_success",
@@ -49,6 +53,19 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + ("\n\nLinear probes: " + "; ".join(fits) + "." if fits else "")
 
 
+def target_lines(report: dict[str, Any]) -> str:
+    """Per model and classifier: for each written class, attacked / control rate of predicting it."""
+    lines = []
+    for name, summary in report["models"].items():
+        for head in summary["scores"]:
+            table = per_target(summary["images"], summary["classes"], head, report["ci"]["resamples"],
+                               report["ci"]["seed"])
+            cells = ", ".join(f"{c} {t['attacked']['accuracy']:.2f}/{t['control']['accuracy']:.2f}"
+                              for c, t in table.items() if t["attacked"]["n"])
+            lines.append(f"- {name} {head.replace('_', '-')}: {cells}")
+    return "Predicted as the written class, attacked/control, per written class:\n\n" + "\n".join(lines)
+
+
 def _timed(config: ProbeConfig) -> tuple[dict[str, Any], float, float]:
     """The report, its wall seconds and its process CPU seconds."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -63,9 +80,11 @@ def _timed(config: ProbeConfig) -> tuple[dict[str, Any], float, float]:
 @click.option("--quickstart", multiple=True, required=True, help="NAME=MODEL of a quickstart model.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--threads", default=2, show_default=True)
+@click.option("--timing/--no-timing", default=True, show_default=True)
+@click.option("--reuse", is_flag=True, help="Render from the probe.json files already under --out.")
 @click.option("--write", is_flag=True, help="Write the tables into benchmarks/RESULTS.md.")
 def main(root: Path, lit: tuple[str, ...], quickstart: tuple[str, ...], out: Path, threads: int,
-         write: bool) -> None:
+         timing: bool, reuse: bool, write: bool) -> None:
     """Runs the setups and the timings and prints (or writes) their tables."""
     torch.set_num_threads(threads)
     lit_models = tuple(parse_model_option(m) for m in lit)
@@ -79,16 +98,22 @@ def main(root: Path, lit: tuple[str, ...], quickstart: tuple[str, ...], out: Pat
     ]
     parts = []
     for title, suite, models, options, name in setups:
-        report, wall, cpu = _timed(ProbeConfig(suite, models, out / name, options=options))
-        parts.append(f"**{title}** (`{suite}`)\n\n{table(report)}\n\nWall time {wall:.0f} s, CPU {cpu:.0f} s "
-                     f"({len(models)} models, with the linear probes).")
+        if reuse:
+            report = json.loads((out / name / "probe.json").read_text())
+            took = "Rendered from an earlier run's probe.json."
+        else:
+            report, wall, cpu = _timed(ProbeConfig(suite, models, out / name, options=options))
+            took = f"Wall time {wall:.0f} s, CPU {cpu:.0f} s ({len(models)} models, with the linear probes)."
+        parts.append(f"**{title}** (`{suite}`)\n\n{table(report)}\n\n{target_lines(report)}\n\n{took}")
     timings = ["| model | suite | images | wall s | CPU s |", "|---|---|---:|---:|---:|"]
     timed = [(lit_models[0], f"typographic:{tags}:train"), (qs_models[0], "typographic:synth:shape")]
-    for (name, spec), suite in timed:
+    for (name, spec), suite in timed if timing else []:
         report, wall, cpu = _timed(ProbeConfig(suite, ((name, spec),), out / f"timing-{name}", limit=1000))
         timings.append(f"| {name} | `{suite}` | {report['models'][name]['n']} | {wall:.0f} | {cpu:.0f} |")
-    text = "\n\n".join(parts) + "\n\n**Speed** (one model, zero-shot only, clean + attacked + control = 3 " \
-        f"encodings per image, {threads} torch threads)\n\n" + "\n".join(timings)
+    text = "\n\n".join(parts)
+    if timing:
+        text += "\n\n**Speed** (one model, zero-shot only, clean + attacked + control = 3 encodings per " \
+            f"image, {threads} torch threads)\n\n" + "\n".join(timings)
     click.echo(text)
     if write:
         write_section("typographic-tables", text, container="typographic")
