@@ -108,6 +108,10 @@ def test_head_scores_count_exactly_with_paired_intervals() -> None:
 
 def test_a_model_blind_to_text_is_not_fooled(data: Path) -> None:
     suite = open_typographic(f"imagefolder:{data}:test", [], None)
+    for variant in ("attacked", "control"):  # the suite's pixels are those of its MappedData views
+        key = suite.items[5].key
+        assert suite.written[variant].label_of(key) == suite.items[5].label
+        assert suite.written[variant].image(key).tobytes() == suite.render(5, variant).tobytes()
     summary = suite.analyze(Eyes(), 200, 0)
     scores = summary["scores"]["zero_shot"]
     assert summary["n"] == 12 and summary["classes"] == list(CLASSES)

@@ -45,7 +45,7 @@ from PIL import Image
 
 from clipforge.adapt.zeroshot import ensemble
 from clipforge.data.classification import open_classification
-from clipforge.data.labelled import ClassificationData, LabelledImage
+from clipforge.data.labelled import ClassificationData, LabelledImage, MappedData
 from clipforge.data.typographic import TextStyle, sample_style, write_text
 from clipforge.errors import ConfigError, DataError
 from clipforge.eval import linear_probe
@@ -138,6 +138,17 @@ def plan_attacks(labels: Sequence[int], classnames: Sequence[str], seed: int) ->
     return attacks
 
 
+def written_data(data: ClassificationData, attacks: dict[str, Attack], variant: str) -> MappedData:
+    """`data` with each image's wrong class name (``attacked``) or control word (``control``) on it."""
+
+    def write(image: Image.Image, item: LabelledImage) -> Image.Image:
+        attack = attacks[item.key]
+        word = data.classnames[attack.target] if variant == "attacked" else attack.control
+        return write_text(image, word, attack.style)[0]
+
+    return MappedData(f"typographic-{variant}:{data.name}", data, write)
+
+
 def open_typographic(location: str, options: Sequence[str], limit: int | None) -> TypographicSuite:
     """Opens ``typographic:DATA`` (module docstring).
 
@@ -175,10 +186,13 @@ class TypographicSuite:
         self.spec, self.data, self.items, self.attacks = spec, data, items, attacks
         self.options, self.probe_data = options, list(probe_data)
         self.bad: list[BadItem] = []
+        by_key = {item.key: attack for item, attack in zip(items, attacks, strict=True)}
+        self.written = {v: written_data(data, by_key, v) for v in VARIANTS[1:]}
         self._decoded: tuple[str, Image.Image] | None = None
 
     def render(self, index: int, variant: str) -> Image.Image:
-        """Image `index` clean, attacked or control (the last decoded image is kept for its other variants).
+        """Image `index` clean, attacked or control: `written`'s image function applied to the decoded image,
+        which is kept for the image's other variants (the same pixels as ``written[variant].image(key)``).
 
         Raises:
             ImageError: the image cannot be read.
@@ -186,11 +200,10 @@ class TypographicSuite:
         key = self.items[index].key
         if self._decoded is None or self._decoded[0] != key:
             self._decoded = (key, self.data.image(key).convert("RGB"))
-        image, attack = self._decoded[1], self.attacks[index]
+        image = self._decoded[1]
         if variant == "clean":
             return image.copy()  # callers may resize it in place
-        word = self.data.classnames[attack.target] if variant == "attacked" else attack.control
-        return write_text(image, word, attack.style)[0]
+        return self.written[variant].transform(image, self.items[index])
 
     def analyze(self, encoder: Encoder, n_resamples: int, seed: int) -> dict[str, Any]:
         """Accuracy clean / attacked / control and attack success, for zero-shot and the linear probe."""
