@@ -1,5 +1,6 @@
 """Pair-balanced accuracy and the blind baseline: hand-computed numbers; a fixed preference scores 0.5."""
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -8,7 +9,7 @@ from PIL import Image
 
 from clipforge.probe import ProbeItem, run_probe, summarize
 from clipforge.probe.run import ProbeResult
-from clipforge.probe.stats import honest_scores, pair_directions, resampled_means
+from clipforge.probe.stats import honest_scores, pair_directions, resampled_means, split_results
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
             "near": "far from"}
@@ -131,3 +132,18 @@ def test_grouped_items_resample_whole_groups() -> None:
         right = [flags[2 * g + 1] for g in chosen]
         samples.append((np.mean(left) + np.mean(right)) / 2)
     assert honest["pair_balanced"]["ci95"] == pytest.approx(list(np.quantile(samples, [0.025, 0.975])))
+
+
+def test_each_split_keeps_its_items_blind_scores() -> None:
+    """The quickstart reports in-style and held-out-style numbers from `split_results`: each split must
+    keep its own items' blind scores, or its blind baseline silently disappears."""
+    result = _result(["left of", "right of", "left of", "right of"], [True, True, False, True],
+                     blind=[False, True, True, False])
+    for i, split in enumerate(["test", "test", "test_style", "test_style"]):
+        result.items[i] = dataclasses.replace(result.items[i], split=split)
+    parts = split_results(result)
+    assert sorted(parts) == ["test", "test_style"]
+    assert [s.tolist() for s in parts["test_style"].blind_scores] == [[1.0, 0.0], [0.0, 1.0]]
+    assert honest_scores(parts["test"])["blind"]["accuracy"] == pytest.approx(0.5)
+    assert honest_scores(parts["test_style"])["blind"]["accuracy"] == pytest.approx(0.5)
+    assert summarize(result)["per_split"]["test"]["blind"] is not None

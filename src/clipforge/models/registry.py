@@ -40,7 +40,9 @@ def parse_model_config(data: Any, where: str = "model config") -> AnyModelConfig
     Raises:
         ConfigError: unknown kind, unknown key or wrong type (the message names it).
     """
-    kind = data.get("kind", "clip") if isinstance(data, dict) else "clip"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the model config must be a JSON object, not {type(data).__name__}")
+    kind = data.get("kind", "clip")
     if kind == "dvae":
         return parse_dataclass(DVAEConfig, data, where)
     if kind == "generator":

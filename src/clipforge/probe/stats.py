@@ -145,13 +145,12 @@ def _by_key(keys: list[str | None], correct: np.ndarray, n_resamples: int, seed:
 
 def split_results(result: ProbeResult) -> dict[str, ProbeResult]:
     """The scored items of each split (`ProbeItem.split`, e.g. in-style vs held-out style), in suite order."""
-    parts: dict[str, ProbeResult] = {}
-    for item, scores in zip(result.items, result.scores, strict=True):
+    indices: dict[str, list[int]] = {}
+    for i, item in enumerate(result.items):
         if item.split is not None:
-            part = parts.setdefault(item.split, ProbeResult([], [], [], result.scorer))
-            part.items.append(item)
-            part.scores.append(scores)
-    return dict(sorted(parts.items()))
+            indices.setdefault(item.split, []).append(i)
+    # `subset` keeps each item's blind score, so every split reports its blind baseline too
+    return {split: result.subset(kept) for split, kept in sorted(indices.items())}
 
 
 def summarize(result: ProbeResult, group_metric: str | None = None, n_resamples: int = N_RESAMPLES,

@@ -56,7 +56,7 @@ def probe_block(result: ProbeResult, tag: str) -> dict[str, Any]:
     summary = summarize(sub, n_resamples=N_RESAMPLES, seed=PROBE_SEED)
     per_relation = {rel: block["accuracy"] for rel, block in summary["per_relation"].items()}
     per_relation_ci = {rel: block["ci95"] for rel, block in summary["per_relation"].items()}
-    honest = {key: {"accuracy": summary[key]["accuracy"], "ci95": summary[key]["ci95"]}
+    honest = {key: summary[key] and {"accuracy": summary[key]["accuracy"], "ci95": summary[key]["ci95"]}
               for key in ("pair_balanced", "blind")}
     return {"accuracy": summary["accuracy"], "n": summary["n"], "ci95": summary["ci95"],
             "per_relation": per_relation, "per_relation_ci95": per_relation_ci, **honest}
