@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--split", default="val", help="val (held-out) or train (dev, to choose settings on)")
     parser.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                   *dvae_table(record["dvae"]), ""]
     for name, folder in args.generator:
         start = time.perf_counter()
-        sampling = SamplingConfig(cond_scale=args.cond_scale)
+        sampling = SamplingConfig(args.temperature, args.top_k, cond_scale=args.cond_scale)
         config = RerankExperiment(folder, args.skills, tuple(args.rerank), n=args.n, split=args.split,
                                   seed=args.seed, sampling=sampling)
         result = run_rerank_experiment(config)
