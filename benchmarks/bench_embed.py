@@ -80,7 +80,7 @@ def bench_model(name: str, images: Path, work: Path, args: argparse.Namespace) -
     torch.manual_seed(0)
     model_dir = save(create_model(name), work / f"model-{name}")
     start = time.perf_counter()
-    encoder = load_encoder(str(model_dir), "cpu")
+    encoder = load_encoder(str(model_dir))
     startup = time.perf_counter() - start
     pixels = torch.stack([encoder.preprocess(load_image(p)) for p in sorted(images.iterdir())])
     raw_rate(encoder, pixels[: args.batch_size], args.batch_size)  # warm-up
