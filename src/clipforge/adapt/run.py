@@ -23,13 +23,7 @@ import torch
 from clipforge.adapt import coop, wiseft
 from clipforge.adapt.journal import Journal
 from clipforge.adapt.report import merge_report, per_class_accuracy, summarize_seeds, write_report
-from clipforge.adapt.zeroshot import (
-    DEFAULT_SINGLE,
-    ensemble,
-    evaluate_head,
-    greedy_templates,
-    template_embeddings,
-)
+from clipforge.adapt.zeroshot import DEFAULT_SINGLE, evaluate_head, greedy_templates, template_embeddings
 from clipforge.checkpoint import load
 from clipforge.data.classification import open_classification
 from clipforge.data.labelled import ClassificationData
@@ -49,7 +43,7 @@ from clipforge.eval.frozen import (
     trainable_image_head,
 )
 from clipforge.eval.templates import OPENAI_IMAGENET_TEMPLATES
-from clipforge.eval.zeroshot import Prediction, classify_images
+from clipforge.eval.zeroshot import Prediction, classify_images, ensemble
 from clipforge.models.base import ContrastiveModel
 from clipforge.probe.stats import accuracy_block
 from clipforge.progress import to_stderr

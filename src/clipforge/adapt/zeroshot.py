@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.eval.frozen import hit_rate
+from clipforge.eval.zeroshot import ensemble
 from clipforge.models.base import ContrastiveModel
 from clipforge.tokenizer import TextTokenizer
 
@@ -41,12 +42,6 @@ def _encode(model: ContrastiveModel, tokenizer: TextTokenizer, texts: list[str])
     tokens = tokenizer(texts)
     length = int((tokens != 0).sum(dim=1).max())
     return model.encode_text(tokens[:, :length], normalize=True)  # trailing padding changes nothing
-
-
-def ensemble(embeddings: torch.Tensor, chosen: Sequence[int] | None = None) -> torch.Tensor:
-    """The class head [C, E] of templates `chosen` (all by default) of embeddings [T, C, E]."""
-    picked = embeddings if chosen is None else embeddings[list(chosen)]
-    return F.normalize(picked.mean(dim=0), dim=-1)
 
 
 @dataclass(frozen=True)

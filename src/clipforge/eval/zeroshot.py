@@ -19,6 +19,12 @@ from clipforge.models.inputs import encode_by_length
 
 
 @torch.no_grad()
+def ensemble(embeddings: torch.Tensor, chosen: Sequence[int] | None = None) -> torch.Tensor:
+    """The class head [C, E] of templates `chosen` (all by default) of embeddings [T, C, E]."""
+    picked = embeddings if chosen is None else embeddings[list(chosen)]
+    return F.normalize(picked.mean(dim=0), dim=-1)
+
+
 def zero_shot_classifier(
     model: ContrastiveModel,
     tokenizer: Callable[[list[str]], torch.Tensor],

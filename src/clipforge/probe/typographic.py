@@ -43,7 +43,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipforge.adapt.zeroshot import ensemble
 from clipforge.data.classification import open_classification
 from clipforge.data.labelled import ClassificationData, LabelledImage, MappedData
 from clipforge.data.typographic import TextStyle, sample_style, write_text
@@ -51,6 +50,7 @@ from clipforge.errors import ConfigError, DataError
 from clipforge.eval import linear_probe
 from clipforge.eval.frozen import FeatureSet, split_off
 from clipforge.eval.templates import OPENAI_IMAGENET_TEMPLATES
+from clipforge.eval.zeroshot import ensemble
 from clipforge.probe.analysis import headline, parse_options
 from clipforge.probe.items import BadItem
 from clipforge.probe.report import thumbnail_html
