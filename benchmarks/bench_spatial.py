@@ -39,7 +39,7 @@ from clipforge.probe.report import write_probe_report
 from clipforge.probe.suites import Suite, open_suite
 from clipforge.progress import quiet
 from clipforge.train.feature_cache import FeatureCache, module_hash, preprocess_hash
-from clipforge.train.features import text_feature_table
+from clipforge.train.features import stack_texts, text_feature_table
 
 SUITES = ("preposition-swap", "flip", "collage")
 
@@ -82,7 +82,7 @@ class TextMemo:
         missing = sorted(set(texts) - set(self.features))
         if missing:
             self.features.update(text_feature_table(self.model, missing, self.folder, 256, quiet))
-        return torch.stack([self.features[t] for t in texts])  # [N, 384]
+        return stack_texts([self.features[t] for t in texts])  # [N, 384] or [N, L, 384]
 
 
 class MemoEncoder:

@@ -13,7 +13,9 @@ from clipforge.data.specs import open_data
 from clipforge.models.config import ModelConfig
 from clipforge.models.registry import create_model, get_model_config
 from clipforge.models.size import count_parameters
+from clipforge.tokenizer import get_tokenizer
 from clipforge.train import load_config, train
+from clipforge.train.features import FeatureCollate
 from clipforge.train.spatial import spatial_examples
 
 CAPTIONS = [
@@ -26,9 +28,10 @@ CAPTIONS = [
 ]
 
 
-def _spatial_config(weights: str = "none") -> ModelConfig:
+def _spatial_config(weights: str = "none", pool: str = "flatten") -> ModelConfig:
     data = get_model_config("effnetlite0-minilm-spatial").to_dict()
     data["vision"]["weights"] = data["text"]["weights"] = weights
+    data["vision"]["pool"] = pool
     return ModelConfig.from_dict(data)
 
 
@@ -43,8 +46,9 @@ def _folder(tmp_path):
     return root
 
 
-def test_attention_pool_sees_where_things_are_and_the_mean_head_does_not() -> None:
-    config = _spatial_config()
+@pytest.mark.parametrize("pool", ["flatten", "attention"])
+def test_grid_heads_see_where_things_are_and_the_mean_head_does_not(pool: str) -> None:
+    config = _spatial_config(pool=pool)
     model = create_model(config).eval()
     pooled = create_model(dataclasses.replace(config, vision=dataclasses.replace(config.vision, pool="mean")))
     grid = torch.rand(2, 49, 1280)
@@ -57,8 +61,9 @@ def test_attention_pool_sees_where_things_are_and_the_mean_head_does_not() -> No
     assert torch.allclose(flat[0], flat[1], atol=1e-5)
 
 
-def test_spatial_model_pixels_and_cached_grid_agree_and_size_is_exact() -> None:
-    model = create_model(_spatial_config()).eval()
+@pytest.mark.parametrize("pool", ["flatten", "attention"])
+def test_spatial_model_pixels_and_cached_grid_agree_and_size_is_exact(pool: str) -> None:
+    model = create_model(_spatial_config(pool=pool)).eval()
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         grid = model.image_backbone_features(images)
@@ -116,3 +121,38 @@ def test_spatial_task_trains_from_a_float16_grid_cache(tmp_path) -> None:
     assert len(stored) == 6 + 2 + len(collages_of(root))  # photos, mirrors, collages: all encoded for real
     lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert lines and (result.final_dir / "model.safetensors").is_file()
+
+
+def _token_model():
+    data = _spatial_config().to_dict()
+    data["text"]["pool"] = "attention"
+    return create_model(ModelConfig.from_dict(data)).eval()
+
+
+def test_token_head_reads_the_relation_word_and_ignores_padding() -> None:
+    model = _token_model()
+    tokenizer = get_tokenizer(model.config.tokenizer)
+    texts = ["a dog to the left of a man", "a dog to the right of a man", "a dog"]
+    with torch.no_grad():
+        states = model.text_backbone_features(tokenizer(texts))  # [3, L, 384], zero rows past each end
+        direct = model.encode_text(tokenizer(texts))
+        alone = model.encode_text(tokenizer(texts[2:]))  # "a dog" unpadded: the same embedding
+        cached = model.project_text_features(states.half())  # the cache stores float16
+        reads = model.text.head.mlp(torch.zeros(1, 512))  # what the queries add with nothing read
+    assert model.text_feature_kind == "tokens" and states.shape[1] > 3
+    assert (states[2, 4:] == 0).all() and (states[0].abs().amax(-1) > 0).all()
+    assert not torch.allclose(direct[0], direct[1], atol=1e-4)
+    assert torch.allclose(alone[0], direct[2], atol=1e-5) and reads.shape == (1, 512)
+    assert torch.allclose(direct, cached, atol=2e-2)
+    assert count_parameters(model.config) == sum(p.numel() for p in model.parameters())
+
+
+def test_collate_pads_token_states_of_different_lengths() -> None:
+    table = {"a": torch.ones(2, 3), "bb": torch.ones(4, 3), "c": torch.ones(3, 3)}
+    batch = FeatureCollate(table, 1)([
+        {"image": torch.zeros(5), "caption": "a", "negatives": ["bb"]},
+        {"image": torch.zeros(5), "caption": "c", "negatives": []},
+    ])
+    assert batch.tokens.shape == (2, 4, 3) and batch.negative_tokens.shape == (2, 1, 4, 3)
+    assert batch.tokens[0, 2:].abs().sum() == 0 and batch.negative_tokens[0, 0].abs().sum() == 12
+    assert batch.negative_mask.tolist() == [[True], [False]]

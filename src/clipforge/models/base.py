@@ -163,6 +163,12 @@ class TowerModel(ContrastiveModel):
         feature cache keeps the two apart; "" for pooled features."""
         return ""
 
+    @property
+    def text_feature_kind(self) -> str:
+        """Names what `text_backbone_features` returns when it is not the pooled vector ("tokens": states
+        [L, D] per text, zero rows at padding); "" for pooled features."""
+        return ""
+
     def image_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features [B, F] of preprocessed images [B, 3, S, S]."""
         return self.image_backbone(images)

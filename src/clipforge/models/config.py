@@ -22,7 +22,8 @@ RESIZE_MODES = ("shortest",)
 TOKENIZERS = ("clip-bpe", "wordpiece")
 PRETRAINED_WEIGHTS = ("package", "none")
 PROJECTION_HEADS = ("mlp", "linear")
-IMAGE_POOLS = ("mean", "attention")
+IMAGE_POOLS = ("mean", "attention", "flatten")
+TEXT_POOLS = ("mean", "attention")
 CLIP_BPE_VOCAB = 49408
 MINILM_MAX_POSITIONS = 512
 # Semantic bounds: beyond them a config is a typo or an attack, not a model (sizes are also bounded by
@@ -143,7 +144,8 @@ class EfficientNetConfig:
 
     `pool="attention"` keeps the last feature map (7x7 at 224 px) and adds an attention-pooling head with
     2-D position embeddings (`pool_width` wide, `pool_heads` heads) to the head on the mean features, so
-    the embedding can depend on where things are.
+    the embedding can depend on where things are; `pool="flatten"` adds a linear map of the flattened grid,
+    each position narrowed to `pool_width` (see `towers.GridHead`).
     """
 
     type: str = "efficientnet_lite0"
@@ -185,7 +187,11 @@ class TextTransformerConfig:
 
 @dataclass(frozen=True)
 class MiniLMConfig:
-    """Pretrained MiniLM-L6 (6-layer BERT, mean pooling) text tower with a projection head."""
+    """Pretrained MiniLM-L6 (6-layer BERT, mean pooling) text tower with a projection head.
+
+    `pool="attention"` keeps the last token states and adds `pool_heads` learned queries, each attending
+    over the tokens (narrowed to `pool_width`), to the head on the mean state (see `towers.TokenHead`).
+    """
 
     type: str = "minilm"
     context_length: int = 64
@@ -193,10 +199,16 @@ class MiniLMConfig:
     head: str = "mlp"
     dropout: float = 0.1
     unlocked_blocks: int = 0
+    pool: str = "mean"
+    pool_width: int = 128
+    pool_heads: int = 4
 
     def __post_init__(self) -> None:
         _check_range("context_length", self.context_length, 2, MINILM_MAX_POSITIONS)
         _check_head(self.weights, self.head, self.dropout, self.unlocked_blocks)
+        _check_choice("pool", self.pool, TEXT_POOLS)
+        _check_range("pool_width", self.pool_width, 1)
+        _check_range("pool_heads", self.pool_heads, 1)
 
 
 @dataclass(frozen=True)

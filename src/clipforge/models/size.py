@@ -86,16 +86,24 @@ def _vision(config: ViTConfig | ResNetConfig | ConvNetConfig | EfficientNetConfi
     if isinstance(config, ConvNetConfig):
         return _convnet(config, embed)
     total = EFFICIENTNET_LITE0_PARAMS + _head(config.head, EFFICIENTNET_FEATURES, embed)
-    if config.pool == "attention":
-        width, grid = config.pool_width, config.image_size // 32
+    width, grid = config.pool_width, config.image_size // 32
+    if config.pool != "mean":
         total += EFFICIENTNET_FEATURES * width + width  # the narrowing linear map
+    if config.pool == "attention":
         total += (grid * grid + 1) * width + 3 * (width * width + width) + width * embed + embed
+    if config.pool == "flatten":
+        total += grid * grid * width * embed + embed
     return total
 
 
 def _text(config: TextTransformerConfig | MiniLMConfig, embed: int) -> int:
     if isinstance(config, MiniLMConfig):
-        return MINILM_PARAMS + _head(config.head, MINILM_FEATURES, embed)
+        total = MINILM_PARAMS + _head(config.head, MINILM_FEATURES, embed)
+        if config.pool == "attention":
+            width, read = config.pool_width, config.pool_width * config.pool_heads
+            total += MINILM_FEATURES * width + width + width * width + width + read  # narrow, key, queries
+            total += 2 * read + read * embed + embed + embed * embed + embed  # LayerNorm and the MLP
+        return total
     width = config.width
     tables = (config.vocab_size + config.context_length) * width
     blocks = config.layers * _block(width, round(width * config.mlp_ratio))

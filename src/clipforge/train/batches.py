@@ -35,8 +35,9 @@ class PairBatch:
 
     Attributes:
         images: [B, 3, S, S] normalized pixels, or [B, F] cached image-backbone features.
-        tokens: [B, L] caption token ids, or [B, D] cached text-backbone features.
-        negative_tokens: [B, K, L] hard-negative token ids, or [B, K, D] features (K = 0 without negatives).
+        tokens: [B, L] caption token ids, or [B, D] cached text-backbone features ([B, L, D] token states).
+        negative_tokens: [B, K, L] hard-negative token ids, or [B, K, D] features ([B, K, L, D] token
+            states; K = 0 without negatives).
         negative_mask: [B, K] True where the negative is real, False where it pads.
 
     Which of the two each field holds is not read off the tensors: the source that made the batch

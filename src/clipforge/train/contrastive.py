@@ -47,8 +47,8 @@ def encode_batch(encoder: PairEncoder, model: ContrastiveModel, batch: PairBatch
     b, k = batch.negative_mask.shape
     images = encoder.images(batch.images)  # [B, E]
     real = batch.negative_mask.reshape(b * k)  # [B * K]
-    width = batch.negative_tokens.shape[-1]
-    negatives = batch.negative_tokens.reshape(b * k, width)[real]  # [R, L] ids or [R, D] cached features
+    row = batch.negative_tokens.shape[2:]  # [L] ids, [D] cached features or [L, D] cached token states
+    negatives = batch.negative_tokens.reshape(b * k, *row)[real]  # [R, *row]
     texts = encoder.texts(torch.cat([batch.tokens, negatives]))  # [B + R, E]
     scale, bias = model.similarity_scale(), model.logit_bias
     if k == 0:

@@ -25,6 +25,7 @@ from clipforge.train.features import (
     chunks,
     feature_encoder,
     image_feature_table,
+    stack_texts,
     text_feature_table,
     tower_model,
 )
@@ -127,7 +128,7 @@ def cached_retrieval(
     captions = [c for r in records for c in r.captions]
     owner = torch.tensor([i for i, r in enumerate(records) for _ in r.captions])
     if text_table is not None:
-        texts = encoder.texts(torch.stack([text_table[c] for c in captions]))  # [T, E]
+        texts = encoder.texts(stack_texts([text_table[c] for c in captions]))  # [T, E]
     else:
         texts = torch.cat([encoder.texts(tokenizer(chunk)) for chunk in chunks(captions, batch_size)])
     return recall_at_k(images.cpu(), texts.cpu(), owner)

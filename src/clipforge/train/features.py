@@ -97,13 +97,16 @@ def text_feature_table(
     the cache, so the features it trains on are the ones the interrupted run used.
     """
     tokenizer_id = hashlib.sha256(json.dumps(to_dict(model.config.tokenizer)).encode()).hexdigest()
-    cache = FeatureCache(Path(cache_dir) / "text", module_hash(model.text_backbone), tokenizer_id)
+    kind = model.text_feature_kind
+    dtype = torch.float16 if kind else torch.float32  # token states: ~12 x 384 x 2 bytes = 9 KB a text
+    tower = module_hash(model.text_backbone)
+    cache = FeatureCache(Path(cache_dir) / "text", tower, tokenizer_id, kind, dtype)
     stored = cache.load()
     missing = sorted({t for t in texts if text_key(t) not in stored})
     tokenizer = get_tokenizer(model.config.tokenizer)
     with Progress(f"text features of {len(missing)} new texts", len(missing), say) as progress:
         for chunk in chunks(missing, batch_size):
-            features = model.text_backbone_features(tokenizer(chunk)).float()
+            features = model.text_backbone_features(tokenizer(chunk)).to(dtype)
             keys = [text_key(t) for t in chunk]
             cache.add(keys, features)
             stored.update(zip(keys, features, strict=True))
@@ -117,28 +120,32 @@ def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i : i + size]
 
 
+def stack_texts(features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stacks cached text features: pooled [D] into [N, D]; token states [L, D] of different lengths
+    into [N, L_max, D], zero rows past each text's end (what a token head reads as padding)."""
+    if features[0].dim() == 1:
+        return torch.stack(list(features))  # [N, D]
+    return torch.nn.utils.rnn.pad_sequence(list(features), batch_first=True)  # [N, L_max, D]
+
+
 class FeatureCollate:
-    """Builds a `PairBatch` of cached features: images [B, F], captions [B, D], negatives [B, K, D]."""
+    """Builds a `PairBatch` of cached features: images [B, F], captions [B, *T], negatives [B, K, *T]
+    (T: the text feature's shape, [D] pooled or [L, D] token states)."""
 
     def __init__(self, text_table: dict[str, torch.Tensor], hard_negatives: int) -> None:
         self.text_table, self.k = text_table, hard_negatives
 
     def __call__(self, items: list[dict[str, Any]]) -> PairBatch:
         images = torch.stack([item["image"] for item in items])  # [B, F]
-        texts = torch.stack([self.text_table[item["caption"]] for item in items])  # [B, D]
-        rows, mask = [], []
+        blank = torch.zeros_like(self.text_table[items[0]["caption"]])  # a padding negative's row
+        rows, mask = [self.text_table[item["caption"]] for item in items], []
         for item in items:
             kept, real = pad_negatives(item.get("negatives", ()), self.k)
-            rows += [
-                self.text_table[t] if ok else torch.zeros_like(texts[0])
-                for t, ok in zip(kept, real, strict=True)
-            ]
+            rows += [self.text_table[t] if ok else blank for t, ok in zip(kept, real, strict=True)]
             mask.append(real)
-        negatives = (
-            torch.stack(rows).reshape(len(items), self.k, -1)  # [B, K, D]
-            if self.k
-            else texts.new_zeros(len(items), 0, texts.shape[1])
-        )
+        stacked = stack_texts(rows)  # [B + B*K, *T]
+        texts = stacked[: len(items)]
+        negatives = stacked[len(items) :].reshape(len(items), self.k, *stacked.shape[1:])  # [B, K, *T]
         return PairBatch(
             images, texts, negatives, torch.tensor(mask, dtype=torch.bool).reshape(len(items), self.k)
         )
