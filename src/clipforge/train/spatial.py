@@ -1,6 +1,6 @@
 """Spatial training data: mirrored train photos and two-photo collages of train photos, as cached features.
 
-A LiT model with an attention-pooled image grid (`effnetlite0-minilm-spatial`) only learns where things
+A LiT model that reads the image grid (`effnetlite0-minilm-spatial`) only learns where things
 are if some captions depend on it. Flickr8k has few (100 train captions say "left" or "right" as a
 side), so the `spatial` task adds exact-truth examples built from the *train* photos with
 `data.spatial_aug`:
