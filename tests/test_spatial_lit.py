@@ -15,7 +15,7 @@ from clipforge.models.registry import create_model, get_model_config
 from clipforge.models.size import count_parameters
 from clipforge.tokenizer import get_tokenizer
 from clipforge.train import load_config, train
-from clipforge.train.features import FeatureCollate
+from clipforge.train.features import FeatureCollate, text_feature_table
 from clipforge.train.spatial import spatial_examples
 
 CAPTIONS = [
@@ -156,3 +156,15 @@ def test_collate_pads_token_states_of_different_lengths() -> None:
     assert batch.tokens.shape == (2, 4, 3) and batch.negative_tokens.shape == (2, 1, 4, 3)
     assert batch.tokens[0, 2:].abs().sum() == 0 and batch.negative_tokens[0, 0].abs().sum() == 12
     assert batch.negative_mask.tolist() == [[True], [False]]
+
+
+def test_token_states_are_cached_in_float16_and_read_back(tmp_path) -> None:
+    model = _token_model()
+    texts = ["a dog to the left of a man", "a man"]
+    first = text_feature_table(model, texts, tmp_path, 8, lambda _: None)
+    again = text_feature_table(model, texts, tmp_path, 8, lambda _: None)  # from the cache this time
+    (folder,) = (tmp_path / "text").iterdir()
+    assert folder.name.endswith("-tokens") and first["a man"].dtype == torch.float16
+    assert first["a man"].shape == first[texts[0]].shape and first[texts[0]].shape[1] == 384
+    assert all(torch.equal(first[t], again[t]) for t in texts)
+    assert (first["a man"][4:] == 0).all()  # "[CLS] a man [SEP]", then padding
