@@ -175,8 +175,10 @@ def main(root: Path, model_options: tuple[str, ...], out: Path, suites: str, pho
     torch.set_num_threads(threads)
     models = load_models([parse_model_option(m) for m in model_options])
     first = next(iter(models.values()))
-    memo, text_memo = GridMemo(first, out / "grids"), TextMemo(first, out / "texts")
-    encoders = {name: MemoEncoder(model, memo, text_memo) for name, model in models.items()}
+    memo = GridMemo(first, out / "grids")
+    # one text memo per text-feature kind: pooled MiniLM features, or token states for a token head
+    texts = {m.text_feature_kind: TextMemo(m, out / "texts") for m in models.values()}
+    encoders = {name: MemoEncoder(m, memo, texts[m.text_feature_kind]) for name, m in models.items()}
     data, blocks = f"flickr8k:{root}:test", []
     for kind in suites.split(","):
         start = time.perf_counter()
