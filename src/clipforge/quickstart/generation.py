@@ -151,9 +151,9 @@ def train_generation(config: GenerationConfig, seed: int, out: Path, say: Say, r
     """Trains the dVAE, then the transformer, and keeps its `early_step` model as ``generator/early``.
 
     Returns:
-        Seconds this call took and both runs' held-out curves.
+        Seconds and CPU seconds (all threads) this call took, and both runs' held-out curves.
     """
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     _train_run(dvae_run(config, seed), out / "dvae", lambda line: say(f"  dvae: {line}"), resume)
     _train_run(generator_run(config, seed, out), out / "generator",
                lambda line: say(f"  generator: {line}"), resume)
@@ -161,6 +161,7 @@ def train_generation(config: GenerationConfig, seed: int, out: Path, say: Say, r
     if not (out / "generator" / "early").is_dir():
         save_final(out / "generator", load_folder(early), {"step": config.early_step}, name="early")
     return {"seconds": round(time.perf_counter() - began, 1),
+            "cpu_seconds": round(time.process_time() - cpu, 1),
             "dvae_curve": eval_curve(out / "dvae" / "log.jsonl"),
             "generator_curve": eval_curve(out / "generator" / "log.jsonl")}
 
@@ -223,6 +224,7 @@ def evaluate_generation(config: GenerationConfig, seed: int, out: Path, say: Say
     Returns:
         The ``generation`` section of report.json and the report's pictures.
     """
+    began, cpu = time.perf_counter(), time.process_time()
     dvae = load_folder(out / "dvae" / "final")
     if not isinstance(dvae, DVAE):
         raise ConfigError(f"not a dVAE: {out / 'dvae' / 'final'}")
@@ -232,13 +234,18 @@ def evaluate_generation(config: GenerationConfig, seed: int, out: Path, say: Say
     results, grids = {}, []
     for checkpoint in CHECKPOINTS:
         results[checkpoint], drawn = rerank_experiment(experiment(config, seed, out, checkpoint))
+        # the candidate each picker kept, per prompt in skill-set order (what `clipforge generate` ranks first)
+        results[checkpoint]["choices"] = {picker: [chosen[0] for chosen in picks]
+                                          for picker, picks in drawn.choices.items() if picker != ORACLE}
         for picker, block in results[checkpoint]["pickers"].items():
             say(f"  {checkpoint} generator, {picker}: {_accuracies(block)}")
         grids += [(checkpoint, *grid) for grid in example_grids(drawn)]
     section = {"seed": seed, "early_step": config.early_step, "steps": config.steps,
                "sampling": asdict(sampling(config)),
                "n_prompts": config.n_prompts, "candidates": config.candidates,
-               "reconstruction": reconstruction, "checkpoints": results}
+               "reconstruction": reconstruction, "checkpoints": results,
+               "seconds": round(time.perf_counter() - began, 1),
+               "cpu_seconds": round(time.process_time() - cpu, 1)}
     return section, Figures(reconstruction_examples(dvae, out / "skills"), grids)
 
 
