@@ -234,7 +234,7 @@ def evaluate_generation(config: GenerationConfig, seed: int, out: Path, say: Say
     results, grids = {}, []
     for checkpoint in CHECKPOINTS:
         results[checkpoint], drawn = rerank_experiment(experiment(config, seed, out, checkpoint))
-        # the candidate each picker kept, per prompt in skill-set order (what `clipforge generate` ranks first)
+        # the candidate each picker kept per prompt, in skill-set order (`clipforge generate` ranks it first)
         results[checkpoint]["choices"] = {picker: [chosen[0] for chosen in picks]
                                           for picker, picks in drawn.choices.items() if picker != ORACLE}
         for picker, block in results[checkpoint]["pickers"].items():

@@ -9,14 +9,18 @@
                              same two splits)
     plain/, hardneg/         the two training runs (log.jsonl, final/ in the clipforge model format)
     probe/                   probe.json and probe.html of both models (the probe library's own report)
-    report.json, report.html the comparison
+    skills/, dvae/,          with a generation stage (`clipforge.quickstart.generation`): the skill set, the
+    generator/               dVAE's and the transformer's runs (final/, and generator/early/)
+    report.json, report.html the comparison (and its Generation section)
 
 Every number comes from the library code the CLI uses (`clipforge eval`, `clipforge probe`), run on the
 files above, so ``clipforge probe --suite synthetic:OUT/data --model hardneg=OUT/hardneg/final`` gives
 the same probe accuracies as report.json.
 
-Ctrl-C or SIGTERM during training reaches both training processes, which save a checkpoint at their next
-step and stop; `resume_quickstart` (``clipforge quickstart --resume OUT``) continues them and finishes.
+The generation stage's dVAE and transformer train in a third process beside the two CLIP models; its
+re-ranking experiment runs after them (it re-ranks with both). Ctrl-C or SIGTERM during training reaches
+every training process, which saves a checkpoint at its next step and stops; `resume_quickstart`
+(``clipforge quickstart --resume OUT``) continues them and finishes.
 """
 
 from __future__ import annotations
