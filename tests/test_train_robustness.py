@@ -162,7 +162,7 @@ from clipforge.errors import Interrupted
 from clipforge.quickstart import QuickstartConfig, run_quickstart
 from clipforge.quickstart.generation import GenerationConfig
 generation = GenerationConfig(dvae="tiny-dvae", generator="tiny-generator", dvae_steps=4, dvae_batch_size=8,
-                              steps=300, batch_size=8, early_step=150, n_train=64, n_prompts=2, candidates=2)
+                              steps=60, batch_size=8, early_step=30, n_train=64, n_prompts=2, candidates=2)
 config = QuickstartConfig(model="tiny-convnet", steps=150, batch_size=16, warmup_steps=2, n_train=200,
                           n_val=32, n_test=40, n_zeroshot=24, eval_every=75, n_examples=2,
                           generation=generation)
@@ -203,4 +203,4 @@ def test_sigterm_stops_both_quickstart_runs_without_orphans_and_resume_finishes(
     for name in ("plain", "hardneg"):
         assert report["training"][name]["curve"]["step"] == list(range(1, 151))
     curve = report["generation"]["training"]["generator_curve"]
-    assert [point["step"] for point in curve] == [150, 300]
+    assert [point["step"] for point in curve] == [30, 60]
