@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors.torch import load_file
 
 from clipforge.cli.main import main
 from clipforge.errors import ClipforgeError, ConfigError
 from clipforge.models.registry import create_model
 from clipforge.probe import ClipEncoder, ProbeItem, items_from_synthetic, run_probe
 from clipforge.quickstart import QuickstartConfig, run_quickstart
+from clipforge.quickstart.generation import GenerationConfig, train_generation
 from clipforge.quickstart.pipeline import _jsonable
 from clipforge.synthetic.dataset import SceneConfig, SyntheticScenes, synthetic_probe_items
 from clipforge.synthetic.style import StyleConfig
@@ -29,8 +32,11 @@ from clipforge.typed import parse_dataclass
 
 RELATIONS = ("left of", "right of", "above", "below")
 TAGS = ("relation_swap", "argument_swap", "attribute_swap", "object_swap", "count")
+MICRO_GENERATION = GenerationConfig(dvae="tiny-dvae", generator="tiny-generator", dvae_steps=4,
+                                    dvae_batch_size=8, steps=6, batch_size=8, early_step=3, n_train=64,
+                                    n_prompts=2, candidates=3)
 MICRO = QuickstartConfig(model="tiny-convnet", steps=6, batch_size=16, warmup_steps=2, n_train=200, n_val=32,
-                         n_test=40, n_zeroshot=24, eval_every=3, n_examples=3)
+                         n_test=40, n_zeroshot=24, eval_every=3, n_examples=3, generation=MICRO_GENERATION)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,7 @@ def micro_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     out = tmp_path_factory.mktemp("quickstart") / "out"
     lines: list[str] = []
     report = run_quickstart(MICRO, out, say=lines.append)
-    assert any(line.startswith("[3/3]") for line in lines) and any("left" in line for line in lines)
+    assert any(line.startswith("[4/4]") for line in lines) and any("left" in line for line in lines)
     return out, report
 
 
@@ -217,3 +223,69 @@ def test_quickstart_json_keeps_the_style_for_resume(style: StyleConfig | None) -
     config = QuickstartConfig(steps=7, style=style)
     saved = json.loads(json.dumps(_jsonable(config)))  # what --resume reads back from quickstart.json
     assert parse_dataclass(QuickstartConfig, saved, "quickstart.json") == config
+
+
+@pytest.mark.slow
+def test_micro_quickstart_has_a_generation_section(micro_run: tuple[Path, dict[str, Any]]) -> None:
+    out, report = micro_run
+    section = report["generation"]
+    for folder in ("dvae/final", "generator/final", "generator/early"):
+        assert (out / folder / "model.safetensors").is_file()
+    assert (out / "skills" / "metadata.json").is_file()
+    assert section["early_step"] == 3 and section["steps"] == 6 and section["candidates"] == 3
+    assert section["conclusion"].startswith("Smoke run (6 of the default")
+    assert set(section["reconstruction"]["skills"]) == {"object", "count", "color", "spatial"}
+    for checkpoint in ("early", "final"):
+        result = section["checkpoints"][checkpoint]
+        assert list(result["pickers"]) == ["none", "plain", "hardneg", "oracle"]
+        assert set(result) >= {"upper_bound", "shuffle", "chance", "choices"}
+        for skills in result["pickers"].values():
+            low, high = skills["spatial"]["ci95"]
+            assert _fraction(skills["spatial"]["accuracy"]) and low <= skills["spatial"]["accuracy"] <= high
+        assert result["choices"]["none"] == [0] * 8  # 2 prompts per skill, the first candidate
+    curve = section["training"]["generator_curve"]
+    assert [point["step"] for point in curve] == [3, 6] and "image_loss" in curve[0]
+    page = (out / "report.html").read_text()
+    assert "Generation: does re-ranking" in page and "early: oracle (parser best of 3)" in page
+    assert "control: shuffled prompts" in page and "dVAE reconstruction of the ground truth" in page
+
+
+@pytest.mark.slow
+def test_generate_and_skills_score_give_the_quickstart_generation_numbers(
+        micro_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """`clipforge generate --rerank OUT/hardneg/final --keep 1` keeps the hardneg picker's candidates, and
+    `clipforge skills score` on them gives its accuracies."""
+    out, report = micro_run
+    result = report["generation"]["checkpoints"]["final"]
+    runner = CliRunner()
+    args = ["generate", "--model", str(out / "generator" / "final"), "--skills", str(out / "skills"),
+            "-n", "3", "--keep", "1", "--rerank", str(out / "hardneg" / "final"), "--temperature", "0.3",
+            "--cond-scale", "3", "--seed", "0", "--out", str(tmp_path / "gen")]
+    assert runner.invoke(main, args).exit_code == 0
+    generations = json.loads((tmp_path / "gen" / "generations.json").read_text())
+    kept = [next(c["sample"] for c in p["candidates"] if c["rank"] == 0) for p in generations["prompts"]]
+    assert kept == result["choices"]["hardneg"]
+    args = ["skills", "score", "--skills", str(out / "skills"), "--images", str(tmp_path / "gen"), "--out",
+            str(tmp_path / "score")]
+    assert runner.invoke(main, args).exit_code == 0
+    scored = json.loads((tmp_path / "score" / "skills.json").read_text())["skills"]
+    for skill, block in result["pickers"]["hardneg"].items():
+        assert (scored[skill]["accuracy"], scored[skill]["ci95"]) == (block["accuracy"], block["ci95"])
+
+
+def test_generation_training_resumes_bit_exactly(tmp_path: Path) -> None:
+    """An interrupted generation stage (the transformer's last checkpoint and final/ lost) continues from
+    its newest checkpoint and ends with the same weights; the finished dVAE is kept."""
+    train_generation(MICRO_GENERATION, 0, tmp_path, say=lambda line: None)
+    weights = {name: load_file(tmp_path / "generator" / name / "model.safetensors")
+               for name in ("final", "early")}
+    dvae_time = (tmp_path / "dvae" / "final" / "model.safetensors").stat().st_mtime_ns
+    for name in ("final", "early", "checkpoints/step_000006"):
+        shutil.rmtree(tmp_path / "generator" / name)
+    lines: list[str] = []
+    train_generation(MICRO_GENERATION, 0, tmp_path, say=lines.append, resume=True)
+    assert (tmp_path / "dvae" / "final" / "model.safetensors").stat().st_mtime_ns == dvae_time
+    assert not any("dvae" in line for line in lines)
+    for name, expected in weights.items():
+        got = load_file(tmp_path / "generator" / name / "model.safetensors")
+        assert all(torch.equal(got[key], expected[key]) for key in expected)

@@ -160,8 +160,12 @@ QUICKSTART = """
 import sys
 from clipforge.errors import Interrupted
 from clipforge.quickstart import QuickstartConfig, run_quickstart
+from clipforge.quickstart.generation import GenerationConfig
+generation = GenerationConfig(dvae="tiny-dvae", generator="tiny-generator", dvae_steps=4, dvae_batch_size=8,
+                              steps=60, batch_size=8, early_step=30, n_train=64, n_prompts=2, candidates=2)
 config = QuickstartConfig(model="tiny-convnet", steps=150, batch_size=16, warmup_steps=2, n_train=200,
-                          n_val=32, n_test=40, n_zeroshot=24, eval_every=75, n_examples=2)
+                          n_val=32, n_test=40, n_zeroshot=24, eval_every=75, n_examples=2,
+                          generation=generation)
 try:
     run_quickstart(config, sys.argv[1], say=lambda line: None)
 except Interrupted as err:
@@ -181,7 +185,7 @@ def test_sigterm_stops_both_quickstart_runs_without_orphans_and_resume_finishes(
         assert parent.poll() is None and time.monotonic() < deadline, "quickstart ended before step 2"
         time.sleep(0.02)
     children = _descendants(parent.pid)
-    assert len(children) >= 2, children  # the two training processes (and multiprocessing's helpers)
+    assert len(children) >= 3, children  # the three training processes (and multiprocessing's helpers)
     parent.send_signal(signal.SIGTERM)
     _, err = parent.communicate(timeout=120)
     assert parent.returncode == 143, err.decode()
@@ -198,3 +202,5 @@ def test_sigterm_stops_both_quickstart_runs_without_orphans_and_resume_finishes(
     assert report["config"]["steps"] == 150
     for name in ("plain", "hardneg"):
         assert report["training"][name]["curve"]["step"] == list(range(1, 151))
+    curve = report["generation"]["training"]["generator_curve"]
+    assert [point["step"] for point in curve] == [30, 60]

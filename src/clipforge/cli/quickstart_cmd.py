@@ -19,13 +19,14 @@ def register(group: click.Group) -> None:
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the data, both models, report.json and report.html.")
-@click.option("--quick", is_flag=True, help="Smoke-test budget: about 2 min instead of about 10 on 2 cores.")
+@click.option("--quick", is_flag=True, help="Smoke-test budget: minutes instead of about 20 on 2 cores.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Finish the interrupted quickstart in this folder, with the settings it was started with.")
 @run_options
 def quickstart(out: Path | None, quick: bool, resume_dir: Path | None, device: str | None,
                threads: int | None) -> None:
-    """Train `plain` and `hardneg` CLIP models on synthetic scenes and compare them on held-out scenes.
+    """Train `plain` and `hardneg` CLIP models on synthetic scenes and compare them on held-out scenes; then
+    train a DALL-E-style generator on the same scene world and re-rank its samples with both.
 
     Ctrl-C or SIGTERM while training saves both runs at their next step and prints the command that resumes.
     --device and --threads apply to the two training processes (default: cpu, one thread each).

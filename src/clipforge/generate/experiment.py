@@ -92,8 +92,21 @@ def summarize(report: dict[str, Any], best_of_n: bool) -> dict[str, Any]:
     return out
 
 
-def run_rerank_experiment(config: RerankExperiment) -> dict[str, Any]:
-    """Draws the candidates once, applies every picker and scores each with the skill evaluator."""
+@dataclass(frozen=True)
+class Drawn:
+    """The candidates of an experiment and the pickers' choices (for contact sheets)."""
+
+    prompts: list[Prompt]
+    candidates: list[list[Image.Image]]
+    choices: dict[str, list[list[int]]]
+
+
+def rerank_experiment(config: RerankExperiment) -> tuple[dict[str, Any], Drawn]:
+    """Draws the candidates once, applies every picker and scores each with the skill evaluator.
+
+    Returns:
+        The scores (see `run_rerank_experiment`) and what was drawn and picked.
+    """
     records = load_skill_set(config.skills, config.split)
     truth = read_images(config.skills, records)
     prompts = read_skill_prompts(config.skills, config.split)
@@ -101,13 +114,20 @@ def run_rerank_experiment(config: RerankExperiment) -> dict[str, Any]:
                                  config.sampling)
     pickers: dict[str, Any] = {}
     controls: dict[str, Any] = {}
-    for name, choice in picker_choices(config, prompts, candidates).items():
+    choices = picker_choices(config, prompts, candidates)
+    for name, choice in choices.items():
         images = picked(prompts, candidates, choice)
         report = evaluate(records, images, truth, ScoreConfig(seed=config.seed)).report
         pickers[name] = summarize(report, best_of_n=name == ORACLE)
         controls = {key: report[key] for key in ("upper_bound", "shuffle", "chance")}
-    return {"generator": config.generator, "n": config.n, "seed": config.seed, "split": config.split,
-            "rerankers": dict(config.rerankers), "pickers": pickers, **controls}
+    result = {"generator": config.generator, "n": config.n, "seed": config.seed, "split": config.split,
+              "rerankers": dict(config.rerankers), "pickers": pickers, **controls}
+    return result, Drawn(prompts, candidates, choices)
+
+
+def run_rerank_experiment(config: RerankExperiment) -> dict[str, Any]:
+    """Per picker and skill: accuracy with CIs (and per case), beside the evaluator's controls."""
+    return rerank_experiment(config)[0]
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from clipforge.device import DEVICES
 from clipforge.errors import ConfigError
+from clipforge.quickstart.generation import GenerationConfig
 from clipforge.synthetic.style import StyleConfig
 from clipforge.synthetic.text import NEGATIVE_KINDS
 
@@ -41,6 +42,7 @@ class QuickstartConfig:
         threads: torch threads of each of the two training processes (0: torch's default).
         style: randomized rendering of the training and test scenes (None: plain scenes); the test
             scenes are drawn twice, in style and in the held-out style.
+        generation: the text-to-image stage (`clipforge.quickstart.generation`); None skips it.
     """
 
     model: str = QUICKSTART_MODEL
@@ -59,6 +61,7 @@ class QuickstartConfig:
     device: str = "cpu"
     threads: int = 1
     style: StyleConfig | None = StyleConfig()
+    generation: GenerationConfig | None = GenerationConfig()
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "n_train", "n_val", "n_test", "n_zeroshot", "eval_every"):
@@ -81,4 +84,5 @@ class QuickstartConfig:
     @classmethod
     def quick(cls) -> QuickstartConfig:
         """A smoke-test budget (`--quick`): same pipeline, a fraction of the steps and scenes."""
-        return cls(steps=300, n_train=20_000, n_val=128, n_test=300, n_zeroshot=120, eval_every=100)
+        return cls(steps=300, n_train=20_000, n_val=128, n_test=300, n_zeroshot=120, eval_every=100,
+                   generation=GenerationConfig.quick())

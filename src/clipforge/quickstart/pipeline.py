@@ -9,14 +9,18 @@
                              same two splits)
     plain/, hardneg/         the two training runs (log.jsonl, final/ in the clipforge model format)
     probe/                   probe.json and probe.html of both models (the probe library's own report)
-    report.json, report.html the comparison
+    skills/, dvae/,          with a generation stage (`clipforge.quickstart.generation`): the skill set, the
+    generator/               dVAE's and the transformer's runs (final/, and generator/early/)
+    report.json, report.html the comparison (and its Generation section)
 
 Every number comes from the library code the CLI uses (`clipforge eval`, `clipforge probe`), run on the
 files above, so ``clipforge probe --suite synthetic:OUT/data --model hardneg=OUT/hardneg/final`` gives
 the same probe accuracies as report.json.
 
-Ctrl-C or SIGTERM during training reaches both training processes, which save a checkpoint at their next
-step and stop; `resume_quickstart` (``clipforge quickstart --resume OUT``) continues them and finishes.
+The generation stage's dVAE and transformer train in a third process beside the two CLIP models; its
+re-ranking experiment runs after them (it re-ranks with both). Ctrl-C or SIGTERM during training reaches
+every training process, which saves a checkpoint at its next step and stops; `resume_quickstart`
+(``clipforge quickstart --resume OUT``) continues them and finishes.
 """
 
 from __future__ import annotations
@@ -39,7 +43,16 @@ from clipforge.models.registry import get_model_config
 from clipforge.progress import Say, to_stderr
 from clipforge.quickstart.config import MODELS, QuickstartConfig
 from clipforge.quickstart.evaluate import evaluate_models
+from clipforge.quickstart.generation import (
+    GENERATION,
+    GenerationConfig,
+    evaluate_generation,
+    generation_conclusion,
+    train_generation,
+    write_skill_set,
+)
 from clipforge.quickstart.report import conclusion, write_report
+from clipforge.skills.records import METADATA_NAME
 from clipforge.synthetic.dataset import SceneConfig, write_synthetic
 from clipforge.train.config import (
     DataSection,
@@ -128,15 +141,23 @@ def train_one(config: QuickstartConfig, out_dir: Path, name: str, say: Say, resu
             "final_loss": curve["loss"][-1], "curve": curve}
 
 
+def _train_job(config: QuickstartConfig, out_dir: Path, name: str, say: Say, resume: bool) -> dict[str, Any]:
+    """Trains a CLIP model, or the generation stage's dVAE and transformer (`GENERATION`)."""
+    if name == GENERATION and config.generation is not None:
+        return train_generation(config.generation, config.seed, out_dir, say, resume)
+    return train_one(config, out_dir, name, say, resume)
+
+
 def _train_worker(config: QuickstartConfig, out_dir: Path, name: str, resume: bool, messages: Any) -> None:
-    """Child process: trains one model, sending progress lines and then its result (or error) back.
+    """Child process: trains one model (or the generator), sending progress lines and then its result (or
+    error) back.
 
     Ctrl-C reaches the whole process group: the trainer acts on it between steps, and outside the steps
     the child ignores it (the parent passes the stop on as SIGTERM).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        messages.put(("result", name, train_one(config, out_dir, name, messages.put, resume)))
+        messages.put(("result", name, _train_job(config, out_dir, name, messages.put, resume)))
     except Interrupted as err:
         messages.put(("stopped", name, err.signum))
     except Exception as err:  # any failure must reach the parent, which would otherwise wait forever
@@ -144,9 +165,11 @@ def _train_worker(config: QuickstartConfig, out_dir: Path, name: str, resume: bo
 
 
 def train_both(config: QuickstartConfig, out_dir: Path, say: Say, resume: bool = False) -> dict[str, Any]:
-    """Trains `plain` and `hardneg` at the same time in two single-threaded processes.
+    """Trains `plain` and `hardneg` at the same time in two single-threaded processes, and with a
+    generation stage the dVAE and the transformer in a third (`GENERATION` in the result).
 
-    Small models use two cores better as two processes than as one process with two threads. SIGINT or
+    Small models use two cores better as processes than as one process with two threads, and a third
+    process fills the core the faster `plain` run leaves idle. SIGINT or
     SIGTERM stops both at their next step (each saves a checkpoint); no process outlives this call.
 
     Raises:
@@ -155,15 +178,16 @@ def train_both(config: QuickstartConfig, out_dir: Path, say: Say, resume: bool =
     """
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
+    names = (*MODELS, GENERATION) if config.generation is not None else MODELS
     workers = {name: context.Process(target=_train_worker, args=(config, out_dir, name, resume, messages))
-               for name in MODELS}
+               for name in names}
     results: dict[str, Any] = {}
     stopped: dict[str, int] = {}
     with stop_requests(lambda _signum: _stop_workers(workers)) as stop:
         for worker in workers.values():
             worker.start()
         try:
-            while len(results) + len(stopped) < len(MODELS):
+            while len(results) + len(stopped) < len(workers):
                 kind, name, payload = _next_message(messages, workers, {*results, *stopped}, say)
                 if kind == "result":
                     results[name] = payload
@@ -173,7 +197,7 @@ def train_both(config: QuickstartConfig, out_dir: Path, say: Say, resume: bool =
                     raise ClipforgeError(f"training {name} failed: {payload}")
         finally:
             for worker in workers.values():
-                worker.join(timeout=None if len(results) + len(stopped) == len(MODELS) else 1)
+                worker.join(timeout=None if len(results) + len(stopped) == len(workers) else 1)
                 if worker.is_alive():
                     worker.terminate()
                     worker.join()
@@ -181,7 +205,7 @@ def train_both(config: QuickstartConfig, out_dir: Path, say: Say, resume: bool =
         signum = stop.signum or next(iter(stopped.values()))
         raise Interrupted(f"{signal_name(signum)}: the quickstart stopped while training (each run keeps "
                           f"its checkpoint); resume with: clipforge quickstart --resume {out_dir}", signum)
-    return {name: results[name] for name in MODELS}
+    return {name: results[name] for name in names}
 
 
 def _stop_workers(workers: dict[str, Any]) -> None:
@@ -265,27 +289,54 @@ def resume_quickstart(out_dir: str | Path, say: Say = to_stderr) -> dict[str, An
     config = parse_dataclass(QuickstartConfig, read_json_object(out / QUICKSTART_CONFIG, ConfigError), where)
     for name in ("data", "zeroshot"):
         shutil.rmtree(out / name, ignore_errors=True)
+    if not (out / "skills" / METADATA_NAME).is_file():  # an interrupted skill set is written again
+        shutil.rmtree(out / "skills", ignore_errors=True)
     return _run(config, out, say, resume=True)
 
 
 def _run(config: QuickstartConfig, out: Path, say: Say, resume: bool) -> dict[str, Any]:
     began = time.perf_counter()
-    styles = " and ".join(config.test_splits)
-    say(f"[1/3] writing {config.n_test} test scenes and {config.n_zeroshot} zero-shot scenes, {styles}")
+    styles, stages = " and ".join(config.test_splits), 3 if config.generation is None else 4
+    say(f"[1/{stages}] writing {config.n_test} test scenes and {config.n_zeroshot} zero-shot scenes, {styles}"
+        + ("" if config.generation is None else ", and the skill set"))
     dataset = write_test_data(config, out)
+    if config.generation is not None:
+        write_skill_set(config.generation, config.seed, out)
     budget = f"{config.steps} steps of {config.batch_size} scenes each"
-    say(f"[2/3] training plain and hardneg side by side ({budget}; hardneg adds "
-        f"{', '.join(config.negative_kinds)} negatives)")
+    say(f"[2/{stages}] training plain and hardneg side by side ({budget}; hardneg adds "
+        f"{', '.join(config.negative_kinds)} negatives)" + _generation_budget(config))
     training = train_both(config, out, say, resume)
-    say("[3/3] evaluating both models on the held-out scenes (retrieval, zero-shot, probes)")
+    generation_training = training.pop(GENERATION, None)
+    say(f"[3/{stages}] evaluating both models on the held-out scenes (retrieval, zero-shot, probes)")
     models, examples = evaluate_models(config, out, say)
-    report = {"conclusion": conclusion(models, config.steps, QuickstartConfig.steps), "models": models,
-              "dataset": dataset, "seconds": round(time.perf_counter() - began, 1), "version": __version__,
-              "config": _jsonable(config), "training": training}
-    write_report(report, examples, out)
+    report: dict[str, Any] = {
+        "conclusion": conclusion(models, config.steps, QuickstartConfig.steps), "models": models,
+        "dataset": dataset, "seconds": 0.0, "version": __version__, "config": _jsonable(config),
+        "training": training}
+    figures = None
+    if config.generation is not None:
+        say(f"[4/4] generation: {config.generation.candidates} candidates per held-out skill prompt from the "
+            f"early and the final generator, picked by none / plain / hardneg / the parser")
+        section, figures = evaluate_generation(config.generation, config.seed, out, say)
+        section["training"] = generation_training
+        full = GenerationConfig.steps
+        section["conclusion"] = generation_conclusion(section, config.generation.steps, full)
+        report["generation"] = section
+    report["seconds"] = round(time.perf_counter() - began, 1)
+    write_report(report, examples, out, figures)
     say(str(report["conclusion"]))
+    if "generation" in report:
+        say(str(report["generation"]["conclusion"]))
     say(f"done in {report['seconds']:.0f} s: {out / 'report.json'}, {out / 'report.html'}")
     return report
+
+
+def _generation_budget(config: QuickstartConfig) -> str:
+    gen = config.generation
+    if gen is None:
+        return ""
+    return (f", and beside them the dVAE ({gen.dvae_steps} steps) then the transformer ({gen.steps} steps "
+            f"of {gen.batch_size})")
 
 
 def _jsonable(config: QuickstartConfig) -> dict[str, Any]:

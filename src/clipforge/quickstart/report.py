@@ -14,15 +14,18 @@ from PIL import Image
 from clipforge.fileio import write_json, write_text_atomic
 from clipforge.probe.report import HONEST_NOTE
 from clipforge.quickstart.evaluate import Example
+from clipforge.quickstart.gen_report import generation_html
+from clipforge.quickstart.generation import Figures
 
 MODEL_COLORS = {"plain": "#9c9c9c", "hardneg": "#e15759"}
 THUMBNAIL = 128
 
 
-def write_report(report: dict[str, Any], examples: list[Example], out: Path) -> None:
-    """Writes ``out/report.json`` and ``out/report.html``."""
+def write_report(report: dict[str, Any], examples: list[Example], out: Path, figures: Figures | None = None
+                 ) -> None:
+    """Writes ``out/report.json`` and ``out/report.html`` (with the generation stage's `figures`)."""
     write_json(report, out / "report.json")
-    write_text_atomic(out / "report.html", render_html(report, examples))
+    write_text_atomic(out / "report.html", render_html(report, examples, figures))
 
 
 def conclusion(models: dict[str, Any], steps: int, full_steps: int) -> str:
@@ -251,8 +254,9 @@ def _style_note(report: dict[str, Any]) -> str:
             "recognition intact is a relation failure, not a perception one.</p>")
 
 
-def render_html(report: dict[str, Any], examples: list[Example]) -> str:
-    """The whole page: summary, curves, probe plots, example scenes, how to reproduce."""
+def render_html(report: dict[str, Any], examples: list[Example], figures: Figures | None = None) -> str:
+    """The whole page: summary, curves, probe plots, example scenes, how to reproduce, and the Generation
+    section when the quickstart has one."""
     dataset = report["dataset"]
     intro = (f"<p>Two CLIP models trained from scratch on the same {dataset['n_train']} synthetic scenes "
              f"with the same budget; <b>plain</b> uses InfoNCE only, <b>hardneg</b> adds hard negatives "
@@ -280,6 +284,8 @@ def render_html(report: dict[str, Any], examples: list[Example]) -> str:
         "<h2>Reproduce the numbers</h2>", reproduce,
         "<p>Per-item probe details: <code>probe/probe.html</code>.</p>",
     ]
+    if "generation" in report:
+        sections.append(generation_html(report["generation"], figures))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipforge quickstart</title>{_STYLE}"
             f"</head><body>{''.join(sections)}</body></html>\n")
 
@@ -290,5 +296,6 @@ table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;pad
 th{background:#f4f4f4}
 .card{display:flex;gap:14px;margin:10px 0;border-bottom:1px solid #eee;padding-bottom:8px}
 .card img{image-rendering:pixelated;width:128px;height:128px}.tops{display:flex;gap:24px;font-size:13px}
+.pairs{display:flex;flex-wrap:wrap;gap:12px}.pair{font-size:12px;max-width:280px}
 .ok{color:#2a7}.no{color:#c33}pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}
 </style>"""
