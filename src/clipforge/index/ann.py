@@ -9,6 +9,19 @@ An approximate index is tuned when it is built: a held-out sample of the collect
 lists probed, or HNSW's efSearch) is raised until recall@10 reaches a target. The effort is thus
 measured on the data at hand instead of guessed from a formula: clustered collections need few
 probes, overlapping ones many.
+
+`auto` builds `ivf-pq` from EXACT_LIMIT vectors up: IVF lists of 4-bit product-quantized codes (one
+byte per 8 dimensions) scanned with FAISS's SIMD "fast-scan" kernels, whose top candidates are
+re-scored exactly from the stored vectors. Scanning a code is far cheaper than reading a float
+vector, so many more lists can be probed per millisecond. Its tuning has two steps, both measured on
+the held-out sample: first the fewest candidates per result (PQ_RERANKS) whose re-scoring, with every
+list probed, loses at most half the misses the target allows; then the fewest lists reaching the
+target with that many candidates. Results: benchmarks/RESULTS.md ("search").
+
+Build-time budget: `auto` must build 1M vectors in a few minutes on 2 busy cores. k-means on at most
+50 points per list (sqrt(N) lists) and 16-centroid PQ codebooks fit (see RESULTS.md). HNSW does not
+(348 s at 100k overlapping vectors under load, so roughly an hour at 1M), nor 4096+ lists behind an
+HNSW coarse quantizer (its k-means on 160k vectors had not finished after 5 minutes under load).
 """
 
 from __future__ import annotations
@@ -24,17 +37,19 @@ import numpy as np
 from clipforge.errors import ConfigError, MissingExtraError
 
 KINDS = ("auto", "exact", "ivf", "ivf-sq8", "ivf-pq", "hnsw")
-# auto picks IVF at and above this many vectors. Not HNSW: on 2 cores its graph took 3-6 min to build
-# at 100k vectors against 12-24 s for a tuned IVF of equal recall, and it cannot delete (see RESULTS.md).
+# auto picks IVF-PQ fast-scan at and above this many vectors. Not HNSW: on 2 cores its graph took 3-6 min
+# to build at 100k vectors against 12-24 s for a tuned IVF of equal recall, and it cannot delete (RESULTS.md).
 EXACT_LIMIT = 50_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 TARGET_RECALL = 0.95
 TUNE_QUERIES = 256  # held-out vectors whose recall@10 picks the search effort
 TUNE_K = 10
-PQ_BITS = 8  # codebook of 256 centroids per sub-vector
+PQ_BITS = 4  # 16 centroids per sub-vector: the look-up tables fit SIMD registers ("fast-scan")
 PQ_TRAIN_MIN = 39 * 2**PQ_BITS  # FAISS wants >= 39 training points per centroid
-PQ_RERANK = 10  # PQ scores are rough: keep 10 candidates per result and re-score them exactly
+# PQ scores are rough: candidates kept per result and re-scored exactly, the fewest that suffice (see
+# `tune`). On 1M hard 512-d vectors at nprobe 128, 10 lost 3 points of recall@10 against 20; 40 gained 0.4.
+PQ_RERANKS = (20, 40, 80, 160)
 _ADD_CHUNK = 65_536
 
 
@@ -132,6 +147,7 @@ class Tuning:
         target: the recall asked for.
         queries: size of the held-out sample.
         tuned_on: collection size when tuned (a grown collection is re-tuned).
+        candidates: results taken per wanted one and re-scored exactly (`ivf-pq`; 1 otherwise).
     """
 
     effort: int
@@ -139,6 +155,7 @@ class Tuning:
     target: float
     queries: int
     tuned_on: int
+    candidates: int = 1
 
 
 class FaissIndex:
@@ -155,6 +172,7 @@ class FaissIndex:
         self.kind = kind
         self.index = index
         self.trained_on = trained_on
+        self.rerank = PQ_RERANKS[0] if kind == "ivf-pq" else 1
         self.tuning: Tuning | None = None
         if tuning is not None:
             self.set_tuning(tuning)
@@ -162,7 +180,7 @@ class FaissIndex:
     @property
     def candidates(self) -> int:
         """Results to take per wanted one before exact re-scoring (PQ's scores are rough)."""
-        return PQ_RERANK if self.kind == "ivf-pq" else 1
+        return self.rerank
 
     @property
     def effort_name(self) -> str:
@@ -186,9 +204,10 @@ class FaissIndex:
         return 4096 if self.kind == "hnsw" else int(self.index.nlist)
 
     def set_tuning(self, tuning: Tuning) -> None:
-        """Applies a tuning (its effort) and keeps it for saving."""
+        """Applies a tuning (its effort and candidates) and keeps it for saving."""
         self.tuning = tuning
         self.effort = tuning.effort
+        self.rerank = tuning.candidates
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Adds vectors [N, D] under the given ids [N]."""
@@ -232,7 +251,7 @@ def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 def choose_kind(count: int, requested: str = "auto") -> str:
-    """The index kind for `count` vectors: `requested`, or for `auto` exact below EXACT_LIMIT, else IVF.
+    """The index kind for `count` vectors: `requested`, or for `auto` exact below EXACT_LIMIT, else ivf-pq.
 
     Raises:
         ConfigError: an unknown kind.
@@ -241,7 +260,7 @@ def choose_kind(count: int, requested: str = "auto") -> str:
         raise ConfigError(f"unknown index kind '{requested}' (known: {', '.join(KINDS)})")
     if requested != "auto":
         return requested
-    return "exact" if count < EXACT_LIMIT else "ivf"
+    return "exact" if count < EXACT_LIMIT else "ivf-pq"
 
 
 def ivf_lists(count: int) -> int:
@@ -250,8 +269,8 @@ def ivf_lists(count: int) -> int:
 
 
 def pq_subvectors(dim: int) -> int:
-    """PQ sub-vectors: one byte per 8 dimensions (the largest divisor of `dim` not above dim / 8)."""
-    return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
+    """4-bit PQ sub-vectors, one byte per 8 dimensions: the largest divisor of `dim` not above dim / 4."""
+    return next(m for m in range(max(1, dim // 4), 0, -1) if dim % m == 0)
 
 
 def build_index(
@@ -310,17 +329,24 @@ def _empty_faiss(kind: str, vectors: np.ndarray, train_rows: np.ndarray, seed: i
     ivf.cp.min_points_per_centroid = 1  # lists already get >= 39 points each; below 39 vectors, one list
     want = max(50 * nlist, PQ_TRAIN_MIN if kind == "ivf-pq" else 0)
     sample = np.random.default_rng(seed).permutation(train_rows)[:want]
-    ivf.train(vectors[np.sort(sample)])
+    # PQ training runs thousands of tiny parallel k-means steps: on a busy machine OpenMP's spinning
+    # threads made it 80x slower (12.6 s against 0.15 s on one thread for 3,000 vectors).
+    with faiss_threads(1 if kind == "ivf-pq" else None):
+        ivf.train(vectors[np.sort(sample)])
     return FaissIndex(kind, ivf, trained_on=len(vectors))
 
 
 def _ivf_of_kind(faiss: Any, kind: str, quantizer: Any, dim: int, nlist: int) -> Any:
-    """IVF with full vectors (`ivf`), 8-bit scalar codes (`ivf-sq8`) or product-quantized codes (`ivf-pq`)."""
+    """IVF with full vectors (`ivf`), 8-bit scalar codes (`ivf-sq8`) or 4-bit PQ fast-scan codes (`ivf-pq`).
+
+    Files saved before `ivf-pq` moved to fast-scan hold 8-bit IndexIVFPQ codes; they load and search
+    unchanged (FAISS reads the kind from the file), only re-scoring more candidates.
+    """
     ip = faiss.METRIC_INNER_PRODUCT
     if kind == "ivf-sq8":
         return faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, ip)
     if kind == "ivf-pq":
-        return faiss.IndexIVFPQ(quantizer, dim, nlist, pq_subvectors(dim), PQ_BITS, ip)
+        return faiss.IndexIVFPQFastScan(quantizer, dim, nlist, pq_subvectors(dim), PQ_BITS, ip)
     return faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
 
 
@@ -330,8 +356,10 @@ def tune(
     """The least search effort whose recall@10 on the vectors at rows `held` reaches `target`.
 
     Efforts double until one reaches the target, then the last step is bisected to within 1/8.
-    The index must hold every row but `held`. When no effort reaches the target (PQ codes cap
-    recall), the most accurate one is kept and its recall reported.
+    The index must hold every row but `held`. PQ indexes first get their candidates per result (see
+    `_least_rerank`). When no effort reaches the target, the most accurate one is kept and its
+    recall reported. Recall counts the true top-10 among the candidates: exact re-scoring ranks
+    exactly those first.
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     queries = vectors[held]  # [Q, D]
@@ -341,6 +369,9 @@ def tune(
         index.effort = effort
         return recall_at_k(index.search(queries, TUNE_K * index.candidates)[1], truth)
 
+    if index.kind == "ivf-pq":
+        index.rerank = _least_rerank(index, recall, target)
+
     measured: dict[int, float] = {}
     for effort in _efforts(index.max_effort):
         measured[effort] = recall(effort)
@@ -349,7 +380,20 @@ def tune(
             break
     else:
         effort = max(measured, key=lambda e: (measured[e], -e))
-    return Tuning(effort, measured[effort], target, len(held), len(ids))
+    return Tuning(effort, measured[effort], target, len(held), len(ids), index.candidates)
+
+
+def _least_rerank(index: FaissIndex, recall: Callable[[int], float], target: float) -> int:
+    """The fewest PQ_RERANKS candidates whose recall with every list probed reaches (1 + target) / 2.
+
+    The misses the target allows are split in half: at most half may come from the codes' rough
+    scores, the rest is left for the lists not probed (so nprobe need not approach nlist).
+    """
+    for rerank in PQ_RERANKS:
+        index.rerank = rerank
+        if recall(index.max_effort) >= (1 + target) / 2:
+            break
+    return index.rerank
 
 
 def _bisect(
