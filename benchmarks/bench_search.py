@@ -1,7 +1,7 @@
 """Search at scale: what `--index auto` builds, the recall it reaches and what a query costs.
 
     python benchmarks/bench_search.py [--sizes 100000,1000000] [--settings easy,hard] \\
-        [--kinds auto,ivf-sq8,ivf-pq] [--flickr8k-index DIR] [--threads 2] [--write]
+        [--kinds auto,ivf-sq8,ivf-pq] [--flickr8k-index DIR] [--store DIR] [--threads 2] [--write]
 
 For each synthetic setting (see `_vectors.py`: CLIP-like clustered ``easy``, overlapping ``hard``,
 and ``uniform`` as the floor) and size: every index kind asked for is built the way `clipforge
@@ -87,15 +87,17 @@ def memory_mb(index) -> float:  # type: ignore[no-untyped-def]
     return total[0] / 2**20
 
 
-def measure(data: str, kind: str, ids, vectors, queries, truth) -> Row:  # type: ignore[no-untyped-def]
+def measure(data: str, kind: str, ids, vectors, queries, truth, fetch=None) -> Row:  # type: ignore[no-untyped-def]
     from clipforge.index.ann import HNSW_M, FaissIndex, build_index, choose_kind, recall_at_k
 
     chosen = choose_kind(len(ids), kind)
     start = time.perf_counter()
     index = build_index(chosen, ids, vectors)
     built = time.perf_counter() - start
-    rows_of = {int(i): r for r, i in enumerate(ids)}
-    times, found = latencies_ms(index, queries, lambda got: vectors[[rows_of[int(i)] for i in got]])
+    if fetch is None:  # re-score from memory unless a store is given
+        rows_of = {int(i): r for r, i in enumerate(ids)}
+        fetch = lambda got: vectors[[rows_of[int(i)] for i in got]]  # noqa: E731
+    times, found = latencies_ms(index, queries, fetch)
     params, tuned = chosen, ""
     if isinstance(index, FaissIndex):
         params = f"hnsw M={HNSW_M}" if chosen == "hnsw" else f"{chosen} nlist={index.index.nlist}"
@@ -117,7 +119,25 @@ def _pct(values, q: float) -> float:  # type: ignore[no-untyped-def]
     return float(np.percentile(values, q))
 
 
-def bench_synthetic(setting: str, count: int, kinds: list[str], hnsw_max: int) -> list[Row]:
+def stored(folder: Path, vectors):  # type: ignore[no-untyped-def]
+    """An EmbeddingStore holding `vectors` in order (built once, reused): its ids and `vectors` fetch."""
+    from clipforge.index import EmbeddingStore
+    from clipforge.index.store import Item
+
+    store = EmbeddingStore(folder, create=True)
+    if len(store) != len(vectors):
+        store.remove(store.ids())
+        for start in range(0, len(vectors), 50_000):
+            rows = range(start, min(start + 50_000, len(vectors)))
+            items = [Item(f"/photos/{i:07d}.jpg", (f"photo {i}",), 100_000 + i, 1, "0" * 64) for i in rows]
+            store.add(items, vectors[start : rows.stop])
+        store.set_meta("embed_dim", str(vectors.shape[1]))
+    return store.ids(), store.vectors
+
+
+def bench_synthetic(
+    setting: str, count: int, kinds: list[str], hnsw_max: int, store: Path | None
+) -> list[Row]:
     import numpy as np
     from _vectors import clustered
 
@@ -125,13 +145,16 @@ def bench_synthetic(setting: str, count: int, kinds: list[str], hnsw_max: int) -
 
     faiss = import_faiss()
     vectors, queries = clustered(count, 512, 0, setting), clustered(QUERIES, 512, 1, setting)
-    _, truth = faiss.knn(queries, vectors, K, faiss.METRIC_INNER_PRODUCT)
-    ids = np.arange(count, dtype=np.int64)
+    _, truth_rows = faiss.knn(queries, vectors, K, faiss.METRIC_INNER_PRODUCT)
+    ids, fetch = np.arange(count, dtype=np.int64), None
+    if store is not None:
+        ids, fetch = stored(store / f"{setting}-{count}", vectors)
+    truth = ids[truth_rows]
     rows = [measure(setting, "exact", ids, vectors, queries, truth)]
     for kind in kinds:
         if kind == "hnsw" and count > hnsw_max:
             continue
-        rows.append(measure(setting, kind, ids, vectors, queries, truth))
+        rows.append(measure(setting, kind, ids, vectors, queries, truth, fetch))
     return rows
 
 
@@ -194,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flickr8k-index", type=Path, default=None, help="index folder of Flickr8k images")
     parser.add_argument("--flickr8k-root", type=Path, default=Path("../shared/data/flickr8k"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--store", type=Path, default=None,
+                        help="re-score PQ candidates from SQLite stores built (once) under this folder, as "
+                             "`clipforge search` does, instead of from memory")
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     parser.add_argument("--block", default="search-latency", help="RESULTS.md block to write")
     args = parser.parse_args(argv)
@@ -207,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_flickr8k(args.flickr8k_index, args.flickr8k_root, [k for k in kinds if k != "auto"])
     for setting in (s for s in args.settings.split(",") if s):
         for count in (int(s) for s in args.sizes.split(",")):
-            rows += bench_synthetic(setting, count, kinds, args.hnsw_max)
+            rows += bench_synthetic(setting, count, kinds, args.hnsw_max, args.store)
     text = table(rows, args.threads, "python benchmarks/bench_search.py " + " ".join(argv or sys.argv[1:]))
     print(text)
     if args.write:
