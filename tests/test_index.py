@@ -26,8 +26,10 @@ from clipforge.index.ann import (
     EXACT_LIMIT,
     PQ_RERANKS,
     FaissIndex,
+    faiss_threads,
     import_faiss,
     recall_at_k,
+    recall_low,
     search_reranked,
 )
 from clipforge.index.annfile import LEGACY_PQ_RERANK, ids_digest, read_ann
@@ -199,7 +201,8 @@ def test_ivf_pq_supports_add_remove_and_probing_every_list_is_near_exact() -> No
 def test_an_ivf_pq_file_from_before_fast_scan_loads_with_its_old_candidates(tmp_path: Path) -> None:
     faiss, vectors, ids = import_faiss(), unit_vectors(2000, 32), np.arange(2000)
     legacy = faiss.IndexIVFPQ(faiss.IndexFlatIP(32), 32, 8, 4, 8, faiss.METRIC_INNER_PRODUCT)  # 8-bit codes
-    legacy.train(vectors)
+    with faiss_threads(1):  # small k-means steps: spinning OpenMP threads crawl on a busy machine
+        legacy.train(vectors)
     legacy.add_with_ids(vectors, ids)
     tuning = {"effort": 8, "recall": 0.95, "target": 0.95, "queries": 200, "tuned_on": 2000}  # no candidates
     header = json.dumps({"kind": "ivf-pq", "ids_sha256": ids_digest(ids), "count": 2000, "dim": 32,
@@ -212,6 +215,14 @@ def test_an_ivf_pq_file_from_before_fast_scan_loads_with_its_old_candidates(tmp_
     index = saved[0]
     assert index.candidates == LEGACY_PQ_RERANK and index.effort == 8
     assert search_reranked(index, vectors[5:6], 10, lambda got: vectors[got])[1][0] == 5
+
+
+def test_recall_low_is_the_lower_end_of_the_normal_interval() -> None:
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = np.array([[4, 3, 2, 1], [5, 6, 0, 0]])  # recalls 1.0 and 0.5: mean 0.75, std 0.354, se 0.25
+    assert recall_at_k(found, truth) == 0.75
+    assert recall_low(found, truth) == pytest.approx(0.75 - 1.96 * 0.25)
+    assert recall_low(truth, truth) == 1.0
 
 
 def test_hnsw_recall_at_10_is_high() -> None:
