@@ -205,8 +205,8 @@ def table(rows: list[Row], threads: int, command: str) -> str:
         f"`{command}` on {platform.machine()}, {threads} threads (numpy {np.__version__}, faiss "
         f"{faiss.__version__}). 512-d vectors ({QUERIES} fresh queries per row, one per call, k={K}); "
         "*tuned*: the search effort the build chose to reach recall@10 >= 0.95 on 256 held-out collection "
-        "vectors (lower end of its 95% interval), and the mean (×R: candidates per result re-scored exactly); "
-        "*recall@10*: what the fresh queries get against exact search (bootstrap 95% CI).",
+        "vectors (lower end of its 95% interval), and the mean (×R: candidates per result re-scored "
+        "exactly); *recall@10*: what the fresh queries get against exact search (bootstrap 95% CI).",
         "",
         "| data | vectors | index | build (s) | tuned (held-out recall) | recall@10 [95% CI] | p50 (ms) "
         "| p95 (ms) | memory (MB) |",
