@@ -348,7 +348,12 @@ def _ivf_of_kind(faiss: Any, kind: str, quantizer: Any, dim: int, nlist: int) ->
     if kind == "ivf-sq8":
         return faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, ip)
     if kind == "ivf-pq":
-        return faiss.IndexIVFPQFastScan(quantizer, dim, nlist, pq_subvectors(dim), PQ_BITS, ip)
+        pq = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, pq_subvectors(dim), PQ_BITS, ip)
+        # Code each vector's offset from its list centroid, not the vector: FAISS's default here codes the
+        # vector, which on 100k clustered (easy) vectors kept the true top-10 among 20 candidates per
+        # result only 93% of the time against 98% for offsets.
+        pq.by_residual = True
+        return pq
     return faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
 
 
