@@ -53,6 +53,7 @@ PQ_TRAIN_MIN = 39 * 2**PQ_BITS  # FAISS wants >= 39 training points per centroid
 # `tune`). On 1M hard 512-d vectors at nprobe 128, 10 lost 3 points of recall@10 against 20; 40 gained 0.4.
 PQ_RERANKS = (20, 40, 80, 160)
 _ADD_CHUNK = 65_536
+RESIDUAL_SAMPLE = 20_000  # vectors on which PQ's two coding choices are compared
 
 
 def import_faiss() -> Any:
@@ -328,6 +329,8 @@ def _empty_faiss(kind: str, vectors: np.ndarray, train_rows: np.ndarray, seed: i
     quantizer = faiss.IndexFlatIP(dim)
     ivf = _ivf_of_kind(faiss, kind, quantizer, dim, nlist)
     ivf.cp.seed = seed
+    if kind == "ivf-pq":
+        ivf.by_residual = _residual_codes_keep_more(faiss, vectors, train_rows, seed)
     ivf.cp.min_points_per_centroid = 1  # lists already get >= 39 points each; below 39 vectors, one list
     want = max(50 * nlist, PQ_TRAIN_MIN if kind == "ivf-pq" else 0)
     sample = np.random.default_rng(seed).permutation(train_rows)[:want]
@@ -336,6 +339,29 @@ def _empty_faiss(kind: str, vectors: np.ndarray, train_rows: np.ndarray, seed: i
     with faiss_threads(1 if kind == "ivf-pq" else None):
         ivf.train(vectors[np.sort(sample)])
     return FaissIndex(kind, ivf, trained_on=len(vectors))
+
+
+def _residual_codes_keep_more(faiss: Any, vectors: np.ndarray, rows: np.ndarray, seed: int) -> bool:
+    """Whether PQ should code each vector's offset from its list centroid rather than the vector itself.
+
+    Neither wins everywhere: on 100k clustered (easy) vectors, 20 candidates per result held 93% of the
+    true top-10 with vector codes and 98% with offset codes; on overlapping (hard) ones 99.8% against
+    96.9%. So both are tried on a sample (RESIDUAL_SAMPLE rows, TUNE_QUERIES of them as queries, every
+    list probed) and the one keeping more true neighbours among the candidates is used.
+    """
+    sample = np.random.default_rng(seed + 1).permutation(rows)[:RESIDUAL_SAMPLE]
+    queries, base = vectors[np.sort(sample[:TUNE_QUERIES])], vectors[np.sort(sample[TUNE_QUERIES:])]
+    truth = faiss.knn(queries, base, TUNE_K, faiss.METRIC_INNER_PRODUCT)[1]  # [Q, k] rows of base
+    kept = {}
+    for residual in (False, True):
+        nlist = ivf_lists(len(base))
+        pq = _ivf_of_kind(faiss, "ivf-pq", faiss.IndexFlatIP(base.shape[1]), base.shape[1], nlist)
+        pq.by_residual, pq.nprobe = residual, nlist
+        with faiss_threads(1):  # see `_empty_faiss`
+            pq.train(base)
+        pq.add(base)
+        kept[residual] = recall_at_k(pq.search(queries, TUNE_K * PQ_RERANKS[0])[1], truth)
+    return kept[True] > kept[False]
 
 
 def _ivf_of_kind(faiss: Any, kind: str, quantizer: Any, dim: int, nlist: int) -> Any:
@@ -348,12 +374,7 @@ def _ivf_of_kind(faiss: Any, kind: str, quantizer: Any, dim: int, nlist: int) ->
     if kind == "ivf-sq8":
         return faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, ip)
     if kind == "ivf-pq":
-        pq = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, pq_subvectors(dim), PQ_BITS, ip)
-        # Code each vector's offset from its list centroid, not the vector: FAISS's default here codes the
-        # vector, which on 100k clustered (easy) vectors kept the true top-10 among 20 candidates per
-        # result only 93% of the time against 98% for offsets.
-        pq.by_residual = True
-        return pq
+        return faiss.IndexIVFPQFastScan(quantizer, dim, nlist, pq_subvectors(dim), PQ_BITS, ip)
     return faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
 
 
