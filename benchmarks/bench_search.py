@@ -89,11 +89,12 @@ def memory_mb(index) -> float:  # type: ignore[no-untyped-def]
 
 
 def measure(data: str, kind: str, ids, vectors, queries, truth, fetch=None) -> Row:  # type: ignore[no-untyped-def]
-    from clipforge.index.ann import HNSW_M, FaissIndex, build_index, choose_kind, recall_at_k
+    from clipforge.index.ann import HNSW_M, FaissIndex, build_auto, build_index, choose_kind, recall_at_k
 
     chosen = choose_kind(len(ids), kind)
     start = time.perf_counter()
-    index = build_index(chosen, ids, vectors)
+    auto = kind == "auto" and chosen != "exact"
+    index = build_auto(ids, vectors) if auto else build_index(chosen, ids, vectors)
     built = time.perf_counter() - start
     if fetch is None:  # re-score from memory unless a store is given
         rows_of = {int(i): r for r, i in enumerate(ids)}
@@ -101,7 +102,7 @@ def measure(data: str, kind: str, ids, vectors, queries, truth, fetch=None) -> R
     times, found = latencies_ms(index, queries, fetch)
     params, tuned = chosen, ""
     if isinstance(index, FaissIndex):
-        params = f"hnsw M={HNSW_M}" if chosen == "hnsw" else f"{chosen} nlist={index.index.nlist}"
+        params = f"hnsw M={HNSW_M}" if chosen == "hnsw" else f"{index.kind} nlist={index.index.nlist}"
         if index.tuning is not None:
             rerank = f" ×{index.candidates}" if index.candidates > 1 else ""
             tuned = f"{index.effort_name}={index.tuning.effort}{rerank} ({index.tuning.recall:.3f})"

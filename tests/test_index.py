@@ -21,11 +21,20 @@ from clipforge.checkpoint import load, save, weights_fingerprint
 from clipforge.cli.main import main
 from clipforge.data.transforms import load_image
 from clipforge.errors import ConfigError, DataError
-from clipforge.index import EmbedConfig, EmbeddingStore, Searcher, build_index, choose_kind, embed_collection
+from clipforge.index import (
+    EmbedConfig,
+    EmbeddingStore,
+    Searcher,
+    ann,
+    build_index,
+    choose_kind,
+    embed_collection,
+)
 from clipforge.index.ann import (
     EXACT_LIMIT,
     PQ_RERANKS,
     FaissIndex,
+    build_auto,
     faiss_threads,
     import_faiss,
     recall_at_k,
@@ -215,6 +224,15 @@ def test_an_ivf_pq_file_from_before_fast_scan_loads_with_its_old_candidates(tmp_
     index = saved[0]
     assert index.candidates == LEGACY_PQ_RERANK and index.effort == 8
     assert search_reranked(index, vectors[5:6], 10, lambda got: vectors[got])[1][0] == 5
+
+
+def test_auto_keeps_pq_codes_unless_they_need_too_many_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors = clustered_vectors(12_000, "hard", 0)  # 64-d: 4-bit codes need 160 candidates per result
+    pq = build_index("ivf-pq", np.arange(12_000), vectors)
+    assert isinstance(pq, FaissIndex) and pq.candidates > ann.AUTO_MAX_RERANK
+    assert build_auto(np.arange(12_000), vectors).kind == "ivf"
+    monkeypatch.setattr(ann, "AUTO_MAX_RERANK", pq.candidates)
+    assert build_auto(np.arange(12_000), vectors).kind == "ivf-pq"
 
 
 def test_recall_low_is_the_lower_end_of_the_normal_interval() -> None:

@@ -52,6 +52,8 @@ PQ_TRAIN_MIN = 39 * 2**PQ_BITS  # FAISS wants >= 39 training points per centroid
 # PQ scores are rough: candidates kept per result and re-scored exactly, the fewest that suffice (see
 # `tune`). On 1M hard 512-d vectors at nprobe 128, 10 lost 3 points of recall@10 against 20; 40 gained 0.4.
 PQ_RERANKS = (20, 40, 80, 160)
+AUTO_MAX_RERANK = 40
+AUTO_KINDS = ("ivf-pq", "ivf")  # what `auto` builds from EXACT_LIMIT vectors up (see `build_auto`)
 _ADD_CHUNK = 65_536
 RESIDUAL_SAMPLE = 20_000  # vectors on which PQ's two coding choices are compared
 
@@ -274,6 +276,18 @@ def ivf_lists(count: int) -> int:
 def pq_subvectors(dim: int) -> int:
     """4-bit PQ sub-vectors, one byte per 8 dimensions: the largest divisor of `dim` not above dim / 4."""
     return next(m for m in range(max(1, dim // 4), 0, -1) if dim % m == 0)
+
+
+def build_auto(
+    ids: np.ndarray, vectors: np.ndarray, seed: int = 0, target: float = TARGET_RECALL
+) -> FaissIndex:
+    """`auto`'s approximate index: `ivf-pq`, or `ivf` when PQ needs > AUTO_MAX_RERANK candidates per result.
+
+    Needing that many means the codes cannot tell this data's neighbours apart, and every query would
+    re-read hundreds of stored vectors (on 1M clustered `easy` vectors: 160 per result, p50 60 ms).
+    """
+    index = build_faiss("ivf-pq", ids, vectors, seed, target)
+    return index if index.candidates <= AUTO_MAX_RERANK else build_faiss("ivf", ids, vectors, seed, target)
 
 
 def build_index(
