@@ -227,12 +227,13 @@ def test_an_ivf_pq_file_from_before_fast_scan_loads_with_its_old_candidates(tmp_
 
 
 def test_auto_keeps_pq_codes_unless_they_need_too_many_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
-    vectors = clustered_vectors(12_000, "hard", 0)  # 64-d: 4-bit codes need 160 candidates per result
-    pq = build_index("ivf-pq", np.arange(12_000), vectors)
-    assert isinstance(pq, FaissIndex) and pq.candidates > ann.AUTO_MAX_RERANK
-    assert build_auto(np.arange(12_000), vectors).kind == "ivf"
+    vectors = clustered_vectors(4000, "hard", 0)
+    pq = build_index("ivf-pq", np.arange(4000), vectors)
+    assert isinstance(pq, FaissIndex) and pq.candidates > 1
+    monkeypatch.setattr(ann, "AUTO_MAX_RERANK", pq.candidates - 1)
+    assert build_auto(np.arange(4000), vectors).kind == "ivf"
     monkeypatch.setattr(ann, "AUTO_MAX_RERANK", pq.candidates)
-    assert build_auto(np.arange(12_000), vectors).kind == "ivf-pq"
+    assert build_auto(np.arange(4000), vectors).kind == "ivf-pq"
 
 
 def test_recall_low_is_the_lower_end_of_the_normal_interval() -> None:
