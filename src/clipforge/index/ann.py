@@ -18,7 +18,9 @@ re-scored exactly from the stored vectors. Scanning a code is far cheaper than r
 vector, so many more lists can be probed per millisecond. Its tuning has two steps, both measured on
 the held-out sample: first the fewest candidates per result (PQ_RERANKS) whose re-scoring, with every
 list probed, loses at most half the misses the target allows; then the fewest lists reaching the
-target with that many candidates. Results: benchmarks/RESULTS.md ("search").
+target with that many candidates. When the codes need more than AUTO_MAX_RERANK candidates per result
+(tight clusters of near-duplicates: every query would re-read hundreds of stored vectors), `auto`
+builds `ivf` (float vectors in the lists) instead. Results: benchmarks/RESULTS.md ("search").
 
 Build-time budget: `auto` must build 1M vectors in a few minutes on 2 busy cores. k-means on at most
 50 points per list (sqrt(N) lists) and 16-centroid PQ codebooks fit (see RESULTS.md). HNSW does not
