@@ -25,9 +25,9 @@ def register(group: click.Group) -> None:
 @click.option("--batch-size", default=32, show_default=True, help="Images per forward pass.")
 @click.option("--workers", default=2, show_default=True, help="Processes decoding images (0: in this one).")
 @click.option("--index", "kind", type=click.Choice(KINDS), default="auto", show_default=True,
-              help="Vector index: exact below 50k images, IVF above, unless forced (ivf-sq8 / ivf-pq: "
-                   "4x / 32x less memory; hnsw: faster on overlapping data, slow to build, rebuilt on "
-                   "every deletion).")
+              help="Vector index: exact below 50k images, ivf-pq above (4-bit fast-scan codes, 32x less "
+                   "memory, candidates re-scored exactly; ivf where the codes fall short), unless forced "
+                   "(ivf: float vectors; ivf-sq8: 8-bit; hnsw: slow to build, rebuilt on every deletion).")
 @click.option("--target-recall", default=TARGET_RECALL, show_default=True,
               help="Recall@10 vs exact search that approximate indexes are tuned to reach.")
 @inference_options

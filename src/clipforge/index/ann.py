@@ -6,9 +6,26 @@ product is a few milliseconds up to ~50k vectors); larger ones use FAISS.
 
 An approximate index is tuned when it is built: a held-out sample of the collection's own vectors
 (kept out of k-means training) is searched exactly and approximately, and the search effort (IVF
-lists probed, or HNSW's efSearch) is raised until recall@10 reaches a target. The effort is thus
+lists probed, or HNSW's efSearch) is raised until recall@10 reaches a target, judged by the lower end
+of its 95% interval over the sample: new queries, not only the sample, should reach the target (with
+256 sampled queries the mean alone missed it by 0.009 on 1M overlapping vectors). The effort is thus
 measured on the data at hand instead of guessed from a formula: clustered collections need few
 probes, overlapping ones many.
+
+`auto` builds `ivf-pq` from EXACT_LIMIT vectors up: IVF lists of 4-bit product-quantized codes (one
+byte per 8 dimensions) scanned with FAISS's SIMD "fast-scan" kernels, whose top candidates are
+re-scored exactly from the stored vectors. Scanning a code is far cheaper than reading a float
+vector, so many more lists can be probed per millisecond. Its tuning has two steps, both measured on
+the held-out sample: first the fewest candidates per result (PQ_RERANKS) whose re-scoring, with every
+list probed, loses at most half the misses the target allows; then the fewest lists reaching the
+target with that many candidates. When the codes need more than AUTO_MAX_RERANK candidates per result
+(tight clusters of near-duplicates: every query would re-read hundreds of stored vectors), `auto`
+builds `ivf` (float vectors in the lists) instead. Results: benchmarks/RESULTS.md ("search").
+
+Build-time budget: `auto` must build 1M vectors in a few minutes on 2 busy cores. k-means on at most
+50 points per list (sqrt(N) lists) and 16-centroid PQ codebooks fit (see RESULTS.md). HNSW does not
+(348 s at 100k overlapping vectors under load, so roughly an hour at 1M), nor 4096+ lists behind an
+HNSW coarse quantizer (its k-means on 160k vectors had not finished after 5 minutes under load).
 """
 
 from __future__ import annotations
@@ -24,18 +41,23 @@ import numpy as np
 from clipforge.errors import ConfigError, MissingExtraError
 
 KINDS = ("auto", "exact", "ivf", "ivf-sq8", "ivf-pq", "hnsw")
-# auto picks IVF at and above this many vectors. Not HNSW: on 2 cores its graph took 3-6 min to build
-# at 100k vectors against 12-24 s for a tuned IVF of equal recall, and it cannot delete (see RESULTS.md).
+# auto picks IVF-PQ fast-scan at and above this many vectors. Not HNSW: on 2 cores its graph took 3-6 min
+# to build at 100k vectors against 12-24 s for a tuned IVF of equal recall, and it cannot delete (RESULTS.md).
 EXACT_LIMIT = 50_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 TARGET_RECALL = 0.95
 TUNE_QUERIES = 256  # held-out vectors whose recall@10 picks the search effort
 TUNE_K = 10
-PQ_BITS = 8  # codebook of 256 centroids per sub-vector
+PQ_BITS = 4  # 16 centroids per sub-vector: the look-up tables fit SIMD registers ("fast-scan")
 PQ_TRAIN_MIN = 39 * 2**PQ_BITS  # FAISS wants >= 39 training points per centroid
-PQ_RERANK = 10  # PQ scores are rough: keep 10 candidates per result and re-score them exactly
+# PQ scores are rough: candidates kept per result and re-scored exactly, the fewest that suffice (see
+# `tune`). On 1M hard 512-d vectors at nprobe 128, 10 lost 3 points of recall@10 against 20; 40 gained 0.4.
+PQ_RERANKS = (20, 40, 80, 160)
+AUTO_MAX_RERANK = 40
+AUTO_KINDS = ("ivf-pq", "ivf")  # what `auto` builds from EXACT_LIMIT vectors up (see `build_auto`)
 _ADD_CHUNK = 65_536
+RESIDUAL_SAMPLE = 20_000  # vectors on which PQ's two coding choices are compared
 
 
 def import_faiss() -> Any:
@@ -132,6 +154,7 @@ class Tuning:
         target: the recall asked for.
         queries: size of the held-out sample.
         tuned_on: collection size when tuned (a grown collection is re-tuned).
+        candidates: results taken per wanted one and re-scored exactly (`ivf-pq`; 1 otherwise).
     """
 
     effort: int
@@ -139,6 +162,7 @@ class Tuning:
     target: float
     queries: int
     tuned_on: int
+    candidates: int = 1
 
 
 class FaissIndex:
@@ -155,6 +179,7 @@ class FaissIndex:
         self.kind = kind
         self.index = index
         self.trained_on = trained_on
+        self.rerank = PQ_RERANKS[0] if kind == "ivf-pq" else 1
         self.tuning: Tuning | None = None
         if tuning is not None:
             self.set_tuning(tuning)
@@ -162,7 +187,7 @@ class FaissIndex:
     @property
     def candidates(self) -> int:
         """Results to take per wanted one before exact re-scoring (PQ's scores are rough)."""
-        return PQ_RERANK if self.kind == "ivf-pq" else 1
+        return self.rerank
 
     @property
     def effort_name(self) -> str:
@@ -186,9 +211,10 @@ class FaissIndex:
         return 4096 if self.kind == "hnsw" else int(self.index.nlist)
 
     def set_tuning(self, tuning: Tuning) -> None:
-        """Applies a tuning (its effort) and keeps it for saving."""
+        """Applies a tuning (its effort and candidates) and keeps it for saving."""
         self.tuning = tuning
         self.effort = tuning.effort
+        self.rerank = tuning.candidates
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Adds vectors [N, D] under the given ids [N]."""
@@ -232,7 +258,7 @@ def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 def choose_kind(count: int, requested: str = "auto") -> str:
-    """The index kind for `count` vectors: `requested`, or for `auto` exact below EXACT_LIMIT, else IVF.
+    """The index kind for `count` vectors: `requested`, or for `auto` exact below EXACT_LIMIT, else ivf-pq.
 
     Raises:
         ConfigError: an unknown kind.
@@ -241,7 +267,7 @@ def choose_kind(count: int, requested: str = "auto") -> str:
         raise ConfigError(f"unknown index kind '{requested}' (known: {', '.join(KINDS)})")
     if requested != "auto":
         return requested
-    return "exact" if count < EXACT_LIMIT else "ivf"
+    return "exact" if count < EXACT_LIMIT else "ivf-pq"
 
 
 def ivf_lists(count: int) -> int:
@@ -250,8 +276,20 @@ def ivf_lists(count: int) -> int:
 
 
 def pq_subvectors(dim: int) -> int:
-    """PQ sub-vectors: one byte per 8 dimensions (the largest divisor of `dim` not above dim / 8)."""
-    return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
+    """4-bit PQ sub-vectors, one byte per 8 dimensions: the largest divisor of `dim` not above dim / 4."""
+    return next(m for m in range(max(1, dim // 4), 0, -1) if dim % m == 0)
+
+
+def build_auto(
+    ids: np.ndarray, vectors: np.ndarray, seed: int = 0, target: float = TARGET_RECALL
+) -> FaissIndex:
+    """`auto`'s approximate index: `ivf-pq`, or `ivf` when PQ needs > AUTO_MAX_RERANK candidates per result.
+
+    Needing that many means the codes cannot tell this data's neighbours apart, and every query would
+    re-read hundreds of stored vectors (on 1M clustered `easy` vectors: 160 per result, p50 60 ms).
+    """
+    index = build_faiss("ivf-pq", ids, vectors, seed, target)
+    return index if index.candidates <= AUTO_MAX_RERANK else build_faiss("ivf", ids, vectors, seed, target)
 
 
 def build_index(
@@ -307,39 +345,80 @@ def _empty_faiss(kind: str, vectors: np.ndarray, train_rows: np.ndarray, seed: i
     quantizer = faiss.IndexFlatIP(dim)
     ivf = _ivf_of_kind(faiss, kind, quantizer, dim, nlist)
     ivf.cp.seed = seed
+    if kind == "ivf-pq":
+        ivf.by_residual = _residual_codes_keep_more(faiss, vectors, train_rows, seed)
     ivf.cp.min_points_per_centroid = 1  # lists already get >= 39 points each; below 39 vectors, one list
     want = max(50 * nlist, PQ_TRAIN_MIN if kind == "ivf-pq" else 0)
     sample = np.random.default_rng(seed).permutation(train_rows)[:want]
-    ivf.train(vectors[np.sort(sample)])
+    # PQ training runs thousands of tiny parallel k-means steps: on a busy machine OpenMP's spinning
+    # threads made it 80x slower (12.6 s against 0.15 s on one thread for 3,000 vectors).
+    with faiss_threads(1 if kind == "ivf-pq" else None):
+        ivf.train(vectors[np.sort(sample)])
     return FaissIndex(kind, ivf, trained_on=len(vectors))
 
 
+def _residual_codes_keep_more(faiss: Any, vectors: np.ndarray, rows: np.ndarray, seed: int) -> bool:
+    """Whether PQ should code each vector's offset from its list centroid rather than the vector itself.
+
+    Neither wins everywhere: on 100k clustered (easy) vectors, 20 candidates per result held 93% of the
+    true top-10 with vector codes and 98% with offset codes; on overlapping (hard) ones 99.8% against
+    96.9%. So both are tried on a sample (RESIDUAL_SAMPLE rows, TUNE_QUERIES of them as queries, every
+    list probed) and the one keeping more true neighbours among the candidates is used.
+    """
+    sample = np.random.default_rng(seed + 1).permutation(rows)[:RESIDUAL_SAMPLE]
+    queries, base = vectors[np.sort(sample[:TUNE_QUERIES])], vectors[np.sort(sample[TUNE_QUERIES:])]
+    truth = faiss.knn(queries, base, TUNE_K, faiss.METRIC_INNER_PRODUCT)[1]  # [Q, k] rows of base
+    kept = {}
+    for residual in (False, True):
+        nlist = ivf_lists(len(base))
+        pq = _ivf_of_kind(faiss, "ivf-pq", faiss.IndexFlatIP(base.shape[1]), base.shape[1], nlist)
+        pq.by_residual, pq.nprobe = residual, nlist
+        with faiss_threads(1):  # see `_empty_faiss`
+            pq.train(base)
+        pq.add(base)
+        kept[residual] = recall_at_k(pq.search(queries, TUNE_K * PQ_RERANKS[0])[1], truth)
+    return kept[True] > kept[False]
+
+
 def _ivf_of_kind(faiss: Any, kind: str, quantizer: Any, dim: int, nlist: int) -> Any:
-    """IVF with full vectors (`ivf`), 8-bit scalar codes (`ivf-sq8`) or product-quantized codes (`ivf-pq`)."""
+    """IVF with full vectors (`ivf`), 8-bit scalar codes (`ivf-sq8`) or 4-bit PQ fast-scan codes (`ivf-pq`).
+
+    Files saved before `ivf-pq` moved to fast-scan hold 8-bit IndexIVFPQ codes; they load and search
+    unchanged (FAISS reads the kind from the file), only re-scoring more candidates.
+    """
     ip = faiss.METRIC_INNER_PRODUCT
     if kind == "ivf-sq8":
         return faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, ip)
     if kind == "ivf-pq":
-        return faiss.IndexIVFPQ(quantizer, dim, nlist, pq_subvectors(dim), PQ_BITS, ip)
+        return faiss.IndexIVFPQFastScan(quantizer, dim, nlist, pq_subvectors(dim), PQ_BITS, ip)
     return faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
 
 
 def tune(
     index: FaissIndex, ids: np.ndarray, vectors: np.ndarray, held: np.ndarray, target: float = TARGET_RECALL
 ) -> Tuning:
-    """The least search effort whose recall@10 on the vectors at rows `held` reaches `target`.
+    """The least search effort whose recall@10 on the vectors at rows `held` surely reaches `target`.
 
-    Efforts double until one reaches the target, then the last step is bisected to within 1/8.
-    The index must hold every row but `held`. When no effort reaches the target (PQ codes cap
-    recall), the most accurate one is kept and its recall reported.
+    "Surely": the lower end of the 95% interval of the mean over the sample (`recall_low`). Efforts
+    double until one reaches the target, then the last step is bisected to within 1/8.
+    The index must hold every row but `held`. PQ indexes first get their candidates per result (see
+    `_least_rerank`). When no effort reaches the target, the most accurate one is kept and its
+    recall reported. Recall counts the true top-10 among the candidates: exact re-scoring ranks
+    exactly those first.
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     queries = vectors[held]  # [Q, D]
     truth = _exact_neighbours(queries, ids, vectors, held)  # [Q, k]
+    means: dict[int, float] = {}
 
     def recall(effort: int) -> float:
         index.effort = effort
-        return recall_at_k(index.search(queries, TUNE_K * index.candidates)[1], truth)
+        found = index.search(queries, TUNE_K * index.candidates)[1]
+        means[effort] = recall_at_k(found, truth)
+        return recall_low(found, truth)
+
+    if index.kind == "ivf-pq":
+        index.rerank = _least_rerank(index, recall, target)
 
     measured: dict[int, float] = {}
     for effort in _efforts(index.max_effort):
@@ -349,7 +428,20 @@ def tune(
             break
     else:
         effort = max(measured, key=lambda e: (measured[e], -e))
-    return Tuning(effort, measured[effort], target, len(held), len(ids))
+    return Tuning(effort, means[effort], target, len(held), len(ids), index.candidates)
+
+
+def _least_rerank(index: FaissIndex, recall: Callable[[int], float], target: float) -> int:
+    """The fewest PQ_RERANKS candidates whose recall with every list probed reaches (1 + target) / 2.
+
+    The misses the target allows are split in half: at most half may come from the codes' rough
+    scores, the rest is left for the lists not probed (so nprobe need not approach nlist).
+    """
+    for rerank in PQ_RERANKS:
+        index.rerank = rerank
+        if recall(index.max_effort) >= (1 + target) / 2:
+            break
+    return index.rerank
 
 
 def _bisect(
@@ -404,3 +496,12 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean fraction of each row of `truth` [Q, k] that `found` [Q, k'] contains."""
     hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True))
     return float(hits / truth.size) if truth.size else 1.0
+
+
+def recall_low(found: np.ndarray, truth: np.ndarray) -> float:
+    """Lower end of the normal 95% interval of `recall_at_k` over the rows (queries) of `truth` [Q, k]."""
+    per_query = np.array([len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True)], dtype=float)
+    if len(per_query) < 2:
+        return recall_at_k(found, truth)
+    spread = per_query.std(ddof=1) / truth.shape[1] / math.sqrt(len(per_query))
+    return float(per_query.mean() / truth.shape[1] - 1.96 * spread)

@@ -29,6 +29,7 @@ from clipforge.index.ann import FaissIndex, Tuning, import_faiss
 ANN_NAME = "ann.faiss"
 _MAGIC = b"clipforge-ann 1\n"
 _MAX_HEADER = 1 << 20
+LEGACY_PQ_RERANK = 10  # candidates per result of `ivf-pq` files saved before the tuner chose them
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class AnnStamp:
     """What a saved index was built from.
 
     Attributes:
-        kind: `ivf`, `ivf-sq8`, `ivf-pq` or `hnsw`.
+        kind: `ivf`, `ivf-sq8`, `ivf-pq` (4-bit fast-scan codes; older files: 8-bit) or `hnsw`.
         ids_sha256: `clipforge.index.store.ids_digest` of the row ids it holds.
         count: how many vectors it holds.
         dim: vector size.
@@ -102,6 +103,8 @@ def _read_stamp(f: IO[bytes]) -> AnnStamp | str:
         return f"{f.name} has a corrupt header"
     fields = json.loads(f.read(size))
     tuning = fields.pop("tuning")
+    if tuning is not None and fields["kind"] == "ivf-pq":
+        tuning.setdefault("candidates", LEGACY_PQ_RERANK)
     return AnnStamp(**fields, tuning=None if tuning is None else Tuning(**tuning))
 
 

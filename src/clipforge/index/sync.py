@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from clipforge.index.ann import (
+    AUTO_KINDS,
     TARGET_RECALL,
     TUNE_QUERIES,
     FaissIndex,
     VectorIndex,
+    build_auto,
     build_faiss,
     build_index,
     choose_kind,
@@ -56,23 +59,28 @@ def synced_index(
         if save:
             remove_ann(store.folder)
         return Synced(build_index("exact", *store.embeddings()), "exact")
-    index, how = _reuse(store, kind, ids, target)
+    index, how = _reuse(store, AUTO_KINDS if requested == "auto" else (kind,), ids, target)
     if index is None:
-        index, how = build_faiss(kind, *store.embeddings(), target=target), f"built ({how})"
+        build = build_auto if requested == "auto" else partial(build_faiss, kind)
+        index, how = build(*store.embeddings(), target=target), f"built ({how})"
     if save and how != "up to date":
         save_ann(index, store.folder, crash_hook)
     return Synced(index, how)
 
 
-def _reuse(store: EmbeddingStore, kind: str, ids: np.ndarray, target: float) -> tuple[FaissIndex | None, str]:
-    """The saved index patched to hold `ids`, or None and why it cannot be reused."""
+def _reuse(
+    store: EmbeddingStore, kinds: tuple[str, ...], ids: np.ndarray, target: float
+) -> tuple[FaissIndex | None, str]:
+    """The saved index (of one of `kinds`) patched to hold `ids`, or None and why it cannot be reused."""
     saved = read_ann(store.folder)
     if isinstance(saved, str):
         return None, saved
     index, stamp = saved
     dim = int(store.get_meta("embed_dim") or 0)
-    if stamp.kind != kind or stamp.dim != dim:
-        return None, f"{ANN_NAME} is a {stamp.kind} index of {stamp.dim}-d vectors, want {kind} of {dim}-d"
+    if stamp.kind not in kinds or stamp.dim != dim:
+        want = " or ".join(kinds)
+        return None, f"{ANN_NAME} is a {stamp.kind} index of {stamp.dim}-d vectors, want {want} of {dim}-d"
+    kind = stamp.kind
     if kind != "hnsw" and len(ids) > REBUILD_GROWTH * index.trained_on:
         return None, f"the collection outgrew the {index.trained_on} vectors its lists were trained on"
     tuned_on = index.tuning.tuned_on if index.tuning else 0
