@@ -151,10 +151,24 @@ class Preprocess:
         self.std = torch.tensor(config.std).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize_uint8(self.crop_uint8(image).permute(2, 0, 1))  # [3, S, S]
+
+    def crop_uint8(self, image: Image.Image) -> torch.Tensor:
+        """The image resized and cropped, before normalizing: uint8 [S, S, 3].
+
+        Decoding workers return these (a quarter of the float bytes) and the consumer normalizes a
+        whole batch with `normalize_uint8`, which gives exactly what `__call__` gives per image.
+        """
         size = self.config.image_size
-        image = to_rgb(image)
-        image = center_crop(resize_shortest(image, size, self.config.interpolation), size)
-        return (pil_to_tensor(image) - self.mean) / self.std
+        image = center_crop(resize_shortest(to_rgb(image), size, self.config.interpolation), size)
+        return torch.from_numpy(np.array(image, dtype=np.uint8))  # [S, S, 3]
+
+    def normalize_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalized float pixels of uint8 ones [..., 3, S, S], in the same memory layout.
+
+        A batch [B, S, S, 3] permuted to [B, 3, S, S] is channels-last, the layout conv towers run in.
+        """
+        return self.normalize(pixels.float().div_(255.0))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalizes float pixels in [0, 1] already at the right size ([..., 3, S, S])."""

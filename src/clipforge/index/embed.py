@@ -17,7 +17,7 @@ import hashlib
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from clipforge.checkpoint import load_with, weights_fingerprint
 from clipforge.data.loader import Transform, decode_image, single_threaded, torch_threads
 from clipforge.data.readers import IMAGE_EXTENSIONS, BadSample, BadSampleCounter
 from clipforge.data.specs import open_data
-from clipforge.data.transforms import MAX_IMAGE_BYTES
+from clipforge.data.transforms import MAX_IMAGE_BYTES, Preprocess
 from clipforge.device import DEFAULT_RUNTIME, Runtime, resolve_device
 from clipforge.errors import ConfigError, DataError, UnreadableFileError
 from clipforge.fileio import read_regular_file, remove_stale_temps
@@ -59,13 +59,14 @@ class ImageEncoder:
 
     Attributes:
         encode: pixels [B, 3, S, S] -> L2-normalized embeddings [B, E] as float16.
-        preprocess: a PIL image -> pixels [3, S, S].
+        preprocess: a PIL image -> pixels [3, S, S]; embedding uses its uint8 halves (`crop_uint8` in
+            the decoding workers, `normalize_uint8` per batch).
         fingerprint: identifies the weights; an index refuses vectors of another fingerprint.
         dim: E, the size of the embedding space.
     """
 
     encode: Callable[[torch.Tensor], np.ndarray]
-    preprocess: Transform
+    preprocess: Preprocess
     fingerprint: str
     dim: int
 
@@ -76,7 +77,7 @@ def load_encoder(spec: str, runtime: Runtime = DEFAULT_RUNTIME) -> ImageEncoder:
     return image_encoder(model, preprocess, resolve_device(runtime.device))
 
 
-def image_encoder(model: ContrastiveModel, preprocess: Transform, target: torch.device) -> ImageEncoder:
+def image_encoder(model: ContrastiveModel, preprocess: Preprocess, target: torch.device) -> ImageEncoder:
     """Wraps a loaded model (moved to `target`, in eval mode) as an image encoder."""
     model = model.to(target).eval()
 
@@ -223,7 +224,7 @@ def read_file(path: str) -> bytes:
 
 @dataclass(frozen=True)
 class _Decoded:
-    """A worker's answer for one source: the item and its pixels, or why it was skipped."""
+    """A worker's answer for one source: the item and its uint8 pixels [S, S, 3], or why it was skipped."""
 
     source: Source
     item: Item | None
@@ -231,15 +232,33 @@ class _Decoded:
     bad: BadSample | None = None
 
 
+@dataclass(frozen=True)
+class _DecodedBatch:
+    """A worker's batch: its answers without pixels, and the good ones' pixels as one uint8 tensor.
+
+    One tensor per batch crosses the process boundary (one shared-memory block), in uint8: a quarter of
+    the bytes of normalized floats.
+    """
+
+    decoded: list[_Decoded]
+    pixels: torch.Tensor  # [B_good, S, S, 3] uint8
+
+
+def _collate(batch: list[_Decoded]) -> _DecodedBatch:
+    good = [d.pixels for d in batch if d.pixels is not None]
+    pixels = torch.stack(good) if good else torch.zeros(0, 0, 0, 3, dtype=torch.uint8)  # [B, S, S, 3]
+    return _DecodedBatch([replace(d, pixels=None) for d in batch], pixels)
+
+
 class _DecodeDataset(Dataset[_Decoded]):
-    """Reads, hashes, decodes and preprocesses one source per index; failures become BadSamples."""
+    """Reads, hashes, decodes and crops one source per index; failures become BadSamples."""
 
     def __init__(
-        self, sources: Sequence[Source], read: Callable[[str], bytes], preprocess: Transform
+        self, sources: Sequence[Source], read: Callable[[str], bytes], crop: Transform
     ) -> None:
         self.sources = sources
         self.read = read
-        self.preprocess = preprocess
+        self.crop = crop
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -251,16 +270,12 @@ class _DecodeDataset(Dataset[_Decoded]):
         except (OSError, KeyError) as err:
             return _Decoded(source, None, None, BadSample(source.path, "missing_file", str(err)))
         with single_threaded():
-            decoded = decode_image(data, source.path, source.path, self.preprocess)
+            decoded = decode_image(data, source.path, source.path, self.crop)
         if isinstance(decoded, BadSample):
             return _Decoded(source, None, None, decoded)
         digest = hashlib.sha256(data).hexdigest()
         item = Item(source.path, source.captions, len(data), source.mtime_ns, digest)
         return _Decoded(source, item, decoded[0])
-
-
-def _as_list(batch: list[_Decoded]) -> list[_Decoded]:
-    return batch
 
 
 @dataclass
@@ -277,20 +292,21 @@ def _embed_sources(
 ) -> Iterator[_Batch]:
     """Yields each batch of sources encoded; workers decode the next batches meanwhile."""
     loader = DataLoader(
-        _DecodeDataset(sources, read, encoder.preprocess),
+        _DecodeDataset(sources, read, encoder.preprocess.crop_uint8),
         batch_size=config.batch_size,
         num_workers=config.workers,
-        collate_fn=_as_list,
+        collate_fn=_collate,
         prefetch_factor=4 if config.workers else None,
     )
     with Progress("embed", len(sources), bar=config.progress, unit="img", tenths=False) as bar:
         for batch in loader:
-            items = [d.item for d in batch if d.item is not None]
-            pixels = [d.pixels for d in batch if d.pixels is not None]
-            empty = np.zeros((0, encoder.dim), np.float16)
-            vectors = encoder.encode(torch.stack(pixels)) if pixels else empty  # [B, E]
-            bar.update(len(batch))
-            yield _Batch(items, vectors, [d for d in batch if d.bad])
+            items = [d.item for d in batch.decoded if d.item is not None]
+            vectors = np.zeros((0, encoder.dim), np.float16)
+            if items:
+                pixels = encoder.preprocess.normalize_uint8(batch.pixels.permute(0, 3, 1, 2))  # [B, 3, S, S]
+                vectors = encoder.encode(pixels)  # [B, E]
+            bar.update(len(batch.decoded))
+            yield _Batch(items, vectors, [d for d in batch.decoded if d.bad])
 
 
 @dataclass
