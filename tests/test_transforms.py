@@ -42,13 +42,14 @@ def test_preprocess_output_matches_manual_pipeline() -> None:
 
 
 def test_uint8_batches_normalize_exactly_like_single_images() -> None:
-    """Workers send uint8 crops and a batch is normalized at once: bit-identical to per-image preprocessing."""
+    """Workers send uint8 crops and a batch is normalized at once: bit-identical to per-image pixels."""
     rng = np.random.default_rng(1)
-    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((48, 64), (33, 20))]
+    sizes = ((48, 64), (33, 9))  # landscape and portrait: both resized, cropped at odd offsets
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
     preprocess = Preprocess(PreprocessConfig(image_size=24, mean=(0.48, 0.45, 0.41), std=(0.27, 0.26, 0.28)))
     crops = torch.stack([preprocess.crop_uint8(image) for image in images])  # [2, 24, 24, 3]
     assert crops.dtype == torch.uint8 and crops.shape == (2, 24, 24, 3)
-    batch = preprocess.normalize_uint8(crops.permute(0, 3, 1, 2))  # [2, 3, 24, 24]
+    batch = preprocess.normalize_uint8(crops)  # [2, 3, 24, 24]
     assert batch.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(batch, torch.stack([preprocess(image) for image in images]))
     resized = center_crop(resize_shortest(images[0], 24), 24)

@@ -59,7 +59,7 @@ class ImageEncoder:
 
     Attributes:
         encode: pixels [B, 3, S, S] -> L2-normalized embeddings [B, E] as float16.
-        preprocess: a PIL image -> pixels [3, S, S]; embedding uses its uint8 halves (`crop_uint8` in
+        preprocess: a PIL image -> pixels [3, S, S]; embedding uses its two halves (`crop_uint8` in
             the decoding workers, `normalize_uint8` per batch).
         fingerprint: identifies the weights; an index refuses vectors of another fingerprint.
         dim: E, the size of the embedding space.
@@ -303,7 +303,8 @@ def _embed_sources(
             items = [d.item for d in batch.decoded if d.item is not None]
             vectors = np.zeros((0, encoder.dim), np.float16)
             if items:
-                pixels = encoder.preprocess.normalize_uint8(batch.pixels.permute(0, 3, 1, 2))  # [B, 3, S, S]
+                with single_threaded():  # a few passes over memory: a second thread would only wait
+                    pixels = encoder.preprocess.normalize_uint8(batch.pixels)  # [B, 3, S, S]
                 vectors = encoder.encode(pixels)  # [B, E]
             bar.update(len(batch.decoded))
             yield _Batch(items, vectors, [d for d in batch.decoded if d.bad])

@@ -113,7 +113,7 @@ class PairCollate:
     def pixels(self, image: torch.Tensor) -> torch.Tensor:
         """[3, S, S] normalized pixels of one item's image."""
         if image.dtype == torch.uint8:
-            return self.preprocess.normalize_uint8(image)
+            return self.preprocess.normalize(image.float() / 255.0)
         return image
 
     def __call__(self, items: list[dict[str, Any]]) -> PairBatch:
