@@ -23,7 +23,8 @@ def register(group: click.Group) -> None:
               help="Folder searched recursively for images (no captions).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Index folder.")
 @click.option("--batch-size", default=32, show_default=True, help="Images per forward pass.")
-@click.option("--workers", default=2, show_default=True, help="Processes decoding images (0: in this one).")
+@click.option("--workers", default=1, show_default=True,
+              help="Processes decoding images (0: in this one); one feeds a CPU encoder.")
 @click.option("--index", "kind", type=click.Choice(KINDS), default="auto", show_default=True,
               help="Vector index: exact below 50k images, IVF above, unless forced (ivf-sq8 / ivf-pq: "
                    "4x / 32x less memory; hnsw: faster on overlapping data, slow to build, rebuilt on "

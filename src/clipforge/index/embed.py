@@ -117,7 +117,7 @@ class EmbedConfig:
     data: str | None = None
     images: Path | None = None
     batch_size: int = 32
-    workers: int = 2
+    workers: int = 1  # one decoding process outpaces a CPU encoder; two competed with its threads
     index: str = "auto"
     target_recall: float = TARGET_RECALL
     threads: int | None = None
