@@ -5,10 +5,10 @@
 For each model, alternately (raw, embed, raw, embed, ...; medians over `--reps`):
 - raw: `encoder.encode` over the images already decoded and preprocessed into one tensor, in
   batches of `--batch-size`, on `--threads` threads: the ceiling for embedding.
-- embed: `embed_collection` into a fresh index folder with the same encoder (list, read, decode and
-  preprocess in `--workers` DataLoader workers, encode, SQLite write, index update): images/s of
-  the whole run. Loading the model and fingerprinting its weights happen once per run and are
-  reported separately as start-up.
+- embed: `embed_collection` into a fresh index folder with the same encoder (list, read, decode,
+  resize and crop to uint8 in `--workers` DataLoader workers, normalize each batch in the main
+  process, encode, SQLite write, index update): images/s of the whole run. Loading the model and
+  fingerprinting its weights happen once per run and are reported separately as start-up.
 
 Uses the first N Flickr8k images when ../shared/data/flickr8k exists (224x224 JPEGs), else generated
 224x224 JPEGs. Weights are random (speed does not depend on them). `--write` puts the table in
@@ -100,8 +100,9 @@ def table(rows: list[dict], source: str, args: argparse.Namespace) -> str:
         f"`python benchmarks/bench_embed.py`: {args.images} {source}, batch {args.batch_size}, "
         f"{args.workers} decoding workers, {args.threads} torch threads; medians of {args.reps} interleaved "
         "runs. *raw*: the encoder alone on pre-decoded tensors; *embed*: a whole `embed_collection` run "
-        "(list, read, decode + preprocess in workers, encode, SQLite, index); start-up = model load + "
-        "weight fingerprint, once per run.",
+        "(list, read, decode + crop to uint8 in workers, normalize per batch, encode, SQLite, index); "
+        "start-up = model load + weight fingerprint, once per run. 1-min load average "
+        f"{args.load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.",
         "",
         "| model | raw img/s | embed img/s | embed / raw | start-up (s) |",
         "|---|---:|---:|---:|---:|",
@@ -116,12 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="effnetlite0-minilm,ViT-B-32")
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args.load = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     try:
         source = collect_images(work / "images", args.images)

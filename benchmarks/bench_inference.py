@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -290,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
     if args.lit_only:
         with tempfile.TemporaryDirectory(prefix="bench-lit-") as tmp:
             text = "\n".join(bench_lit(args.lit, Path(tmp), args.calibration_images))
@@ -310,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lit is not None:
         with tempfile.TemporaryDirectory(prefix="bench-lit-") as tmp:
             sections["lit"] = bench_lit(args.lit, Path(tmp), args.calibration_images)
+    sections["load"] = [f"1-min load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end."]
     text = "\n".join(f"{line}" for rows in sections.values() for line in [*rows, ""])
     print(text)
     if args.write:

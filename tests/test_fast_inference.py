@@ -58,6 +58,20 @@ def test_efficientnet_folded_without_onednn(effnet: EfficientNetLite0) -> None:
     torch.testing.assert_close(folded, plain, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="weights are prepacked for oneDNN")
+def test_efficientnet_prepacked_weights_serve_every_batch_size_and_copies(effnet: EfficientNetLite0) -> None:
+    """Weights are reordered once into oneDNN's layout; every batch size and a copied model still match."""
+    model = copy.deepcopy(effnet)
+    _both_paths(model, torch.randn(4, 3, 64, 64))  # folds and packs
+    folded = model._folds.get(model, lambda *_: pytest.fail("the cache was rebuilt"), 64, 64, torch.float32)
+    assert all(conv.packed is not None and conv.packed.is_mkldnn for convs in folded for conv in convs)
+    for batch in (1, 3, 9):
+        plain, fast = _both_paths(model, torch.randn(batch, 3, 64, 64))
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    plain, fast = _both_paths(copy.deepcopy(model), torch.randn(2, 3, 64, 64))  # the copy packs afresh
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
 def test_folded_weights_follow_parameter_updates(effnet: EfficientNetLite0) -> None:
     model = copy.deepcopy(effnet)
     x = torch.randn(2, 3, 48, 48)

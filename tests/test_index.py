@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+import clipforge.index.embed as embed_module
 from clipforge import create_model
 from clipforge.checkpoint import load, save, weights_fingerprint
 from clipforge.cli.main import main
@@ -133,6 +134,23 @@ def test_rerun_adds_new_reembeds_changed_and_drops_deleted(collection, tmp_path:
     assert after[str(paths[3])].id == before[str(paths[3])].id
     again = run_embed(model_dir, images, tmp_path / "idx")
     assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 12)
+
+
+def test_rows_commit_with_the_first_batch_then_every_few_seconds(
+    collection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each commit waits for the disk, so batches are committed together (and the first one at once)."""
+    model_dir, images, _ = collection
+    added: list[int] = []
+    real_add = EmbeddingStore.add
+    monkeypatch.setattr(EmbeddingStore, "add", lambda store, items, vectors: added.append(len(items))
+                        or real_add(store, items, vectors))
+    run_embed(model_dir, images, tmp_path / "idx")  # 14 files in batches of 5: 12 images, 2 bad
+    assert added == [3, 9]  # the first batch holds the two bad files (sorted first) and 3 images
+    monkeypatch.setattr(embed_module, "COMMIT_SECONDS", 0.0)
+    added.clear()
+    run_embed(model_dir, images, tmp_path / "again")
+    assert len(added) == 3 and sum(added) == 12  # one commit per batch
 
 
 def test_another_model_is_refused_for_embedding_and_searching(collection, tmp_path: Path) -> None:

@@ -41,6 +41,23 @@ def test_preprocess_output_matches_manual_pipeline() -> None:
     assert torch.allclose(out, expected, atol=1e-6)
 
 
+def test_uint8_batches_normalize_exactly_like_single_images() -> None:
+    """Workers send uint8 crops and a batch is normalized at once: bit-identical to per-image pixels."""
+    rng = np.random.default_rng(1)
+    sizes = ((48, 64), (33, 9))  # landscape and portrait: both resized, cropped at odd offsets
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+    preprocess = Preprocess(PreprocessConfig(image_size=24, mean=(0.48, 0.45, 0.41), std=(0.27, 0.26, 0.28)))
+    crops = torch.stack([preprocess.crop_uint8(image) for image in images])  # [2, 24, 24, 3]
+    assert crops.dtype == torch.uint8 and crops.shape == (2, 24, 24, 3)
+    batch = preprocess.normalize_uint8(crops)  # [2, 3, 24, 24]
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch, torch.stack([preprocess(image) for image in images]))
+    resized = center_crop(resize_shortest(images[0], 24), 24)
+    documented = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1) / 255.0
+    documented = (documented - preprocess.mean) / preprocess.std
+    assert torch.equal(preprocess(images[0]), documented)
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16", "I", "F", "LA", "1"])
 def test_any_mode_becomes_rgb(mode: str) -> None:
     if mode == "I;16":

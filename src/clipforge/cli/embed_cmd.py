@@ -23,7 +23,8 @@ def register(group: click.Group) -> None:
               help="Folder searched recursively for images (no captions).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Index folder.")
 @click.option("--batch-size", default=32, show_default=True, help="Images per forward pass.")
-@click.option("--workers", default=2, show_default=True, help="Processes decoding images (0: in this one).")
+@click.option("--workers", default=1, show_default=True,
+              help="Processes decoding images (0: in this one); one feeds a CPU encoder.")
 @click.option("--index", "kind", type=click.Choice(KINDS), default="auto", show_default=True,
               help="Vector index: exact below 50k images, ivf-pq above (4-bit fast-scan codes, 32x less "
                    "memory, candidates re-scored exactly; ivf where the codes fall short), unless forced "

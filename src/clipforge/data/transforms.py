@@ -151,10 +151,29 @@ class Preprocess:
         self.std = torch.tensor(config.std).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize_uint8(self.crop_uint8(image))  # [3, S, S]
+
+    def crop_uint8(self, image: Image.Image) -> torch.Tensor:
+        """The image resized and cropped, before normalizing: uint8 [S, S, 3].
+
+        Decoding workers return these (a quarter of the float bytes) and the consumer normalizes a
+        whole batch with `normalize_uint8`, which gives exactly what `__call__` gives per image.
+        """
         size = self.config.image_size
-        image = to_rgb(image)
-        image = center_crop(resize_shortest(image, size, self.config.interpolation), size)
-        return (pil_to_tensor(image) - self.mean) / self.std
+        image = center_crop(resize_shortest(to_rgb(image), size, self.config.interpolation), size)
+        return torch.from_numpy(np.array(image, dtype=np.uint8))  # [S, S, 3]
+
+    def normalize_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalized float pixels [..., 3, S, S] of uint8 ones [..., S, S, 3] (`crop_uint8`'s layout).
+
+        Computed in place over whole rows of R, G, B triples, where the per-channel mean and std repeat
+        every three values: contiguous passes over memory, ~4x faster than broadcasting over a channel
+        dimension. The result is a view of that memory, so a batch comes out channels-last.
+        """
+        *lead, height, width, channels = pixels.shape
+        rows = pixels.reshape(*lead, height, width * channels).float().div_(255.0)  # [..., S, S*3]
+        rows.sub_(self.mean.flatten().repeat(width)).div_(self.std.flatten().repeat(width))
+        return rows.view(*lead, height, width, channels).movedim(-1, -3)  # [..., 3, S, S]
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalizes float pixels in [0, 1] already at the right size ([..., 3, S, S])."""

@@ -150,10 +150,10 @@ class EmbeddingStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def set_meta(self, key: str, value: str) -> None:
-        """Sets a metadata value."""
+    def set_meta(self, **values: str) -> None:
+        """Sets metadata values, in one transaction (each commit waits for the disk)."""
         with self._db:
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", values.items())
 
     def check_model(self, fingerprint: str, spec: str) -> None:
         """Refuses a model other than the one the stored embeddings were made with.
