@@ -24,7 +24,7 @@ from clipforge.probe import (
     summarize,
     wilson_ci,
 )
-from clipforge.probe.stats import accuracy_block
+from clipforge.probe.stats import accuracy_block, interval_direction
 
 N_IMAGES = 8
 
@@ -262,3 +262,10 @@ def test_in_memory_synthetic_probe_equals_the_suite_on_disk(tmp_path: Path) -> N
         disk["ci95"],
         disk["per_tag"],
     )
+
+
+def test_interval_direction_says_disjoint_above_below_or_overlapping() -> None:
+    assert interval_direction((0.40, 0.50), (0.51, 0.60)) == 1
+    assert interval_direction((0.40, 0.50), (0.30, 0.39)) == -1
+    assert interval_direction((0.40, 0.50), (0.50, 0.60)) == 0  # touching ends overlap
+    assert interval_direction((0.40, 0.50), (0.20, 0.90)) == 0

@@ -68,6 +68,21 @@ def percentile_interval(samples: Any, level: float = LEVEL) -> tuple[float, floa
     return float(low), float(high)
 
 
+def interval_direction(base: Any, other: Any) -> int:
+    """Whether `other`'s confidence interval lies wholly above (1) or below (-1) `base`'s, or overlaps it (0).
+
+    Args:
+        base: ``(low, high)`` of the reference.
+        other: ``(low, high)`` of the compared result.
+    """
+    (base_low, base_high), (low, high) = base, other
+    if low > base_high:
+        return 1
+    if high < base_low:
+        return -1
+    return 0
+
+
 def bootstrap_ci(values: Any, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = LEVEL
                  ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values`."""

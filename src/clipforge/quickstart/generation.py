@@ -39,6 +39,7 @@ from clipforge.generate.experiment import (
 from clipforge.generate.job import to_pil
 from clipforge.models.dvae import DVAE, DVAEConfig
 from clipforge.models.registry import get_any_config
+from clipforge.probe.stats import interval_direction
 from clipforge.progress import Say
 from clipforge.skills import SKILLS, SkillSetConfig, load_skill_set, make_skill_set, read_images
 from clipforge.skills.records import METADATA_NAME
@@ -293,11 +294,9 @@ def _spatial(pickers: dict[str, Any], picker: str) -> str:
 
 def _effect(pickers: dict[str, Any]) -> str:
     """Whether hardneg re-ranking moved spatial accuracy, judged by its 95% CI against none's."""
-    (n_low, n_high), (h_low, h_high) = (pickers[p]["spatial"]["ci95"] for p in ("none", "hardneg"))
-    if h_low > n_high:
-        return "raised it (CIs disjoint)"
-    if h_high < n_low:
-        return "lowered it (CIs disjoint)"
+    direction = interval_direction(pickers["none"]["spatial"]["ci95"], pickers["hardneg"]["spatial"]["ci95"])
+    if direction:
+        return f"{'raised' if direction > 0 else 'lowered'} it (CIs disjoint)"
     return "had no effect that the CIs show (they overlap)"
 
 

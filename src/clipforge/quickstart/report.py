@@ -13,6 +13,7 @@ from PIL import Image
 
 from clipforge.fileio import write_json, write_text_atomic
 from clipforge.probe.report import HONEST_NOTE
+from clipforge.probe.stats import interval_direction
 from clipforge.quickstart.evaluate import Example
 from clipforge.quickstart.gen_report import generation_html
 from clipforge.quickstart.generation import Figures
@@ -40,10 +41,10 @@ def conclusion(models: dict[str, Any], steps: int, full_steps: int) -> str:
     (p_low, p_high), (h_low, h_high) = plain["ci95"], hard["ci95"]
     numbers = f"{plain['accuracy']:.2f} to {hard['accuracy']:.2f}"
     cis = f"95% CIs [{p_low:.2f}, {p_high:.2f}] and [{h_low:.2f}, {h_high:.2f}]"
-    if h_low > p_high:
-        finding = f"hard negatives raised relation-swap accuracy from {numbers} ({cis}, disjoint)"
-    elif h_high < p_low:
-        finding = f"hard negatives lowered relation-swap accuracy from {numbers} ({cis}, disjoint)"
+    direction = interval_direction(plain["ci95"], hard["ci95"])
+    if direction:
+        moved = "raised" if direction > 0 else "lowered"
+        finding = f"hard negatives {moved} relation-swap accuracy from {numbers} ({cis}, disjoint)"
     else:
         both = f"{plain['accuracy']:.2f} for plain, {hard['accuracy']:.2f} for hardneg"
         finding = f"no effect of hard negatives was shown: relation-swap accuracy {both} ({cis} overlap)"
