@@ -17,7 +17,8 @@ from clipforge.models.registry import create_any_model
 from clipforge.tokenizer import get_tokenizer
 from clipforge.train import load_config, train
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore::clipforge.errors.RandomWeightsWarning")]
 REPO = Path(__file__).resolve().parents[1]
 COLORS = ["red", "green", "blue", "yellow"]
 
