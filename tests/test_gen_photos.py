@@ -115,3 +115,18 @@ def test_flickr8k_configs_read_the_real_split(flickr8k_root: Path) -> None:
     assert create_any_model(dvae.model.name).config == model.config.dvae  # the generator fits the dVAE
     photos = read_photos(config.data.spec(config.data.source), model.config.dvae.image_size, limit=16)
     assert photos.pixels.shape == (16, 32, 32, 3) and all(len(c) == 5 for c in photos.captions)
+
+
+def test_readme_flickr8k_training_commands_name_valid_configs() -> None:
+    import shlex
+
+    readme = (REPO / "README.md").read_text().replace("\\\n    ", "")
+    prefixes = ("clipforge train configs/dvae-flickr8k", "clipforge train configs/generator-flickr8k")
+    lines = [row for row in readme.splitlines() if row.startswith(prefixes)]
+    assert len(lines) == 2
+    for line in lines:
+        words = shlex.split(line)
+        overrides = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        config = load_config(REPO / words[2], overrides)
+        spec = config.data.spec(config.data.source)
+        assert config.task in ("dvae", "prior") and spec == "flickr8k:../shared/data/flickr8k:train"
