@@ -14,7 +14,10 @@ two sets of `n` images. Conditions:
 - ``real``: half A itself, the floor of FD and KID (real vs real) and the CLIP's own R-precision.
 
 Features are the CLIP's normalized image and text embeddings; small images are upsized by the CLIP's
-own preprocessing.
+own preprocessing. The metrics are the skill evaluator's (`skills.quality`: Fréchet distance, KID as the
+unbiased cubic-kernel MMD over subsets; `skills.alignment.r_precision`: the caption must beat
+`distractors` random captions of other drawn photos, one draw per image so each image is one Bernoulli
+trial for the 95% CI).
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from clipforge.dalle.photos import CaptionedPhotos, read_photos
 from clipforge.dalle.sampling import SamplingConfig
 from clipforge.errors import ConfigError, DataError
 from clipforge.generate.job import draw_candidates, load_generator, to_pil
-from clipforge.generate.metrics import frechet_distance, kernel_inception_distance, r_precision_hits
 from clipforge.generate.prompts import Prompt
 from clipforge.probe.stats import accuracy_block
+from clipforge.skills.alignment import R_DISTRACTORS, r_precision
+from clipforge.skills.quality import frechet_distance, kid
 from clipforge.version import __version__
 
 
@@ -60,7 +64,7 @@ class PhotoQualityConfig:
     n: int = 500
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    distractors: int = 99
+    distractors: int = R_DISTRACTORS
     kid_subsets: int = 100
     kid_subset_size: int = 250
 
@@ -113,14 +117,19 @@ def split_halves(photos: CaptionedPhotos, n: int, seed: int) -> Halves:
     return Halves(order[:n], order[n:2 * n], captions)
 
 
+def r_precision_block(images: np.ndarray, texts: np.ndarray, config: PhotoQualityConfig) -> dict[str, Any]:
+    """R-precision of images [N, E] whose caption is the same row of texts [N, E], with its 95% CI."""
+    rows = np.arange(len(texts))
+    result = r_precision(images, rows, texts, config.distractors, repeats=1, seed=config.seed)
+    return accuracy_block(result.hits[0], seed=config.seed)
+
+
 def set_metrics(features: np.ndarray, reference: np.ndarray, text: np.ndarray, config: PhotoQualityConfig
                 ) -> dict[str, Any]:
     """FD, KID (mean and std over subsets) against the reference and R-precision with its 95% CI."""
-    kid, kid_std = kernel_inception_distance(features, reference, config.kid_subsets, config.kid_subset_size,
-                                             config.seed)
-    hits = r_precision_hits(features, text, config.distractors, config.seed)
-    return {"fd": frechet_distance(features, reference), "kid": kid, "kid_std": kid_std,
-            "r_precision": accuracy_block(hits, seed=config.seed)}
+    distance = kid(features, reference, config.kid_subsets, config.kid_subset_size, config.seed)
+    return {"fd": frechet_distance(features, reference), "kid": distance.mean, "kid_std": distance.std,
+            "r_precision": r_precision_block(features, text, config)}
 
 
 def photo_quality(config: PhotoQualityConfig) -> tuple[dict[str, Any], dict[str, list[Image.Image]]]:
@@ -152,8 +161,8 @@ def photo_quality(config: PhotoQualityConfig) -> tuple[dict[str, Any], dict[str,
     features = {name: clip.images(ims) for name, ims in images.items()}
     conditions = {name: set_metrics(f, reference, text, config) for name, f in features.items()}
     shuffle = np.random.default_rng([config.seed, 1]).permutation(config.n)
-    hits = r_precision_hits(features["generated"][shuffle], text, config.distractors, config.seed)
-    conditions["generated, shuffled captions"] = {"r_precision": accuracy_block(hits, seed=config.seed)}
+    conditions["generated, shuffled captions"] = {"r_precision": r_precision_block(
+        features["generated"][shuffle], text, config)}
     report = {"version": __version__, "config": {**asdict(config), "sampling": asdict(config.sampling)},
               "n_usable": len(full), "skipped": full.bad.report(),
               "chance_r_precision": 1 / (config.distractors + 1),
