@@ -121,6 +121,16 @@ def test_kid_is_unbiased_for_the_closed_form_mmd_of_gaussians() -> None:
     assert abs(same.mean) < 4 * same.std / np.sqrt(100)  # zero for one distribution, not positive
 
 
+def test_polynomial_mmd2_matches_a_direct_double_loop() -> None:
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(12, 5)), rng.normal(0.3, size=(9, 5))
+    k = lambda u, v: (float(u @ v) / 5 + 1.0) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(12) for j in range(12) if i != j) / (12 * 11)
+    yy = sum(k(y[i], y[j]) for i in range(9) for j in range(9) if i != j) / (9 * 8)
+    xy = sum(k(x[i], y[j]) for i in range(12) for j in range(9)) / (12 * 9)
+    assert polynomial_mmd2(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
+
+
 def test_quality_rejects_bad_shapes() -> None:
     with pytest.raises(DataError, match="feature sizes differ"):
         frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import clipforge
-from clipforge.errors import ConfigError
+from clipforge.errors import ConfigError, DataError
 from clipforge.models.dvae import DVAE
 from clipforge.models.generator import Generator
 from clipforge.train import load_config, load_run_config, train
@@ -88,8 +88,8 @@ def test_prior_resumes_bit_for_bit(dvae_run: Path, tmp_path: Path) -> None:
 def test_wrong_models_and_data_are_one_line_errors(dvae_run: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="task 'dvae' trains a DVAE; model.name 'tiny-vit' is a CLIP"):
         train(_dvae_config("model.name=tiny-vit"), tmp_path / "a")
-    with pytest.raises(ConfigError, match="data.source must be 'synthetic'"):
-        _dvae_config("data.source=coco:x")
+    with pytest.raises(DataError, match="coco spec 'coco:x' must look like"):
+        train(_dvae_config("data.source=coco:x"), tmp_path / "c")
     other = clipforge.save(clipforge.models.registry.create_any_model("skills-dvae-32"), tmp_path / "big")
     with pytest.raises(ConfigError, match="not a dVAE with the generator's dvae architecture"):
         train(_prior_config(other, tmp_path / "cache"), tmp_path / "b")

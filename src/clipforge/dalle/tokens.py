@@ -1,13 +1,14 @@
 """The transformer's training pairs, encoded once by the dVAE and cached on disk.
 
 A cache file is named by a hash of everything its content depends on — the dVAE's weights, the scene
-config, seed and count, and the text context — so a retrained dVAE or other data can never be served
-stale tokens. Files are written atomically.
+config, seed and count (or the photos' pixels and captions), and the text context — so a retrained dVAE
+or other data can never be served stale tokens. Files are written atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as dump_tensors
 
 from clipforge.dalle.batches import TokenPairs, encode_scenes
+from clipforge.dalle.photos import CaptionedPhotos, encode_photos
 from clipforge.dalle.scenes import SkillSceneConfig, skill_scene
 from clipforge.fileio import write_bytes_atomic
 from clipforge.models.dvae import DVAE
@@ -43,13 +45,28 @@ def scene_pairs(dvae: DVAE, tokenizer: TextTokenizer, config: SkillSceneConfig, 
 
     A cache file that cannot be read is recomputed and replaced.
     """
-    path = None
-    if cache_dir is not None:
-        path = cache_dir / f"pairs-{pairs_key(dvae, config, seed, n, tokenizer.context_length)}.safetensors"
+    key = pairs_key(dvae, config, seed, n, tokenizer.context_length)
+    return cached_pairs(key, cache_dir, lambda: encode_scenes(
+        dvae, tokenizer, [skill_scene(config, seed, i) for i in range(n)]))
+
+
+def photo_pairs(dvae: DVAE, tokenizer: TextTokenizer, photos: CaptionedPhotos,
+                cache_dir: Path | None = None) -> TokenPairs:
+    """Every (caption, image tokens) pair of `photos`, from the cache if there (keyed by the dVAE's weights,
+    the pixels and captions, and the text context)."""
+    data = f"{photos.fingerprint()}|context={tokenizer.context_length}"
+    key = hashlib.sha256(f"{weights_fingerprint(dvae)}|{data}".encode()).hexdigest()[:24]
+    return cached_pairs(key, cache_dir, lambda: encode_photos(dvae, tokenizer, photos))
+
+
+def cached_pairs(key: str, cache_dir: Path | None, compute: Callable[[], TokenPairs]) -> TokenPairs:
+    """The pairs cached under `key`, else `compute()`'s, written (atomically) to the cache if there is one."""
+    path = None if cache_dir is None else cache_dir / f"pairs-{key}.safetensors"
+    if path is not None:
         cached = _read(path)
         if cached is not None:
             return cached
-    pairs = encode_scenes(dvae, tokenizer, [skill_scene(config, seed, i) for i in range(n)])
+    pairs = compute()
     if path is not None:
         write_bytes_atomic(path, dump_tensors({"text": pairs.text, "image": pairs.image}))
     return pairs

@@ -56,8 +56,10 @@ class DataSection:
 
     Attributes:
         source: ``synthetic`` (in-memory scenes) or a data spec such as ``flickr8k:ROOT:train``.
-        n_train: synthetic scenes per epoch.
-        n_val: synthetic held-out scenes for the built-in evaluation.
+        n_train: synthetic scenes per epoch; for the dVAE and prior tasks on real data, how many of the
+            source's usable images they train on (the first ones).
+        n_val: synthetic held-out scenes for the built-in evaluation; with real data, at most this many
+            held-out samples (images for the dVAE and prior tasks) from `eval_source`.
         seed: synthetic generator seed.
         num_workers: DataLoader worker processes (0: load in the training process).
         eval_source: data spec of the held-out split for real data ("" = no built-in evaluation).
@@ -230,8 +232,6 @@ def validate(config: TrainRunConfig, where: str) -> None:
     scale = t.backbone_lr_scale
     _check(scale >= 0, where, f"train.backbone_lr_scale must be >= 0, got {scale}")
     _validate_model(config, where)
-    _check(config.task in ("contrastive", "spatial") or config.data.source == "synthetic", where,
-           f"task '{config.task}' trains on the synthetic skill scenes: data.source must be 'synthetic'")
 
 
 def _validate_model(config: TrainRunConfig, where: str) -> None:

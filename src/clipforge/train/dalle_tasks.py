@@ -1,11 +1,13 @@
 """The two DALL-E stages as training tasks: `DVAETask` (task ``dvae``) and `PriorTask` (task ``prior``).
 
-Both train on the generator's skill scenes (`dalle.scenes`, plain style): the training stream is seeded
-with ``data.seed``, the held-out scenes (``data.n_val`` of them) are the first scenes of the stream
-seeded with ``data.seed + 1``. The dVAE draws fresh scenes for every batch; the transformer learns a
-fixed pool of ``data.n_train`` scenes whose images its dVAE tokenized once (cached on disk when
-``prior.token_cache`` is set). The engine does the rest: optimizer, checkpoints, bit-exact resume,
-DDP, `log.jsonl`, model selection and `final/`.
+With ``data.source = "synthetic"`` both train on the generator's skill scenes (`dalle.scenes`, plain
+style): the training stream is seeded with ``data.seed``, the held-out scenes (``data.n_val`` of them)
+are the first scenes of the stream seeded with ``data.seed + 1``. The dVAE draws fresh scenes for every
+batch; the transformer learns a fixed pool of ``data.n_train`` scenes whose images its dVAE tokenized
+once (cached on disk when ``prior.token_cache`` is set). With a data spec (``flickr8k:{root}:train``)
+they train on its first ``data.n_train`` usable photos (`dalle.photos`, decoded once; the transformer
+sees every caption of each) and evaluate on the first ``data.n_val`` of ``data.eval_source``. The engine
+does the rest: optimizer, checkpoints, bit-exact resume, DDP, `log.jsonl`, model selection and `final/`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 
 from clipforge.checkpoint import load_folder
 from clipforge.dalle.batches import ImageBatch, SceneBatches, TokenBatch, TokenBatches, TokenPairs, pixels
+from clipforge.dalle.photos import CaptionedPhotos, PhotoBatches, read_photos
 from clipforge.dalle.scenes import SkillSceneConfig, skill_scene
-from clipforge.dalle.tokens import scene_pairs
+from clipforge.dalle.tokens import photo_pairs, scene_pairs
 from clipforge.errors import ConfigError
 from clipforge.models.base import Model
 from clipforge.models.dvae import DVAE
@@ -67,7 +70,10 @@ class DVAETask:
         self.config = config
         self.model = _build(config.model.name, DVAE, "dvae")
         self.scenes = skill_scenes(self.model.config.image_size)
-        self.batches = SceneBatches(self.scenes, config.data.seed, config.train.batch_size)
+        self.photos = training_photos(config, self.model.config.image_size, say)
+        self.batches: SceneBatches | PhotoBatches = (
+            SceneBatches(self.scenes, config.data.seed, config.train.batch_size) if self.photos is None
+            else PhotoBatches(self.photos, config.data.seed, config.train.batch_size))
         self.last: dict[str, float] = {}
 
     def loss(self, batch: ImageBatch) -> torch.Tensor:
@@ -79,13 +85,37 @@ class DVAETask:
         return dict(self.last)
 
     def evaluator(self) -> EvalHook[DVAE] | None:
-        if self.config.data.n_val == 0:
-            return None
-        images = held_out_images(self.config, self.scenes)
+        if self.photos is None:
+            if self.config.data.n_val == 0:
+                return None
+            images = held_out_images(self.config, self.scenes)
+        else:
+            held_out = held_out_photos(self.config, self.model.config.image_size)
+            if held_out is None:
+                return None
+            images = held_out.floats()
         return lambda model, step: dvae_metrics(model, images)
 
     def selection_score(self, metrics: dict[str, Any]) -> float:
         return -_metric(metrics, "recon_mse")
+
+
+def training_photos(config: TrainRunConfig, image_size: int, say: Say) -> CaptionedPhotos | None:
+    """The training photos of a real-data run (None for synthetic scenes), skipped samples reported."""
+    data = config.data
+    if data.source == "synthetic":
+        return None
+    photos = read_photos(data.spec(data.source), image_size, data.n_train)
+    say(f"decoded {len(photos)} training photos at {image_size} px; {photos.bad.summary()}")
+    return photos
+
+
+def held_out_photos(config: TrainRunConfig, image_size: int) -> CaptionedPhotos | None:
+    """The evaluation photos of a real-data run (None without ``data.eval_source`` or with n_val = 0)."""
+    data = config.data
+    if not data.eval_source or data.n_val == 0:
+        return None
+    return read_photos(data.spec(data.eval_source), image_size, data.n_val)
 
 
 def _metric(metrics: dict[str, Any], key: str) -> float:
@@ -118,15 +148,19 @@ class PriorTask:
         self.scenes = skill_scenes(self.model.config.dvae.image_size)
         self.tokenizer = get_tokenizer(self.model.config.tokenizer)
         self.last: dict[str, float] = {}
-        say(f"tokenizing {config.data.n_train} training scenes with the dVAE")
-        pairs = self._pairs(config.data.seed, config.data.n_train)
+        photos = training_photos(config, self.model.config.dvae.image_size, say)
+        say(f"tokenizing {len(photos) if photos else config.data.n_train} training images with the dVAE")
+        pairs = self._pairs(config.data.seed, config.data.n_train, photos)
         empty = self.tokenizer([""])[0]
         self.batches = TokenBatches(pairs, empty, config.train.batch_size, config.train.seed,
                                     config.prior.caption_dropout)
 
-    def _pairs(self, seed: int, n: int) -> TokenPairs:
+    def _pairs(self, seed: int, n: int, photos: CaptionedPhotos | None) -> TokenPairs:
         cache = Path(self.config.prior.token_cache) if self.config.prior.token_cache else None
-        pairs = scene_pairs(self.model.dvae, self.tokenizer, self.scenes, seed, n, cache)
+        if photos is None:
+            pairs = scene_pairs(self.model.dvae, self.tokenizer, self.scenes, seed, n, cache)
+        else:
+            pairs = photo_pairs(self.model.dvae, self.tokenizer, photos, cache)
         self.model.dvae.train()  # encoding put it in eval mode; the engine expects the whole model training
         return pairs
 
@@ -139,9 +173,16 @@ class PriorTask:
         return dict(self.last)
 
     def evaluator(self) -> EvalHook[Generator] | None:
-        if self.config.data.n_val == 0:
-            return None
-        pairs = self._pairs(self.config.data.seed + HELD_OUT_SEED_OFFSET, self.config.data.n_val)
+        data = self.config.data
+        if data.source == "synthetic":
+            if data.n_val == 0:
+                return None
+            pairs = self._pairs(data.seed + HELD_OUT_SEED_OFFSET, data.n_val, None)
+        else:
+            photos = held_out_photos(self.config, self.model.config.dvae.image_size)
+            if photos is None:
+                return None
+            pairs = self._pairs(0, 0, photos)
         return lambda model, step: prior_metrics(model, pairs)
 
     def selection_score(self, metrics: dict[str, Any]) -> float:
