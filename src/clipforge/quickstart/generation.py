@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from clipforge.checkpoint import load_folder
-from clipforge.dalle.batches import image_pixels
+from clipforge.dalle.batches import round_trip
 from clipforge.dalle.sampling import SamplingConfig
 from clipforge.errors import ConfigError
 from clipforge.generate.experiment import (
@@ -36,7 +36,6 @@ from clipforge.generate.experiment import (
     reconstruction_report,
     rerank_experiment,
 )
-from clipforge.generate.job import to_pil
 from clipforge.models.dvae import DVAE, DVAEConfig
 from clipforge.models.registry import get_any_config
 from clipforge.probe.stats import interval_direction
@@ -57,6 +56,7 @@ from clipforge.train.state import RUN_CONFIG, checkpoint_name, save_final
 GENERATION = "generator"  # the training worker of the stage (its run folder is OUT/generator)
 CHECKPOINTS = ("early", "final")
 RERANKERS = ("plain", "hardneg")
+DVAE_SEEN = "-dvae"  # suffix of the re-rankers fine-tuned on dVAE-seen scenes
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,9 @@ class GenerationConfig:
         temperature: sampling temperature.
         cond_scale: classifier-free guidance scale.
         threads: torch threads of the stage (it trains beside the two CLIP models, one process each).
+        reranker_steps: fine-tuning steps of each re-ranker on dVAE-seen scenes (``plain-dvae``,
+            ``hardneg-dvae``; 0: none).
+        reranker_lr: their peak learning rate.
     """
 
     dvae: str = "quickstart-dvae-32"
@@ -97,6 +100,8 @@ class GenerationConfig:
     temperature: float = 0.3
     cond_scale: float = 3.0
     threads: int = 1
+    reranker_steps: int = 300
+    reranker_lr: float = 5e-4
 
     def __post_init__(self) -> None:
         for name in ("dvae_steps", "dvae_batch_size", "steps", "batch_size", "n_train", "n_prompts",
@@ -138,6 +143,33 @@ def generator_run(config: GenerationConfig, seed: int, out: Path) -> TrainRunCon
         prior=PriorObjective(dvae=str(out / "dvae" / "final")),
         eval=EvalSection(every=every),
     )
+
+
+def dvae_reranker_run(config: GenerationConfig, base: TrainRunConfig, out: Path, name: str) -> TrainRunConfig:
+    """Fine-tunes the quickstart CLIP `name` (trained with `base`) on plain scenes seen through the
+    stage's dVAE, with `base`'s loss and batch size: plain and hardneg still differ only in their hard
+    negatives."""
+    steps = config.reranker_steps
+    return replace(
+        base, model=ModelSection(str(out / name / "final")),
+        data=DataSection(n_train=steps * base.train.batch_size, n_val=256, seed=base.data.seed,
+                         dvae=str(out / "dvae" / "final")),
+        train=replace(base.train, steps=steps, lr=config.reranker_lr, warmup_steps=steps // 10,
+                      threads=config.threads, checkpoint_every=max(steps // 4, 1), log_every=10,
+                      progress=False),
+        eval=EvalSection(every=steps))
+
+
+def train_dvae_rerankers(config: GenerationConfig, out: Path, say: Say, resume: bool = False) -> None:
+    """``OUT/{plain,hardneg}-dvae``: each quickstart CLIP fine-tuned on dVAE-seen scenes (after the dVAE)."""
+    for name in RERANKERS if config.reranker_steps else ():
+        base = TrainRunConfig.from_dict(json.loads((out / name / RUN_CONFIG).read_text()))
+        _train_run(dvae_reranker_run(config, base, out, name), out / f"{name}{DVAE_SEEN}",
+                   _prefixed(say, f"  {name}{DVAE_SEEN}: "), resume)
+
+
+def _prefixed(say: Say, prefix: str) -> Say:
+    return lambda line: say(prefix + line)
 
 
 def _train_run(run: TrainRunConfig, run_dir: Path, say: Say, resume: bool) -> None:
@@ -281,7 +313,7 @@ def reconstruction_examples(dvae: DVAE, skills: Path, per_skill: int = 2
     for skill, skill_records in records.items():
         for record in skill_records[:per_skill]:
             image = truth.images[skill][record.id][0]
-            rebuilt = to_pil(dvae.decode(dvae.encode(image_pixels([image]))))[0]
+            rebuilt = round_trip(dvae, [image])[0]
             shown.append((record.text, image, rebuilt))
     return shown
 

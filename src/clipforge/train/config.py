@@ -67,6 +67,9 @@ class DataSection:
             moves a config to another copy of the data.
         style: randomized rendering of synthetic scenes (`clipforge.synthetic.style`; a TOML section
             ``[data.style]``, empty for the default ranges); None draws them plainly.
+        dvae: a dVAE folder ("" = none): synthetic scenes are rendered at its image size and seen through
+            its round trip (encode to tokens, decode), so a re-ranker of its generator trains on
+            generated-looking images (`train.dvae_views`).
     """
 
     source: str = "synthetic"
@@ -77,6 +80,7 @@ class DataSection:
     eval_source: str = ""
     root: str = ""
     style: StyleConfig | None = None
+    dvae: str = ""
 
     def spec(self, template: str) -> str:
         """A data spec with ``{root}`` filled in."""
@@ -232,6 +236,8 @@ def validate(config: TrainRunConfig, where: str) -> None:
     scale = t.backbone_lr_scale
     _check(scale >= 0, where, f"train.backbone_lr_scale must be >= 0, got {scale}")
     _validate_model(config, where)
+    _check(not config.data.dvae or (config.task == "contrastive" and config.data.source == "synthetic"),
+           where, "data.dvae works with task = 'contrastive' and data.source = 'synthetic'")
 
 
 def _validate_model(config: TrainRunConfig, where: str) -> None:
