@@ -17,7 +17,13 @@ from clipforge.data.transforms import Preprocess
 from clipforge.errors import ConfigError, DataError
 from clipforge.generate.diagnose import pairwise_accuracy, relation_accuracy, swap_relation
 from clipforge.models.registry import create_any_model
-from clipforge.quickstart.generation import DVAE_SEEN, GenerationConfig, dvae_reranker_run, train_dvae_rerankers
+from clipforge.quickstart.generation import (
+    DVAE_SEEN,
+    GenerationConfig,
+    dvae_reranker_run,
+    dvae_rerankers,
+    train_dvae_reranker,
+)
 from clipforge.synthetic.dataset import render_scene
 from clipforge.train.config import DataSection, LossSection, ModelSection, TrainRunConfig, TrainSection
 from clipforge.train.loop import train
@@ -34,7 +40,8 @@ def dvae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(dvae: str, **train: int) -> TrainRunConfig:
-    return TrainRunConfig(model=ModelSection("tiny-convnet"), data=DataSection(n_train=16, n_val=8, dvae=dvae),
+    return TrainRunConfig(model=ModelSection("tiny-convnet"),
+                          data=DataSection(n_train=16, n_val=8, dvae=dvae),
                           train=TrainSection(batch_size=4, threads=1, log_every=1, **train),
                           loss=LossSection(hard_negatives=1, negative_kinds=("relation_swap",)))
 
@@ -50,7 +57,8 @@ def test_dvae_seen_batches_are_the_round_trip_of_the_scenes(dvae_dir: Path) -> N
                             for im in round_trip(clipforge.load_folder(dvae_dir), rendered)])
     torch.testing.assert_close(batch.images, expected)
     assert not torch.allclose(batch.images, plain.images)  # the round trip changed what the model sees
-    assert torch.equal(batch.tokens, plain.tokens) and torch.equal(batch.negative_tokens, plain.negative_tokens)
+    assert torch.equal(batch.tokens, plain.tokens)
+    assert torch.equal(batch.negative_tokens, plain.negative_tokens)
 
 
 def test_training_on_dvae_seen_scenes_resumes_bit_exactly(tmp_path: Path, dvae_dir: Path) -> None:
@@ -73,12 +81,14 @@ def test_dvae_option_refuses_what_it_cannot_see(tmp_path: Path) -> None:
 
 def test_stage_rerankers_differ_only_in_their_hard_negatives(tmp_path: Path) -> None:
     base = _run("")
-    hard = replace(base, loss=LossSection(hard_negatives=2, negative_kinds=("relation_swap", "attribute_swap")))
+    kinds = ("relation_swap", "attribute_swap")
+    hard = replace(base, loss=LossSection(hard_negatives=2, negative_kinds=kinds))
     config = GenerationConfig(reranker_steps=40)
     plain_run = dvae_reranker_run(config, replace(base, loss=LossSection()), tmp_path, "plain").to_dict()
     hard_run = dvae_reranker_run(config, hard, tmp_path, "hardneg").to_dict()
     assert plain_run["model"]["name"] == str(tmp_path / "plain" / "final")
-    assert plain_run["data"]["dvae"] == str(tmp_path / "dvae" / "final") and plain_run["data"]["style"] is None
+    assert plain_run["data"]["dvae"] == str(tmp_path / "dvae" / "final")
+    assert plain_run["data"]["style"] is None
     assert plain_run["train"]["steps"] == 40
     differing = {k for k in plain_run if plain_run[k] != hard_run[k]}
     assert differing == {"model", "loss"}
@@ -90,8 +100,11 @@ def test_stage_fine_tunes_both_rerankers(tmp_path: Path, dvae_dir: Path) -> None
         run = replace(_run("", steps=2), loss=LossSection(hard_negatives=len(kinds), negative_kinds=kinds))
         train(run, tmp_path / name, say=lambda _: None)
     (tmp_path / "dvae").symlink_to(dvae_dir.parent)
-    train_dvae_rerankers(GenerationConfig(reranker_steps=2), tmp_path, lambda _: None)
+    config = GenerationConfig(reranker_steps=2)
+    assert dvae_rerankers(config) == ("plain-dvae", "hardneg-dvae")
+    assert dvae_rerankers(replace(config, reranker_steps=0)) == ()
     for name in ("plain", "hardneg"):
+        train_dvae_reranker(config, tmp_path, name, lambda _: None)
         tuned = json.loads((tmp_path / f"{name}{DVAE_SEEN}" / RUN_CONFIG).read_text())
         assert tuned["data"]["dvae"] == str(tmp_path / "dvae" / "final")
         assert (tmp_path / f"{name}{DVAE_SEEN}" / "final").is_dir()

@@ -115,7 +115,8 @@ class GenerationConfig:
     @classmethod
     def quick(cls) -> GenerationConfig:
         """The smoke-run budget of ``--quick``."""
-        return cls(dvae_steps=150, steps=200, early_step=50, n_train=4000, n_prompts=12, candidates=8)
+        return cls(dvae_steps=150, steps=200, early_step=50, n_train=4000, n_prompts=12, candidates=8,
+                   reranker_steps=40)
 
 
 def dvae_run(config: GenerationConfig, seed: int) -> TrainRunConfig:
@@ -160,12 +161,24 @@ def dvae_reranker_run(config: GenerationConfig, base: TrainRunConfig, out: Path,
         eval=EvalSection(every=steps))
 
 
-def train_dvae_rerankers(config: GenerationConfig, out: Path, say: Say, resume: bool = False) -> None:
-    """``OUT/{plain,hardneg}-dvae``: each quickstart CLIP fine-tuned on dVAE-seen scenes (after the dVAE)."""
-    for name in RERANKERS if config.reranker_steps else ():
-        base = TrainRunConfig.from_dict(json.loads((out / name / RUN_CONFIG).read_text()))
-        _train_run(dvae_reranker_run(config, base, out, name), out / f"{name}{DVAE_SEEN}",
-                   _prefixed(say, f"  {name}{DVAE_SEEN}: "), resume)
+def dvae_rerankers(config: GenerationConfig) -> tuple[str, ...]:
+    """The stage's re-rankers fine-tuned on dVAE-seen scenes (none when `reranker_steps` is 0)."""
+    return tuple(f"{name}{DVAE_SEEN}" for name in RERANKERS) if config.reranker_steps else ()
+
+
+def train_dvae_reranker(config: GenerationConfig, out: Path, name: str, say: Say, resume: bool = False
+                        ) -> dict[str, Any]:
+    """``OUT/{name}-dvae``: the quickstart CLIP `name` fine-tuned on dVAE-seen scenes (needs OUT/dvae/final).
+
+    Returns:
+        Seconds and CPU seconds this call took.
+    """
+    began, cpu = time.perf_counter(), time.process_time()
+    base = TrainRunConfig.from_dict(json.loads((out / name / RUN_CONFIG).read_text()))
+    _train_run(dvae_reranker_run(config, base, out, name), out / f"{name}{DVAE_SEEN}",
+               _prefixed(say, f"  {name}{DVAE_SEEN}: "), resume)
+    return {"seconds": round(time.perf_counter() - began, 1),
+            "cpu_seconds": round(time.process_time() - cpu, 1)}
 
 
 def _prefixed(say: Say, prefix: str) -> Say:
@@ -244,7 +257,7 @@ def sampling(config: GenerationConfig) -> SamplingConfig:
 
 def experiment(config: GenerationConfig, seed: int, out: Path, checkpoint: str) -> RerankExperiment:
     """The re-ranking experiment of one generator checkpoint on the skill set's ``val`` prompts."""
-    rerankers = tuple((name, str(out / name / "final")) for name in RERANKERS)
+    rerankers = tuple((name, str(out / name / "final")) for name in (*RERANKERS, *dvae_rerankers(config)))
     return RerankExperiment(generator=str(out / "generator" / checkpoint), skills=out / "skills",
                             rerankers=rerankers, n=config.candidates, split="val", seed=seed,
                             sampling=sampling(config))
@@ -324,12 +337,21 @@ def _spatial(pickers: dict[str, Any], picker: str) -> str:
     return f"{block['accuracy']:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def _effect(pickers: dict[str, Any]) -> str:
-    """Whether hardneg re-ranking moved spatial accuracy, judged by its 95% CI against none's."""
-    direction = interval_direction(pickers["none"]["spatial"]["ci95"], pickers["hardneg"]["spatial"]["ci95"])
+def _effect(pickers: dict[str, Any], picker: str = "hardneg") -> str:
+    """Whether re-ranking by `picker` moved spatial accuracy, judged by its 95% CI against none's."""
+    direction = interval_direction(pickers["none"]["spatial"]["ci95"], pickers[picker]["spatial"]["ci95"])
     if direction:
         return f"{'raised' if direction > 0 else 'lowered'} it (CIs disjoint)"
     return "had no effect that the CIs show (they overlap)"
+
+
+def _dvae_clause(pickers: dict[str, Any]) -> str:
+    """The hardneg re-ranker fine-tuned on dVAE-seen scenes, when the stage trained one."""
+    name = f"hardneg{DVAE_SEEN}"
+    if name not in pickers:
+        return ""
+    return (f"{_spatial(pickers, name)} by hardneg fine-tuned on dVAE-seen scenes, which "
+            f"{_effect(pickers, name)}, ")
 
 
 def generation_conclusion(section: dict[str, Any], steps: int, full_steps: int) -> str:
@@ -341,8 +363,8 @@ def generation_conclusion(section: dict[str, Any], steps: int, full_steps: int) 
         clauses.append(
             f"{checkpoint} generator (step {step}): spatial accuracy {_spatial(pickers, 'none')} without "
             f"re-ranking, {_spatial(pickers, 'plain')} re-ranked by plain, {_spatial(pickers, 'hardneg')} by "
-            f"hardneg, which {_effect(pickers)}, against {pickers[ORACLE]['spatial']['accuracy']:.2f} for "
-            f"the parser's best of {section['candidates']}")
+            f"hardneg, which {_effect(pickers)}, {_dvae_clause(pickers)}against "
+            f"{pickers[ORACLE]['spatial']['accuracy']:.2f} for the parser's best of {section['candidates']}")
     finding = "; ".join(clauses)
     if steps < full_steps:
         return f"Smoke run ({steps} of the default {full_steps} generator steps): {finding}."
