@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 import clipforge
 from clipforge.dalle.batches import round_trip
+from clipforge.dalle.scenes import skill_scene
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import ConfigError, DataError
 from clipforge.generate.diagnose import pairwise_accuracy, relation_accuracy, swap_relation
@@ -24,8 +25,10 @@ from clipforge.quickstart.generation import (
     dvae_rerankers,
     train_dvae_reranker,
 )
-from clipforge.synthetic.dataset import render_scene
+from clipforge.synthetic.dataset import image_tensor, render_scene
 from clipforge.train.config import DataSection, LossSection, ModelSection, TrainRunConfig, TrainSection
+from clipforge.train.dalle_tasks import HELD_OUT_SEED_OFFSET, skill_scenes
+from clipforge.train.dvae_views import SkillSceneItems
 from clipforge.train.loop import train
 from clipforge.train.sources import synthetic_pairs
 from clipforge.train.state import RUN_CONFIG
@@ -136,3 +139,30 @@ def test_relation_accuracy_compares_with_the_swapped_prompt() -> None:
     images = [Image.new("RGB", (8, 8))] * 3
     texts = ["a star to the left of a circle", "a star to the right of a circle", "a star above a circle"]
     assert relation_accuracy(_LeftLover(), images, texts).tolist() == [1.0, 0.0, 0.5]
+
+
+def test_skill_scene_items_are_the_generator_prompts_with_their_relation_swaps() -> None:
+    scenes = skill_scenes(32)
+    items = SkillSceneItems(scenes, 0, 40, 2)
+    spatial = 0
+    for i in range(40):
+        item, scene = items[i], skill_scene(scenes, 0, i)
+        assert item["caption"] == scene.text
+        assert torch.equal(item["image"], image_tensor(scene.render()))
+        if scene.skill == "spatial":
+            spatial += 1
+            assert item["negatives"] == [swap_relation(scene.text)]
+        else:
+            assert item["negatives"] == []
+    assert spatial > 0
+
+
+def test_skill_scenes_train_and_hold_out_the_generator_stream(tmp_path: Path, dvae_dir: Path) -> None:
+    run = replace(_run(str(dvae_dir), steps=2), data=DataSection(source="skill-scenes", n_train=16, n_val=8,
+                                                                 dvae=str(dvae_dir)))
+    model = create_any_model("tiny-convnet")
+    train_set, _ = synthetic_pairs(run, model, "train", 16, 1)
+    val_set, _ = synthetic_pairs(run, model, "val", 8, 0)
+    assert train_set[0]["caption"] == skill_scene(skill_scenes(32), 0, 0).text
+    assert val_set[0]["caption"] == skill_scene(skill_scenes(32), 0 + HELD_OUT_SEED_OFFSET, 0).text
+    assert train(run, tmp_path / "run", say=lambda _: None).steps == 2

@@ -29,7 +29,7 @@ from clipforge.train.features import (
     text_feature_table,
     tower_model,
 )
-from clipforge.train.sources import SYNTHETIC, pair_collate, synthetic_pairs
+from clipforge.train.sources import RENDERED, pair_collate, synthetic_pairs
 from clipforge.train.task import EvalHook
 
 R1_KEYS = ("t2i_r1", "i2t_r1")
@@ -65,9 +65,9 @@ def build_evaluator(
 def eval_batches(config: TrainRunConfig, model: ContrastiveModel) -> list[PairBatch]:
     """Held-out (image, caption) batches for the built-in evaluation; empty when there are none."""
     data, size = config.data, config.eval.batch_size
-    if data.source == SYNTHETIC:
+    if data.source in RENDERED:
         dataset, scene_collate = synthetic_pairs(config, model, "val", data.n_val, 0)
-        items = [dataset[i] for i in range(len(dataset))]
+        items = [dataset[i] for i in range(data.n_val)]
         return [scene_collate(items[i : i + size]) for i in range(0, len(items), size)]
     collate = pair_collate(model, 0)
     if not data.eval_source:
