@@ -8,6 +8,8 @@ Writes, under the quickstart folder::
     dvae/                    the dVAE's training run (final/ in the clipforge model format)
     generator/               the transformer's run: final/ (last step) and early/ (step `early_step`,
                              fixed before any evaluation)
+    plain-dvae/, hardneg-dvae/  the quickstart's two CLIPs fine-tuned on scenes seen through the dVAE
+                             (`reranker_steps`; a third and fourth re-ranker)
 
 The dVAE and the transformer train on the generator's skill scenes (`clipforge.dalle.scenes`, plain
 style, like the skill set; the CLIP models' randomized styles are not used). The numbers come from
