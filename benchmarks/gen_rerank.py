@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     from clipforge.skills import SkillSetConfig, make_skill_set
 
     torch.set_num_threads(args.threads)
-    if not (args.skills / "object").is_dir():
+    if not (args.skills / "metadata.json").is_file():
         make_skill_set(args.skills, SkillSetConfig(args.n_per_skill, args.seed, args.size))
     record: dict[str, Any] = {"args": [str(a) for a in (argv or sys.argv[1:])], "generators": {}}
     lines = [f"Command: `python benchmarks/gen_rerank.py {' '.join(argv or sys.argv[1:])}`", ""]

@@ -237,14 +237,15 @@ def test_micro_quickstart_has_a_generation_section(micro_run: tuple[Path, dict[s
     assert set(section["reconstruction"]["skills"]) == {"object", "count", "color", "spatial"}
     for checkpoint in ("early", "final"):
         result = section["checkpoints"][checkpoint]
-        assert list(result["pickers"]) == ["none", "plain", "hardneg", "plain-dvae", "hardneg-dvae", "oracle"]
+        pickers = ["none", "plain", "hardneg", "plain-skill", "hardneg-skill", "oracle"]
+        assert list(result["pickers"]) == pickers
         assert set(result) >= {"upper_bound", "shuffle", "chance", "choices"}
         for skills in result["pickers"].values():
             low, high = skills["spatial"]["ci95"]
             assert _fraction(skills["spatial"]["accuracy"]) and low <= skills["spatial"]["accuracy"] <= high
         assert result["choices"]["none"] == [0] * 8  # 2 prompts per skill, the first candidate
-    assert "by hardneg fine-tuned on dVAE-seen scenes" in section["conclusion"]
-    for name in ("plain-dvae", "hardneg-dvae"):  # fine-tuned on dVAE-seen scenes after both trainings
+    assert "by hardneg fine-tuned on dVAE-seen skill scenes" in section["conclusion"]
+    for name in ("plain-skill", "hardneg-skill"):  # fine-tuned on dVAE-seen skill scenes after both trainings
         assert (out / name / "final" / "model.safetensors").is_file()
         run = json.loads((out / name / "config.json").read_text())
         assert run["data"]["dvae"] == str(out / "dvae" / "final")

@@ -91,7 +91,7 @@ def test_stage_rerankers_differ_only_in_their_hard_negatives(tmp_path: Path) -> 
     hard_run = dvae_reranker_run(config, hard, tmp_path, "hardneg").to_dict()
     assert plain_run["model"]["name"] == str(tmp_path / "plain" / "final")
     assert plain_run["data"]["dvae"] == str(tmp_path / "dvae" / "final")
-    assert plain_run["data"]["style"] is None
+    assert plain_run["data"]["style"] is None and plain_run["data"]["source"] == "skill-scenes"
     assert plain_run["train"]["steps"] == 40
     differing = {k for k in plain_run if plain_run[k] != hard_run[k]}
     assert differing == {"model", "loss"}
@@ -104,7 +104,7 @@ def test_stage_fine_tunes_both_rerankers(tmp_path: Path, dvae_dir: Path) -> None
         train(run, tmp_path / name, say=lambda _: None)
     (tmp_path / "dvae").symlink_to(dvae_dir.parent)
     config = GenerationConfig(reranker_steps=2)
-    assert dvae_rerankers(config) == ("plain-dvae", "hardneg-dvae")
+    assert dvae_rerankers(config) == ("plain-skill", "hardneg-skill")
     assert dvae_rerankers(replace(config, reranker_steps=0)) == ()
     for name in ("plain", "hardneg"):
         train_dvae_reranker(config, tmp_path, name, lambda _: None)

@@ -8,8 +8,8 @@ Writes, under the quickstart folder::
     dvae/                    the dVAE's training run (final/ in the clipforge model format)
     generator/               the transformer's run: final/ (last step) and early/ (step `early_step`,
                              fixed before any evaluation)
-    plain-dvae/, hardneg-dvae/  the quickstart's two CLIPs fine-tuned on scenes seen through the dVAE
-                             (`reranker_steps`; a third and fourth re-ranker)
+    plain-skill/,            the quickstart's two CLIPs fine-tuned on the generator's skill scenes and
+    hardneg-skill/           prompts seen through the dVAE (`reranker_steps`; a third and fourth re-ranker)
 
 The dVAE and the transformer train on the generator's skill scenes (`clipforge.dalle.scenes`, plain
 style, like the skill set; the CLIP models' randomized styles are not used). The numbers come from
@@ -45,6 +45,7 @@ from clipforge.progress import Say
 from clipforge.skills import SKILLS, SkillSetConfig, load_skill_set, make_skill_set, read_images
 from clipforge.skills.records import METADATA_NAME
 from clipforge.train.config import (
+    SKILL_SCENES,
     DataSection,
     EvalSection,
     ModelSection,
@@ -58,7 +59,7 @@ from clipforge.train.state import RUN_CONFIG, checkpoint_name, save_final
 GENERATION = "generator"  # the training worker of the stage (its run folder is OUT/generator)
 CHECKPOINTS = ("early", "final")
 RERANKERS = ("plain", "hardneg")
-DVAE_SEEN = "-dvae"  # suffix of the re-rankers fine-tuned on dVAE-seen scenes
+DVAE_SEEN = "-skill"  # suffix of the re-rankers fine-tuned on the dVAE-seen skill scenes
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,8 @@ class GenerationConfig:
         temperature: sampling temperature.
         cond_scale: classifier-free guidance scale.
         threads: torch threads of the stage (it trains beside the two CLIP models, one process each).
-        reranker_steps: fine-tuning steps of each re-ranker on dVAE-seen scenes (``plain-dvae``,
-            ``hardneg-dvae``; 0: none).
+        reranker_steps: fine-tuning steps of each re-ranker on the generator's skill scenes and prompts
+            seen through the dVAE (``plain-skill``, ``hardneg-skill``; 0: none).
         reranker_lr: their peak learning rate.
     """
 
@@ -102,7 +103,7 @@ class GenerationConfig:
     temperature: float = 0.3
     cond_scale: float = 3.0
     threads: int = 1
-    reranker_steps: int = 300
+    reranker_steps: int = 150
     reranker_lr: float = 5e-4
 
     def __post_init__(self) -> None:
@@ -149,14 +150,14 @@ def generator_run(config: GenerationConfig, seed: int, out: Path) -> TrainRunCon
 
 
 def dvae_reranker_run(config: GenerationConfig, base: TrainRunConfig, out: Path, name: str) -> TrainRunConfig:
-    """Fine-tunes the quickstart CLIP `name` (trained with `base`) on plain scenes seen through the
-    stage's dVAE, with `base`'s loss and batch size: plain and hardneg still differ only in their hard
-    negatives."""
+    """Fine-tunes the quickstart CLIP `name` (trained with `base`) on the generator's skill scenes,
+    captioned with their prompts and seen through the stage's dVAE, with `base`'s loss and batch size:
+    plain and hardneg still differ only in their hard negatives (the prompts' relation swaps)."""
     steps = config.reranker_steps
     return replace(
         base, model=ModelSection(str(out / name / "final")),
-        data=DataSection(n_train=steps * base.train.batch_size, n_val=256, seed=base.data.seed,
-                         dvae=str(out / "dvae" / "final")),
+        data=DataSection(source=SKILL_SCENES, n_train=steps * base.train.batch_size, n_val=256,
+                         seed=base.data.seed, dvae=str(out / "dvae" / "final")),
         train=replace(base.train, steps=steps, lr=config.reranker_lr, warmup_steps=steps // 10,
                       threads=config.threads, checkpoint_every=max(steps // 4, 1), log_every=10,
                       progress=False),
@@ -164,13 +165,13 @@ def dvae_reranker_run(config: GenerationConfig, base: TrainRunConfig, out: Path,
 
 
 def dvae_rerankers(config: GenerationConfig) -> tuple[str, ...]:
-    """The stage's re-rankers fine-tuned on dVAE-seen scenes (none when `reranker_steps` is 0)."""
+    """The stage's re-rankers fine-tuned on dVAE-seen skill scenes (none when `reranker_steps` is 0)."""
     return tuple(f"{name}{DVAE_SEEN}" for name in RERANKERS) if config.reranker_steps else ()
 
 
 def train_dvae_reranker(config: GenerationConfig, out: Path, name: str, say: Say, resume: bool = False
                         ) -> dict[str, Any]:
-    """``OUT/{name}-dvae``: the quickstart CLIP `name` fine-tuned on dVAE-seen scenes (needs OUT/dvae/final).
+    """``OUT/{name}-skill``: the quickstart CLIP `name` fine-tuned on dVAE-seen skill scenes (needs the dVAE).
 
     Returns:
         Seconds and CPU seconds this call took.
@@ -348,11 +349,11 @@ def _effect(pickers: dict[str, Any], picker: str = "hardneg") -> str:
 
 
 def _dvae_clause(pickers: dict[str, Any]) -> str:
-    """The hardneg re-ranker fine-tuned on dVAE-seen scenes, when the stage trained one."""
+    """The hardneg re-ranker fine-tuned on dVAE-seen skill scenes, when the stage trained one."""
     name = f"hardneg{DVAE_SEEN}"
     if name not in pickers:
         return ""
-    return (f"{_spatial(pickers, name)} by hardneg fine-tuned on dVAE-seen scenes, which "
+    return (f"{_spatial(pickers, name)} by hardneg fine-tuned on dVAE-seen skill scenes, which "
             f"{_effect(pickers, name)}, ")
 
 

@@ -320,7 +320,7 @@ def _run(config: QuickstartConfig, out: Path, say: Say, resume: bool) -> dict[st
     training = train_both(config, out, say, resume)
     generation_training = training.pop(GENERATION, None)
     if config.generation is not None and dvae_rerankers(config.generation):
-        say(f"  fine-tuning plain and hardneg on skill scenes seen through the dVAE "
+        say(f"  fine-tuning plain and hardneg on the generator's skill scenes seen through the dVAE "
             f"({config.generation.reranker_steps} steps each, side by side)")
         generation_training = {**(generation_training or {}), "dvae_rerankers": train_processes(
             config, out, dvae_rerankers(config.generation), say, resume)}
