@@ -68,23 +68,32 @@ def candidate_rows(args: argparse.Namespace, rerankers: dict[str, Any]) -> tuple
     records = load_skill_set(args.skills, args.split)["spatial"]
     prompts = [p for p in read_skill_prompts(args.skills, args.split) if p.skill == "spatial"]
     sampling = SamplingConfig(args.temperature, cond_scale=args.cond_scale)
-    rows = ["| generator | right candidates | prompts with both | " + " | ".join(rerankers) + " |",
+    rows = ["| generator: candidates | parser-right | prompts with both | " + " | ".join(rerankers) + " |",
             "|---|---|---|" + "---|" * len(rerankers)]
     record: dict[str, Any] = {}
     for gen_name, folder in args.generator:
         candidates = draw_candidates(load_generator(folder), prompts, args.n, args.seed, sampling)
-        right = [np.array([judge(r, parse_image(im)).passed for im in group])
-                 for r, group in zip(records, candidates, strict=True)]
-        cells, record[gen_name] = [], {"right": [r.tolist() for r in right]}
+        verdicts = [[judge(r, parse_image(im)) for im in group]
+                    for r, group in zip(records, candidates, strict=True)]
+        right = [np.array([v.passed for v in group]) for group in verdicts]
+        # both asked shapes read: the parser could judge the relation ("ok" or "<shape> is <where>")
+        shaped = [np.array([not v.reason.startswith("read") for v in group]) for group in verdicts]
+        cells, shape_cells = [], []
+        record[gen_name] = {"reasons": [[v.reason for v in group] for group in verdicts]}
         for name, reranker in rerankers.items():
-            scores = candidate_scores(reranker, prompts, candidates)
-            pairs = [pairwise_accuracy(s, r) for s, r in zip(scores, right, strict=True) if s is not None]
-            kept = [p for p in pairs if p is not None]
-            record[gen_name][name] = kept
-            cells.append(_cell(kept))
+            scores = [s for s in candidate_scores(reranker, prompts, candidates) if s is not None]
+            pairs = [pairwise_accuracy(s, r) for s, r in zip(scores, right, strict=True)]
+            among = [pairwise_accuracy(s[m], r[m]) for s, r, m in zip(scores, right, shaped, strict=True)]
+            record[gen_name][name] = {"all": [p for p in pairs if p is not None],
+                                      "shapes_right": [p for p in among if p is not None]}
+            cells.append(_cell(record[gen_name][name]["all"]))
+            shape_cells.append(_cell(record[gen_name][name]["shapes_right"]))
         both = sum(0 < r.sum() < len(r) for r in right)
-        rate = float(np.mean(np.concatenate(right)))
-        rows.append(f"| {gen_name} | {rate:.2f} | {both} of {len(prompts)} | " + " | ".join(cells) + " |")
+        rate, shape_rate = float(np.mean(np.concatenate(right))), float(np.mean(np.concatenate(shaped)))
+        rows.append(f"| {gen_name}: all candidates | {rate:.2f} | {both} of {len(prompts)} | "
+                    + " | ".join(cells) + " |")
+        rows.append(f"| {gen_name}: both asked shapes read ({shape_rate:.2f} of candidates) | "
+                    f"{rate / max(shape_rate, 1e-9):.2f} | - | " + " | ".join(shape_cells) + " |")
     return rows, record
 
 
@@ -118,7 +127,10 @@ def main(argv: list[str] | None = None) -> None:
              f"Relation accuracy (true vs relation-swapped prompt; chance 0.50) on the {args.split} spatial "
              "prompts' images, mean [95% bootstrap CI]:", "", *relation, "",
              f"Pairwise accuracy on generated candidates ({args.n} per {args.split} spatial prompt; parser-"
-             "right vs parser-wrong pairs, averaged over prompts with both; chance 0.50):", "", *candidates]
+             "right vs parser-wrong pairs, averaged over prompts with both; chance 0.50), over all "
+             "candidates and over those where the parser reads both asked shapes (the relation decides):",
+             "",
+             *candidates]
     if args.json is not None:
         args.json.write_text(json.dumps({"relation": rel_record, "candidates": cand_record}))
     if args.write:
