@@ -74,7 +74,7 @@ def generator_lines(name: str, result: dict[str, Any]) -> list[str]:
     return rerank_table(name, result) + ["", f"({name}: {result['seconds']} s wall incl. sampling)", ""]
 
 
-def combine(paths: list[Path], write: bool) -> None:
+def combine(paths: list[Path], write: bool, section: str) -> None:
     """The RESULTS.md section of several runs' JSON records (their commands, dVAE check and generators)."""
     lines = []
     for path in paths:
@@ -84,15 +84,15 @@ def combine(paths: list[Path], write: bool) -> None:
             lines += dvae_lines(record["dvae"])
         for name, result in record["generators"].items():
             lines += generator_lines(name, result)
-    _emit(lines, write)
+    _emit(lines, write, section)
 
 
-def _emit(lines: list[str], write: bool) -> None:
+def _emit(lines: list[str], write: bool, section: str = "gen-rerank") -> None:
     if write:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _results import write_section
 
-        write_section("gen-rerank", "## Text to image: dVAE skill check and the re-ranking experiment\n\n"
+        write_section(section, "## Text to image: dVAE skill check and the re-ranking experiment\n\n"
                       + "\n".join(lines))
     print("\n".join(lines))
 
@@ -114,12 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
+    parser.add_argument("--section", default="gen-rerank", help="the RESULTS.md section --combine writes")
     parser.add_argument("--combine", type=Path, action="append", default=[],
                         help="report the --json records of earlier runs (e.g. one per generator, run in "
                              "parallel) instead of running")
     args = parser.parse_args(argv)
     if args.combine:
-        return combine(args.combine, args.write)
+        return combine(args.combine, args.write, args.section)
     import torch
 
     from clipforge.checkpoint import load_folder

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,15 @@ def _cell(values: list[float]) -> str:
     return f"{np.mean(values):.2f} [{low:.2f}, {high:.2f}] (n={len(values)})"
 
 
+def with_colours(record: Any) -> str:
+    """The prompt naming its ground-truth objects' colours: "a blue square to the left of a red cross"."""
+    text = record.text
+    for obj in record.objects:
+        article = "an" if obj.color[0] in "aeiou" else "a"
+        text = re.sub(rf"\ban? {obj.shape}\b", f"{article} {obj.color} {obj.shape}", text, count=1)
+    return text
+
+
 def relation_rows(args: argparse.Namespace, rerankers: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """Relation accuracy of each re-ranker on ground truth and on dVAE reconstructions."""
     from clipforge.checkpoint import load_folder
@@ -48,10 +58,15 @@ def relation_rows(args: argparse.Namespace, rerankers: dict[str, Any]) -> tuple[
     if args.dvae is not None:
         dvae = load_folder(args.dvae)
         sets["dVAE reconstruction"] = round_trip(dvae, images)
-    rows = ["| re-ranker | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    # the same images scored with prompts that name the objects' colours, as the synthetic captions do
+    coloured = {f"{kind}, prompt with colours": shown for kind, shown in sets.items()}
+    heads = [*sets, *coloured]
+    rows = ["| re-ranker | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     record: dict[str, Any] = {}
     for name, reranker in rerankers.items():
         accs = {kind: relation_accuracy(reranker, shown, texts).tolist() for kind, shown in sets.items()}
+        accs |= {kind: relation_accuracy(reranker, shown, [with_colours(r) for r in records]).tolist()
+                 for kind, shown in coloured.items()}
         record[name] = accs
         rows.append(f"| {name} | " + " | ".join(_cell(a) for a in accs.values()) + " |")
     return rows, record
