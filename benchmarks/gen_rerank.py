@@ -65,6 +65,38 @@ def dvae_table(report: dict[str, Any]) -> list[str]:
     return rows
 
 
+def dvae_lines(report: dict[str, Any]) -> list[str]:
+    head = "Skill parser on dVAE reconstructions of the val ground-truth renders:"
+    return [head, "", *dvae_table(report), ""]
+
+
+def generator_lines(name: str, result: dict[str, Any]) -> list[str]:
+    return rerank_table(name, result) + ["", f"({name}: {result['seconds']} s wall incl. sampling)", ""]
+
+
+def combine(paths: list[Path], write: bool, section: str) -> None:
+    """The RESULTS.md section of several runs' JSON records (their commands, dVAE check and generators)."""
+    lines = []
+    for path in paths:
+        record = json.loads(path.read_text())
+        lines += [f"Command: `python benchmarks/gen_rerank.py {' '.join(record['args'])}`", ""]
+        if "dvae" in record:
+            lines += dvae_lines(record["dvae"])
+        for name, result in record["generators"].items():
+            lines += generator_lines(name, result)
+    _emit(lines, write, section)
+
+
+def _emit(lines: list[str], write: bool, section: str = "gen-rerank") -> None:
+    if write:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _results import write_section
+
+        write_section(section, "## Text to image: dVAE skill check and the re-ranking experiment\n\n"
+                      + "\n".join(lines))
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skills", type=Path, required=True, help="skill set (made here if missing)")
@@ -82,7 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
+    parser.add_argument("--section", default="gen-rerank", help="the RESULTS.md section --combine writes")
+    parser.add_argument("--combine", type=Path, action="append", default=[],
+                        help="report the --json records of earlier runs (e.g. one per generator, run in "
+                             "parallel) instead of running")
     args = parser.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.write, args.section)
     import torch
 
     from clipforge.checkpoint import load_folder
@@ -92,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     from clipforge.skills import SkillSetConfig, make_skill_set
 
     torch.set_num_threads(args.threads)
-    if not (args.skills / "object").is_dir():
+    if not (args.skills / "metadata.json").is_file():
         make_skill_set(args.skills, SkillSetConfig(args.n_per_skill, args.seed, args.size))
     record: dict[str, Any] = {"args": [str(a) for a in (argv or sys.argv[1:])], "generators": {}}
     lines = [f"Command: `python benchmarks/gen_rerank.py {' '.join(argv or sys.argv[1:])}`", ""]
@@ -100,8 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         dvae = load_folder(args.dvae)
         assert isinstance(dvae, DVAE), f"{args.dvae} is not a dVAE"
         record["dvae"] = reconstruction_report(dvae, args.skills)
-        lines += ["Skill parser on dVAE reconstructions of the val ground-truth renders:", "",
-                  *dvae_table(record["dvae"]), ""]
+        lines += dvae_lines(record["dvae"])
     for name, folder in args.generator:
         start = time.perf_counter()
         sampling = SamplingConfig(args.temperature, args.top_k, cond_scale=args.cond_scale)
@@ -110,17 +147,11 @@ def main(argv: list[str] | None = None) -> None:
         result = run_rerank_experiment(config)
         result["seconds"] = round(time.perf_counter() - start, 1)
         record["generators"][name] = result
-        lines += rerank_table(name, result) + ["", f"({name}: {result['seconds']} s wall incl. sampling)", ""]
+        lines += generator_lines(name, result)
         print("\n".join(rerank_table(name, result)), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=1))
-    if args.write:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _results import write_section
-
-        write_section("gen-rerank", "## Text to image: dVAE skill check and the re-ranking experiment\n\n"
-                      + "\n".join(lines))
-    print("\n".join(lines))
+    _emit(lines, args.write)
 
 
 if __name__ == "__main__":

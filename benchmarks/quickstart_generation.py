@@ -23,13 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_rerank import dvae_table, rerank_table  # noqa: E402
 
 
+def print_line(line: str) -> None:
+    print(line, flush=True)
+
+
 def run_stage(out: Path, clips: Path) -> dict[str, Any]:
     """Writes the skill set, trains the dVAE and the transformer, runs the experiment; returns the section."""
     from clipforge.fileio import write_json
     from clipforge.quickstart.generation import (
+        RERANKERS,
         GenerationConfig,
         evaluate_generation,
         generation_conclusion,
+        train_dvae_reranker,
         train_generation,
         write_skill_set,
     )
@@ -40,9 +46,11 @@ def run_stage(out: Path, clips: Path) -> dict[str, Any]:
         if not (out / name).exists():
             os.symlink(clips / name, out / name)
     write_skill_set(config, 0, out)
-    training = train_generation(config, 0, out, lambda line: print(line, flush=True),
-                                resume=(out / "dvae").exists())
-    section, _ = evaluate_generation(config, 0, out, lambda line: print(line, flush=True))
+    training = train_generation(config, 0, out, print_line, resume=(out / "dvae").exists())
+    if config.reranker_steps:  # the quickstart trains the two side by side; here one after the other
+        training["rerankers"] = {name: train_dvae_reranker(config, out, name, print_line, resume=True)
+                                 for name in RERANKERS}
+    section, _ = evaluate_generation(config, 0, out, print_line)
     section["training"] = training
     section["conclusion"] = generation_conclusion(section, config.steps, GenerationConfig.steps)
     write_json(section, out / "generation.json")

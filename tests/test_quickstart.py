@@ -34,7 +34,7 @@ RELATIONS = ("left of", "right of", "above", "below")
 TAGS = ("relation_swap", "argument_swap", "attribute_swap", "object_swap", "count")
 MICRO_GENERATION = GenerationConfig(dvae="tiny-dvae", generator="tiny-generator", dvae_steps=4,
                                     dvae_batch_size=8, steps=6, batch_size=8, early_step=3, n_train=64,
-                                    n_prompts=2, candidates=3)
+                                    n_prompts=2, candidates=3, reranker_steps=2)
 MICRO = QuickstartConfig(model="tiny-convnet", steps=6, batch_size=16, warmup_steps=2, n_train=200, n_val=32,
                          n_test=40, n_zeroshot=24, eval_every=3, n_examples=3, generation=MICRO_GENERATION)
 
@@ -237,12 +237,18 @@ def test_micro_quickstart_has_a_generation_section(micro_run: tuple[Path, dict[s
     assert set(section["reconstruction"]["skills"]) == {"object", "count", "color", "spatial"}
     for checkpoint in ("early", "final"):
         result = section["checkpoints"][checkpoint]
-        assert list(result["pickers"]) == ["none", "plain", "hardneg", "oracle"]
+        pickers = ["none", "plain", "hardneg", "plain-skill", "hardneg-skill", "oracle"]
+        assert list(result["pickers"]) == pickers
         assert set(result) >= {"upper_bound", "shuffle", "chance", "choices"}
         for skills in result["pickers"].values():
             low, high = skills["spatial"]["ci95"]
             assert _fraction(skills["spatial"]["accuracy"]) and low <= skills["spatial"]["accuracy"] <= high
         assert result["choices"]["none"] == [0] * 8  # 2 prompts per skill, the first candidate
+    assert "by hardneg fine-tuned on dVAE-seen skill scenes" in section["conclusion"]
+    for name in ("plain-skill", "hardneg-skill"):  # fine-tuned on dVAE-seen skill scenes after both trainings
+        assert (out / name / "final" / "model.safetensors").is_file()
+        run = json.loads((out / name / "config.json").read_text())
+        assert run["data"]["dvae"] == str(out / "dvae" / "final")
     curve = section["training"]["generator_curve"]
     assert [point["step"] for point in curve] == [3, 6] and "image_loss" in curve[0]
     page = (out / "report.html").read_text()

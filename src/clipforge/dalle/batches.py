@@ -31,6 +31,24 @@ def image_pixels(images: Sequence[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, S, S]
 
 
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """PIL images of pixels [B, 3, S, S] in [0, 1]."""
+    arrays = (pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()  # [B, S, S, 3]
+    return [Image.fromarray(a) for a in arrays]
+
+
+@torch.no_grad()
+def round_trip_pixels(dvae: DVAE, pixels: torch.Tensor) -> list[Image.Image]:
+    """What the generator can draw at best: pixels [B, 3, S, S] in [0, 1] encoded to argmax tokens and
+    decoded by `dvae`, as images."""
+    return to_pil(dvae.decode(dvae.encode(pixels)))
+
+
+def round_trip(dvae: DVAE, images: Sequence[Image.Image]) -> list[Image.Image]:
+    """`round_trip_pixels` of RGB images of the dVAE's size."""
+    return round_trip_pixels(dvae, image_pixels(images))
+
+
 @dataclass
 class ImageBatch:
     """Pixels [B, 3, S, S] in [0, 1], and the training step they are for (the dVAE's schedules use it)."""

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipforge.dalle.batches import image_pixels
+from clipforge.dalle.batches import image_pixels, to_pil
 from clipforge.dalle.sampling import SamplingConfig
 from clipforge.errors import ConfigError
-from clipforge.generate.job import candidate_scores, draw_candidates, load_generator, to_pil
+from clipforge.generate.job import candidate_scores, draw_candidates, load_generator
 from clipforge.generate.prompts import Prompt, read_skill_prompts
 from clipforge.generate.rerank import ClipReranker
 from clipforge.models.dvae import DVAE

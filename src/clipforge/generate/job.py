@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from clipforge.checkpoint import load_folder
+from clipforge.dalle.batches import to_pil
 from clipforge.dalle.sampling import SamplingConfig, image_seed, sample_images
 from clipforge.errors import ConfigError
 from clipforge.fileio import check_writable, write_bytes_atomic, write_json
@@ -97,12 +97,6 @@ def load_generator(spec: str) -> Generator:
     if not isinstance(model, Generator):
         raise ConfigError(f"--model must be a generator folder; {spec} holds a {type(model).__name__}")
     return model
-
-
-def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
-    """PIL images of pixels [B, 3, S, S] in [0, 1]."""
-    arrays = (pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()  # [B, S, S, 3]
-    return [Image.fromarray(a) for a in arrays]
 
 
 def draw_candidates(model: Generator, prompts: list[Prompt], n: int, seed: int, sampling: SamplingConfig

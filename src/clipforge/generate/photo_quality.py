@@ -32,10 +32,11 @@ import torch
 from PIL import Image
 
 from clipforge.checkpoint import load
+from clipforge.dalle.batches import to_pil
 from clipforge.dalle.photos import CaptionedPhotos, read_photos
 from clipforge.dalle.sampling import SamplingConfig
 from clipforge.errors import ConfigError, DataError
-from clipforge.generate.job import draw_candidates, load_generator, to_pil
+from clipforge.generate.job import draw_candidates, load_generator
 from clipforge.generate.prompts import Prompt
 from clipforge.probe.stats import accuracy_block
 from clipforge.skills.alignment import R_DISTRACTORS, r_precision

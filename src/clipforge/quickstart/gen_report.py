@@ -13,7 +13,8 @@ from clipforge.generate.grid import marked_grid
 from clipforge.quickstart.generation import CHECKPOINTS, Figures
 from clipforge.skills import SKILLS
 
-PICKER_COLORS = {"none": (60, 110, 230), "plain": (156, 156, 156), "hardneg": (225, 87, 89)}
+PICKER_COLORS = {"none": (60, 110, 230), "plain": (156, 156, 156), "hardneg": (225, 87, 89),
+                 "hardneg-skill": (240, 170, 40)}
 HELD_OUT = ("color", "spatial")
 SCALE = 4
 

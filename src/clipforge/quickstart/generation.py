@@ -8,6 +8,8 @@ Writes, under the quickstart folder::
     dvae/                    the dVAE's training run (final/ in the clipforge model format)
     generator/               the transformer's run: final/ (last step) and early/ (step `early_step`,
                              fixed before any evaluation)
+    plain-skill/,            the quickstart's two CLIPs fine-tuned on the generator's skill scenes and
+    hardneg-skill/           prompts seen through the dVAE (`reranker_steps`; a third and fourth re-ranker)
 
 The dVAE and the transformer train on the generator's skill scenes (`clipforge.dalle.scenes`, plain
 style, like the skill set; the CLIP models' randomized styles are not used). The numbers come from
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import torch
 from PIL import Image
 
 from clipforge.checkpoint import load_folder
-from clipforge.dalle.batches import image_pixels
+from clipforge.dalle.batches import round_trip
 from clipforge.dalle.sampling import SamplingConfig
 from clipforge.errors import ConfigError
 from clipforge.generate.experiment import (
@@ -36,7 +38,6 @@ from clipforge.generate.experiment import (
     reconstruction_report,
     rerank_experiment,
 )
-from clipforge.generate.job import to_pil
 from clipforge.models.dvae import DVAE, DVAEConfig
 from clipforge.models.registry import get_any_config
 from clipforge.probe.stats import interval_direction
@@ -44,6 +45,7 @@ from clipforge.progress import Say
 from clipforge.skills import SKILLS, SkillSetConfig, load_skill_set, make_skill_set, read_images
 from clipforge.skills.records import METADATA_NAME
 from clipforge.train.config import (
+    SKILL_SCENES,
     DataSection,
     EvalSection,
     ModelSection,
@@ -57,6 +59,7 @@ from clipforge.train.state import RUN_CONFIG, checkpoint_name, save_final
 GENERATION = "generator"  # the training worker of the stage (its run folder is OUT/generator)
 CHECKPOINTS = ("early", "final")
 RERANKERS = ("plain", "hardneg")
+DVAE_SEEN = "-skill"  # suffix of the re-rankers fine-tuned on the dVAE-seen skill scenes
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class GenerationConfig:
         temperature: sampling temperature.
         cond_scale: classifier-free guidance scale.
         threads: torch threads of the stage (it trains beside the two CLIP models, one process each).
+        reranker_steps: fine-tuning steps of each re-ranker on the generator's skill scenes and prompts
+            seen through the dVAE (``plain-skill``, ``hardneg-skill``; 0: none).
+        reranker_lr: their peak learning rate.
     """
 
     dvae: str = "quickstart-dvae-32"
@@ -97,6 +103,8 @@ class GenerationConfig:
     temperature: float = 0.3
     cond_scale: float = 3.0
     threads: int = 1
+    reranker_steps: int = 150
+    reranker_lr: float = 5e-4
 
     def __post_init__(self) -> None:
         for name in ("dvae_steps", "dvae_batch_size", "steps", "batch_size", "n_train", "n_prompts",
@@ -110,7 +118,8 @@ class GenerationConfig:
     @classmethod
     def quick(cls) -> GenerationConfig:
         """The smoke-run budget of ``--quick``."""
-        return cls(dvae_steps=150, steps=200, early_step=50, n_train=4000, n_prompts=12, candidates=8)
+        return cls(dvae_steps=150, steps=200, early_step=50, n_train=4000, n_prompts=12, candidates=8,
+                   reranker_steps=40)
 
 
 def dvae_run(config: GenerationConfig, seed: int) -> TrainRunConfig:
@@ -138,6 +147,45 @@ def generator_run(config: GenerationConfig, seed: int, out: Path) -> TrainRunCon
         prior=PriorObjective(dvae=str(out / "dvae" / "final")),
         eval=EvalSection(every=every),
     )
+
+
+def dvae_reranker_run(config: GenerationConfig, base: TrainRunConfig, out: Path, name: str) -> TrainRunConfig:
+    """Fine-tunes the quickstart CLIP `name` (trained with `base`) on the generator's skill scenes,
+    captioned with their prompts and seen through the stage's dVAE, with `base`'s loss and batch size:
+    plain and hardneg still differ only in their hard negatives (the prompts' relation swaps)."""
+    steps = config.reranker_steps
+    return replace(
+        base, model=ModelSection(str(out / name / "final")),
+        data=DataSection(source=SKILL_SCENES, n_train=steps * base.train.batch_size, n_val=256,
+                         seed=base.data.seed, dvae=str(out / "dvae" / "final")),
+        train=replace(base.train, steps=steps, lr=config.reranker_lr, warmup_steps=steps // 10,
+                      threads=config.threads, checkpoint_every=max(steps // 4, 1), log_every=10,
+                      progress=False),
+        eval=EvalSection(every=steps))
+
+
+def dvae_rerankers(config: GenerationConfig) -> tuple[str, ...]:
+    """The stage's re-rankers fine-tuned on dVAE-seen skill scenes (none when `reranker_steps` is 0)."""
+    return tuple(f"{name}{DVAE_SEEN}" for name in RERANKERS) if config.reranker_steps else ()
+
+
+def train_dvae_reranker(config: GenerationConfig, out: Path, name: str, say: Say, resume: bool = False
+                        ) -> dict[str, Any]:
+    """``OUT/{name}-skill``: the quickstart CLIP `name` fine-tuned on dVAE-seen skill scenes (needs the dVAE).
+
+    Returns:
+        Seconds and CPU seconds this call took.
+    """
+    began, cpu = time.perf_counter(), time.process_time()
+    base = TrainRunConfig.from_dict(json.loads((out / name / RUN_CONFIG).read_text()))
+    _train_run(dvae_reranker_run(config, base, out, name), out / f"{name}{DVAE_SEEN}",
+               _prefixed(say, f"  {name}{DVAE_SEEN}: "), resume)
+    return {"seconds": round(time.perf_counter() - began, 1),
+            "cpu_seconds": round(time.process_time() - cpu, 1)}
+
+
+def _prefixed(say: Say, prefix: str) -> Say:
+    return lambda line: say(prefix + line)
 
 
 def _train_run(run: TrainRunConfig, run_dir: Path, say: Say, resume: bool) -> None:
@@ -212,7 +260,7 @@ def sampling(config: GenerationConfig) -> SamplingConfig:
 
 def experiment(config: GenerationConfig, seed: int, out: Path, checkpoint: str) -> RerankExperiment:
     """The re-ranking experiment of one generator checkpoint on the skill set's ``val`` prompts."""
-    rerankers = tuple((name, str(out / name / "final")) for name in RERANKERS)
+    rerankers = tuple((name, str(out / name / "final")) for name in (*RERANKERS, *dvae_rerankers(config)))
     return RerankExperiment(generator=str(out / "generator" / checkpoint), skills=out / "skills",
                             rerankers=rerankers, n=config.candidates, split="val", seed=seed,
                             sampling=sampling(config))
@@ -281,7 +329,7 @@ def reconstruction_examples(dvae: DVAE, skills: Path, per_skill: int = 2
     for skill, skill_records in records.items():
         for record in skill_records[:per_skill]:
             image = truth.images[skill][record.id][0]
-            rebuilt = to_pil(dvae.decode(dvae.encode(image_pixels([image]))))[0]
+            rebuilt = round_trip(dvae, [image])[0]
             shown.append((record.text, image, rebuilt))
     return shown
 
@@ -292,12 +340,21 @@ def _spatial(pickers: dict[str, Any], picker: str) -> str:
     return f"{block['accuracy']:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def _effect(pickers: dict[str, Any]) -> str:
-    """Whether hardneg re-ranking moved spatial accuracy, judged by its 95% CI against none's."""
-    direction = interval_direction(pickers["none"]["spatial"]["ci95"], pickers["hardneg"]["spatial"]["ci95"])
+def _effect(pickers: dict[str, Any], picker: str = "hardneg") -> str:
+    """Whether re-ranking by `picker` moved spatial accuracy, judged by its 95% CI against none's."""
+    direction = interval_direction(pickers["none"]["spatial"]["ci95"], pickers[picker]["spatial"]["ci95"])
     if direction:
         return f"{'raised' if direction > 0 else 'lowered'} it (CIs disjoint)"
     return "had no effect that the CIs show (they overlap)"
+
+
+def _dvae_clause(pickers: dict[str, Any]) -> str:
+    """The hardneg re-ranker fine-tuned on dVAE-seen skill scenes, when the stage trained one."""
+    name = f"hardneg{DVAE_SEEN}"
+    if name not in pickers:
+        return ""
+    return (f"{_spatial(pickers, name)} by hardneg fine-tuned on dVAE-seen skill scenes, which "
+            f"{_effect(pickers, name)}, ")
 
 
 def generation_conclusion(section: dict[str, Any], steps: int, full_steps: int) -> str:
@@ -309,8 +366,8 @@ def generation_conclusion(section: dict[str, Any], steps: int, full_steps: int) 
         clauses.append(
             f"{checkpoint} generator (step {step}): spatial accuracy {_spatial(pickers, 'none')} without "
             f"re-ranking, {_spatial(pickers, 'plain')} re-ranked by plain, {_spatial(pickers, 'hardneg')} by "
-            f"hardneg, which {_effect(pickers)}, against {pickers[ORACLE]['spatial']['accuracy']:.2f} for "
-            f"the parser's best of {section['candidates']}")
+            f"hardneg, which {_effect(pickers)}, {_dvae_clause(pickers)}against "
+            f"{pickers[ORACLE]['spatial']['accuracy']:.2f} for the parser's best of {section['candidates']}")
     finding = "; ".join(clauses)
     if steps < full_steps:
         return f"Smoke run ({steps} of the default {full_steps} generator steps): {finding}."

@@ -44,10 +44,13 @@ from clipforge.progress import Say, to_stderr
 from clipforge.quickstart.config import MODELS, QuickstartConfig
 from clipforge.quickstart.evaluate import evaluate_models
 from clipforge.quickstart.generation import (
+    DVAE_SEEN,
     GENERATION,
     GenerationConfig,
+    dvae_rerankers,
     evaluate_generation,
     generation_conclusion,
+    train_dvae_reranker,
     train_generation,
     write_skill_set,
 )
@@ -145,6 +148,8 @@ def _train_job(config: QuickstartConfig, out_dir: Path, name: str, say: Say, res
     """Trains a CLIP model, or the generation stage's dVAE and transformer (`GENERATION`)."""
     if name == GENERATION and config.generation is not None:
         return train_generation(config.generation, config.seed, out_dir, say, resume)
+    if config.generation is not None and name in dvae_rerankers(config.generation):
+        return train_dvae_reranker(config.generation, out_dir, name.removesuffix(DVAE_SEEN), say, resume)
     return train_one(config, out_dir, name, say, resume)
 
 
@@ -176,9 +181,16 @@ def train_both(config: QuickstartConfig, out_dir: Path, say: Say, resume: bool =
         ClipforgeError: a run failed or its process died.
         Interrupted: stopped by a signal; the message names the command that resumes.
     """
+    names = (*MODELS, GENERATION) if config.generation is not None else MODELS
+    return train_processes(config, out_dir, names, say, resume)
+
+
+def train_processes(config: QuickstartConfig, out_dir: Path, names: tuple[str, ...], say: Say,
+                    resume: bool = False) -> dict[str, Any]:
+    """Trains the runs `names` (see `_train_job`) at the same time, one single-threaded process each,
+    stopping them all on SIGINT or SIGTERM (see `train_both`)."""
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
-    names = (*MODELS, GENERATION) if config.generation is not None else MODELS
     workers = {name: context.Process(target=_train_worker, args=(config, out_dir, name, resume, messages))
                for name in names}
     results: dict[str, Any] = {}
@@ -307,6 +319,11 @@ def _run(config: QuickstartConfig, out: Path, say: Say, resume: bool) -> dict[st
         f"{', '.join(config.negative_kinds)} negatives)" + _generation_budget(config))
     training = train_both(config, out, say, resume)
     generation_training = training.pop(GENERATION, None)
+    if config.generation is not None and dvae_rerankers(config.generation):
+        say(f"  fine-tuning plain and hardneg on the generator's skill scenes seen through the dVAE "
+            f"({config.generation.reranker_steps} steps each, side by side)")
+        generation_training = {**(generation_training or {}), "dvae_rerankers": train_processes(
+            config, out, dvae_rerankers(config.generation), say, resume)}
     say(f"[3/{stages}] evaluating both models on the held-out scenes (retrieval, zero-shot, probes)")
     models, examples = evaluate_models(config, out, say)
     report: dict[str, Any] = {

@@ -25,6 +25,8 @@ from clipforge.typed import parse_dataclass, to_dict
 TASKS = ("contrastive", "spatial", "dvae", "prior")
 LOSSES = ("infonce", "siglip")
 SCHEDULES = ("cosine", "constant")
+SKILL_SCENES = "skill-scenes"  # the generator's skill scenes and prompts (`train.dvae_views`)
+RENDERED = ("synthetic", SKILL_SCENES)  # data sources drawn on the fly (`train.sources`)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ class DataSection:
     """Where the training pairs come from.
 
     Attributes:
-        source: ``synthetic`` (in-memory scenes) or a data spec such as ``flickr8k:ROOT:train``.
+        source: ``synthetic`` (in-memory scenes), ``skill-scenes`` (the generator's skill scenes captioned
+            with their prompts, `train.dvae_views`) or a data spec such as ``flickr8k:ROOT:train``.
         n_train: synthetic scenes per epoch; for the dVAE and prior tasks on real data, how many of the
             source's usable images they train on (the first ones).
         n_val: synthetic held-out scenes for the built-in evaluation; with real data, at most this many
@@ -67,6 +70,9 @@ class DataSection:
             moves a config to another copy of the data.
         style: randomized rendering of synthetic scenes (`clipforge.synthetic.style`; a TOML section
             ``[data.style]``, empty for the default ranges); None draws them plainly.
+        dvae: a dVAE folder ("" = none): synthetic scenes are rendered at its image size and seen through
+            its round trip (encode to tokens, decode), so a re-ranker of its generator trains on
+            generated-looking images (`train.dvae_views`).
     """
 
     source: str = "synthetic"
@@ -77,6 +83,7 @@ class DataSection:
     eval_source: str = ""
     root: str = ""
     style: StyleConfig | None = None
+    dvae: str = ""
 
     def spec(self, template: str) -> str:
         """A data spec with ``{root}`` filled in."""
@@ -232,6 +239,8 @@ def validate(config: TrainRunConfig, where: str) -> None:
     scale = t.backbone_lr_scale
     _check(scale >= 0, where, f"train.backbone_lr_scale must be >= 0, got {scale}")
     _validate_model(config, where)
+    _check(not config.data.dvae or (config.task == "contrastive" and config.data.source in RENDERED), where,
+           "data.dvae works with task = 'contrastive' and data.source = 'synthetic' or 'skill-scenes'")
 
 
 def _validate_model(config: TrainRunConfig, where: str) -> None:

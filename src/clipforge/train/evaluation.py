@@ -29,7 +29,7 @@ from clipforge.train.features import (
     text_feature_table,
     tower_model,
 )
-from clipforge.train.sources import SYNTHETIC, pair_collate, synthetic_dataset
+from clipforge.train.sources import RENDERED, pair_collate, synthetic_pairs
 from clipforge.train.task import EvalHook
 
 R1_KEYS = ("t2i_r1", "i2t_r1")
@@ -64,12 +64,12 @@ def build_evaluator(
 
 def eval_batches(config: TrainRunConfig, model: ContrastiveModel) -> list[PairBatch]:
     """Held-out (image, caption) batches for the built-in evaluation; empty when there are none."""
-    collate = pair_collate(model, 0)
     data, size = config.data, config.eval.batch_size
-    if data.source == SYNTHETIC:
-        dataset = synthetic_dataset(config, "val", data.n_val, model.config.preprocess.image_size)
-        items = [dataset[i] for i in range(len(dataset))]
-        return [collate(items[i : i + size]) for i in range(0, len(items), size)]
+    if data.source in RENDERED:
+        dataset, scene_collate = synthetic_pairs(config, model, "val", data.n_val, 0)
+        items = [dataset[i] for i in range(data.n_val)]
+        return [scene_collate(items[i : i + size]) for i in range(0, len(items), size)]
+    collate = pair_collate(model, 0)
     if not data.eval_source:
         return []
     return _real_eval_batches(data.spec(data.eval_source), collate, size, data.n_val)

@@ -6,6 +6,10 @@ and cached backbone features of real data (locked towers, `train.features`).
 
 from __future__ import annotations
 
+from typing import Any
+
+from torch.utils.data import Dataset
+
 from clipforge.data.loader import ImageTextLoader, LoaderConfig
 from clipforge.data.specs import open_data
 from clipforge.data.transforms import Preprocess
@@ -23,7 +27,9 @@ from clipforge.train.batches import (
     PairEncoder,
     tower_encoder,
 )
-from clipforge.train.config import TrainRunConfig
+from clipforge.train.config import RENDERED, SKILL_SCENES, TrainRunConfig
+from clipforge.train.dalle_tasks import HELD_OUT_SEED_OFFSET, skill_scenes
+from clipforge.train.dvae_views import RoundTripCollate, SkillSceneItems, load_dvae
 from clipforge.train.features import cached_feature_batches, tower_model
 from clipforge.train.task import BatchSource
 
@@ -44,6 +50,27 @@ def pair_collate(model: ContrastiveModel, hard_negatives: int) -> PairCollate:
     return PairCollate(Preprocess(config.preprocess), get_tokenizer(config.tokenizer), hard_negatives)
 
 
+def scene_dataset(config: TrainRunConfig, split: str, size: int, image_size: int) -> Dataset[dict[str, Any]]:
+    """The rendered scenes of `split` ("train" or "val"): synthetic scenes, or the generator's skill scenes
+    (val: the stream its own training holds out)."""
+    if config.data.source != SKILL_SCENES:
+        return synthetic_dataset(config, split, size, image_size)
+    seed = config.data.seed + (HELD_OUT_SEED_OFFSET if split == "val" else 0)
+    k = config.loss.hard_negatives if split == "train" else 0
+    return SkillSceneItems(skill_scenes(image_size), seed, size, k)
+
+
+def synthetic_pairs(config: TrainRunConfig, model: ContrastiveModel, split: str, size: int,
+                    hard_negatives: int) -> tuple[Dataset[dict[str, Any]], PairCollate | RoundTripCollate]:
+    """The rendered scenes of `split` and the collate that batches them: rendered at the model's input
+    size, or with ``data.dvae`` at the dVAE's size and seen through its round trip."""
+    collate = pair_collate(model, hard_negatives)
+    if not config.data.dvae:
+        return scene_dataset(config, split, size, model.config.preprocess.image_size), collate
+    seen = RoundTripCollate(collate, load_dvae(config.data.dvae))
+    return scene_dataset(config, split, size, seen.image_size), seen
+
+
 def pair_batches(
     config: TrainRunConfig, model: ContrastiveModel, say: Say
 ) -> tuple[BatchSource[PairBatch], PairEncoder]:
@@ -51,11 +78,11 @@ def pair_batches(
     data, train = config.data, config.train
     if config.model.feature_cache:
         return cached_feature_batches(config, tower_model(model), say)
-    collate = pair_collate(model, config.loss.hard_negatives)
-    if data.source == SYNTHETIC:
-        dataset = synthetic_dataset(config, "train", data.n_train, model.config.preprocess.image_size)
+    if data.source in RENDERED:
+        dataset, collate = synthetic_pairs(config, model, "train", data.n_train, config.loss.hard_negatives)
         batches = MapBatches(dataset, collate, train.batch_size, train.seed, data.num_workers)
         return batches, tower_encoder(model)
+    pairs = pair_collate(model, config.loss.hard_negatives)
     loader_config = LoaderConfig("pairs", train.batch_size, data.num_workers, shuffle=True, seed=train.seed)
-    loader = ImageTextLoader(open_data(data.spec(data.source)), collate.preprocess, loader_config)
-    return LoaderBatches(loader, collate), tower_encoder(model)
+    loader = ImageTextLoader(open_data(data.spec(data.source)), pairs.preprocess, loader_config)
+    return LoaderBatches(loader, pairs), tower_encoder(model)
