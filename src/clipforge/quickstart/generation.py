@@ -77,8 +77,6 @@ class GenerationConfig:
         lr: the transformer's peak learning rate.
         early_step: the transformer step evaluated as the weak ("early") generator.
         n_train: scenes of the transformer's training pool (tokenized once by the dVAE).
-        align_px: objects of the transformer's training scenes start on multiples of this many pixels
-            (the dVAE's cell side: each object is then always the same tokens); 0 places them anywhere.
         n_prompts: held-out (``val``) prompts per skill; half the color and spatial ones name a held-out
             combination.
         candidates: images drawn per prompt; each picker keeps one.
@@ -100,7 +98,6 @@ class GenerationConfig:
     lr: float = 1e-3
     early_step: int = 250
     n_train: int = 20_000
-    align_px: int = 0
     n_prompts: int = 50
     candidates: int = 16
     temperature: float = 0.3
@@ -147,7 +144,7 @@ def generator_run(config: GenerationConfig, seed: int, out: Path) -> TrainRunCon
         train=TrainSection(steps=config.steps, batch_size=config.batch_size, lr=config.lr, warmup_steps=50,
                            weight_decay=0.01, seed=seed, threads=config.threads, checkpoint_every=every,
                            keep_checkpoints=config.steps // every + 1, log_every=10, progress=False),
-        prior=PriorObjective(dvae=str(out / "dvae" / "final"), align_px=config.align_px),
+        prior=PriorObjective(dvae=str(out / "dvae" / "final")),
         eval=EvalSection(every=every),
     )
 
