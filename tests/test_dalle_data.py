@@ -46,6 +46,14 @@ def test_skill_scenes_respect_the_compositional_holdout() -> None:
             assert (b.shape, OPPOSITE[str(relation)]) not in held_relations
 
 
+def test_aligned_skill_scenes_start_objects_on_the_grid() -> None:
+    aligned = SkillSceneConfig(scene=SceneConfig(image_size=32), align_px=4)
+    scenes = [skill_scene(aligned, 0, i) for i in range(200)]
+    assert all(o.bbox[0] % 4 == 0 and o.bbox[1] % 4 == 0 for s in scenes for o in s.scene.objects)
+    assert {len(s.scene.objects) for s in scenes if s.skill == "count"} == {1, 2, 3, 4}
+    assert any(o.bbox[0] % 4 for i in range(50) for o in skill_scene(CONFIG, 0, i).scene.objects)
+
+
 def test_scene_batches_resume_where_they_stopped() -> None:
     source = SceneBatches(CONFIG, 3, 4)
     source.next_batch()

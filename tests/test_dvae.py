@@ -27,6 +27,13 @@ def test_registry_knows_model_kinds_and_old_jsons_keep_meaning() -> None:
         DVAEConfig(image_size=30, channels=(8, 8))
 
 
+def test_fine_grid_dvae_draws_a_16x16_grid() -> None:
+    model = create_any_model("skills-dvae-32-g16").eval()
+    tokens = model.encode(torch.rand(2, 3, 32, 32))
+    assert model.config.grid == 16 and tokens.shape == (2, 256) and int(tokens.max()) < 64
+    assert model.decode(tokens).shape == (2, 3, 32, 32)
+
+
 def test_shapes_tokens_and_decode_range() -> None:
     model = create_any_model("tiny-dvae").eval()
     assert isinstance(model, DVAE)

@@ -85,6 +85,21 @@ def test_prior_resumes_bit_for_bit(dvae_run: Path, tmp_path: Path) -> None:
     assert losses(partial) == losses(tmp_path / "full") and len(losses(partial)) == 6
 
 
+def test_prior_learns_aligned_scenes_when_asked(dvae_run: Path, tmp_path: Path) -> None:
+    from clipforge.dalle.batches import encode_scenes
+    from clipforge.dalle.scenes import skill_scene
+    from clipforge.train.dalle_tasks import PriorTask
+
+    task = PriorTask(_prior_config(dvae_run / "final", tmp_path / "cache", "prior.align_px=4"), print)
+    assert task.scenes.align_px == 4
+    scenes = [skill_scene(task.scenes, 0, i) for i in range(40)]  # the training pool: data.seed 0
+    assert all(o.bbox[0] % 4 == 0 and o.bbox[1] % 4 == 0 for s in scenes for o in s.scene.objects)
+    expected = encode_scenes(task.model.dvae, task.tokenizer, scenes)
+    assert torch.equal(task.batches.pairs.image, expected.image)
+    with pytest.raises(ConfigError, match="align_px"):
+        _prior_config(dvae_run / "final", tmp_path / "cache", "prior.align_px=-1")
+
+
 def test_wrong_models_and_data_are_one_line_errors(dvae_run: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="task 'dvae' trains a DVAE; model.name 'tiny-vit' is a CLIP"):
         train(_dvae_config("model.name=tiny-vit"), tmp_path / "a")

@@ -101,6 +101,9 @@ class PriorObjective:
         text_weight, image_weight: weights of the two cross-entropies (DALL-E: 1 and 7).
         caption_dropout: probability that a training caption is replaced by the empty one, which
             teaches the unconditional model that classifier-free guidance needs.
+        align_px: when positive, the training scenes' objects start on multiples of this many pixels
+            (with the dVAE's cell side, every object of one shape, size and colour is the same tokens);
+            0 places them anywhere.
     """
 
     dvae: str = ""
@@ -108,8 +111,11 @@ class PriorObjective:
     text_weight: float = 1.0
     image_weight: float = 7.0
     caption_dropout: float = 0.1
+    align_px: int = 0
 
     def __post_init__(self) -> None:
+        if self.align_px < 0:
+            raise ConfigError(f"prior objective: align_px must be >= 0, got {self.align_px}")
         if min(self.text_weight, self.image_weight) < 0 or self.text_weight + self.image_weight <= 0:
             raise ConfigError("prior objective: weights must be >= 0 with a positive sum")
         if not 0 <= self.caption_dropout < 1:

@@ -47,9 +47,9 @@ def _build(name: str, kind: type[M], task: str) -> M:
     return model.train()
 
 
-def skill_scenes(image_size: int) -> SkillSceneConfig:
-    """The skill scenes at the model's image size."""
-    return SkillSceneConfig(scene=SceneConfig(image_size=image_size))
+def skill_scenes(image_size: int, align_px: int = 0) -> SkillSceneConfig:
+    """The skill scenes at the model's image size (objects on a grid of `align_px` when positive)."""
+    return SkillSceneConfig(scene=SceneConfig(image_size=image_size), align_px=align_px)
 
 
 def held_out_images(config: TrainRunConfig, scenes: SkillSceneConfig) -> torch.Tensor:
@@ -145,7 +145,7 @@ class PriorTask:
         self.model = _build(config.model.name, Generator, "prior")
         if config.prior.dvae:
             _attach_dvae(self.model, config.prior.dvae)
-        self.scenes = skill_scenes(self.model.config.dvae.image_size)
+        self.scenes = skill_scenes(self.model.config.dvae.image_size, config.prior.align_px)
         self.tokenizer = get_tokenizer(self.model.config.tokenizer)
         self.last: dict[str, float] = {}
         photos = training_photos(config, self.model.config.dvae.image_size, say)
