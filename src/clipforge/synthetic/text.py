@@ -344,6 +344,15 @@ class ProbeItem:
             raise DataError(f"malformed probe record (bad or missing key {err})") from err
 
 
+def same_color_relation(item: ProbeItem) -> bool:
+    """Whether a relation item's two objects share a colour name ("a red circle above a red star").
+
+    Such an item cannot be passed by knowing where each colour is, only by telling the objects apart.
+    """
+    colors = [word for word in item.true.split() if word in COLORS]
+    return item.relation is not None and len(colors) == 2 and colors[0] == colors[1]
+
+
 def image_name(scene_id: int) -> str:
     """Where a scene's image lives relative to the dataset folder."""
     return f"images/{scene_id:06d}.png"
