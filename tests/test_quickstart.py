@@ -71,8 +71,9 @@ def test_micro_quickstart_writes_a_schema_valid_report(micro_run: tuple[Path, di
             assert all(_fraction(v) for v in block["per_relation"].values())
         assert set(metrics["probe"]["relation_swap"]["per_relation"]) <= set(RELATIONS)
         assert _fraction(metrics["probe"]["relation_swap"]["pair_balanced"]["accuracy"])
-        same_color = metrics["probe"]["relation_swap"]["same_color"]
-        assert 0 < same_color["n"] < metrics["probe"]["relation_swap"]["n"] and _fraction(same_color["accuracy"])
+        relation = metrics["probe"]["relation_swap"]
+        assert 0 < relation["same_color"]["n"] < relation["n"]
+        assert _fraction(relation["same_color"]["accuracy"])
         assert metrics["probe"]["object_swap"]["same_color"] is None
         assert all(_fraction(block["blind"]["accuracy"]) for block in metrics["probe"].values())
     for name in ("plain", "hardneg"):

@@ -75,7 +75,8 @@ def same_color_block(result: ProbeResult) -> dict[str, Any] | None:
     if not any(item.relation for item in result.items):
         return None
     pairs = zip(result.items, result.correct, strict=True)
-    return accuracy_block([bool(ok) for item, ok in pairs if same_color_relation(item)], N_RESAMPLES, PROBE_SEED)
+    flags = [bool(ok) for item, ok in pairs if same_color_relation(item)]
+    return accuracy_block(flags, N_RESAMPLES, PROBE_SEED)
 
 
 def top_captions(features: RetrievalFeatures, index: int, k: int = TOP_CAPTIONS
