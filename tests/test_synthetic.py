@@ -41,7 +41,7 @@ from clipforge.synthetic.text import (
     hard_negative,
     is_false,
     is_true,
-    same_color_relation,
+    same_color_pair,
 )
 
 CONFIG = SceneConfig()
@@ -205,7 +205,7 @@ def test_relation_swap_probe_is_the_opposite_preposition() -> None:
         assert item.false[0] == item.true.replace(words[rel], words[opposite[rel]])
 
 
-def test_same_color_relation_matches_the_scene_objects() -> None:
+def test_same_color_pair_matches_the_scene_objects() -> None:
     """The caption-level check against the metadata of two-object scenes (whose caption names both)."""
     seen: Counter[bool] = Counter()
     for item, _ in synthetic_probe_items(CONFIG, "val", 300):
@@ -213,11 +213,11 @@ def test_same_color_relation_matches_the_scene_objects() -> None:
         if item.tag != "relation_swap" or len(scene.objects) != 2:
             continue
         first, second = scene.objects
-        assert same_color_relation(item) == (first.color == second.color), item
-        seen[same_color_relation(item)] += 1
+        assert same_color_pair(item.true) == (first.color == second.color), item
+        seen[same_color_pair(item.true)] += 1
     assert seen[True] >= 10 and seen[False] >= 50, seen  # both kinds occur
-    count = next(item for item, _ in synthetic_probe_items(CONFIG, "val", 20) if item.tag == "count")
-    assert not same_color_relation(count)
+    assert not same_color_pair("a photo of a red circle")
+    assert not same_color_pair("a red circle above a blue star")
 
 
 def test_count_captions() -> None:

@@ -126,6 +126,8 @@ class ConvNetConfig:
     Attributes:
         stem: channels of a stride-1 conv at the full input resolution before the strided convs (0: none).
         batch_norm: a BatchNorm after every conv.
+        max_pool: also feed the MLP each channel's maximum over all positions: whether a feature (a
+            shape) is anywhere in the image, learned once instead of once per position.
     """
 
     type: str = "convnet"
@@ -134,6 +136,7 @@ class ConvNetConfig:
     hidden: int = 256
     stem: int = 0
     batch_norm: bool = False
+    max_pool: bool = False
 
     def __post_init__(self) -> None:
         _check_range("image_size", self.image_size, 1, MAX_IMAGE_SIZE)

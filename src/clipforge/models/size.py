@@ -151,7 +151,7 @@ def _convnet(config: ConvNetConfig, embed: int) -> int:
         total += 9 * channels_in * channels + channels * (2 if config.batch_norm else 1)
         channels_in = channels
     side = config.image_size // 2 ** len(config.channels)
-    flat = channels_in * side * side
+    flat = channels_in * (side * side + config.max_pool)
     return total + flat * config.hidden + config.hidden + config.hidden * embed + embed
 
 

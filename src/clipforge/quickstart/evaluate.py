@@ -25,7 +25,7 @@ from clipforge.probe import ClipEncoder, ProbeResult, Suite, load_suite, run_pro
 from clipforge.probe.report import write_probe_report
 from clipforge.probe.stats import N_RESAMPLES, accuracy_block, split_results
 from clipforge.quickstart.config import QuickstartConfig
-from clipforge.synthetic.text import same_color_relation
+from clipforge.synthetic.text import same_color_pair
 from clipforge.synthetic.zeroshot import load_labelled_scenes
 
 RETRIEVAL_KEYS = ("t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5")
@@ -53,7 +53,7 @@ class Example:
 def probe_block(result: ProbeResult, tag: str) -> dict[str, Any]:
     """``{"accuracy", "n", "ci95", "per_relation", "per_relation_ci95", "pair_balanced", "blind",
     "same_color"}`` of one probe kind; the last three are ``{"accuracy", "ci95"}`` (see
-    `clipforge.probe.stats`; ``same_color`` adds ``n``, and is None for kinds without relation items)."""
+    `clipforge.probe.stats`; ``same_color``, with ``n``, only for ``relation_swap``, else None)."""
     sub = result.subset([i for i, item in enumerate(result.items) if item.tag == tag])
     summary = summarize(sub, n_resamples=N_RESAMPLES, seed=PROBE_SEED)
     per_relation = {rel: block["accuracy"] for rel, block in summary["per_relation"].items()}
@@ -62,20 +62,17 @@ def probe_block(result: ProbeResult, tag: str) -> dict[str, Any]:
               for key in ("pair_balanced", "blind")}
     return {"accuracy": summary["accuracy"], "n": summary["n"], "ci95": summary["ci95"],
             "per_relation": per_relation, "per_relation_ci95": per_relation_ci, **honest,
-            "same_color": same_color_block(sub)}
+            "same_color": same_color_block(sub) if tag == "relation_swap" else None}
 
 
-def same_color_block(result: ProbeResult) -> dict[str, Any] | None:
-    """Accuracy with its 95% CI on the relation items whose two objects share a colour name.
+def same_color_block(result: ProbeResult) -> dict[str, Any]:
+    """Accuracy with its 95% CI on the items whose two objects share a colour name.
 
     Where each colour lies tells a relation swap apart whenever the colours differ, so a model can pass
-    most relation items without telling shapes apart; these items are the ones it cannot (None: no
-    relation items).
+    most relation items without telling the objects apart; these items are the ones it cannot.
     """
-    if not any(item.relation for item in result.items):
-        return None
     pairs = zip(result.items, result.correct, strict=True)
-    flags = [bool(ok) for item, ok in pairs if same_color_relation(item)]
+    flags = [bool(ok) for item, ok in pairs if same_color_pair(item.true)]
     return accuracy_block(flags, N_RESAMPLES, PROBE_SEED)
 
 

@@ -344,13 +344,11 @@ class ProbeItem:
             raise DataError(f"malformed probe record (bad or missing key {err})") from err
 
 
-def same_color_relation(item: ProbeItem) -> bool:
-    """Whether a relation item's two objects share a colour name ("a red circle above a red star").
-
-    Such an item cannot be passed by knowing where each colour is, only by telling the objects apart.
-    """
-    colors = [word for word in item.true.split() if word in COLORS]
-    return item.relation is not None and len(colors) == 2 and colors[0] == colors[1]
+def same_color_pair(caption: str) -> bool:
+    """Whether a caption names exactly two objects and both by the same colour ("a red circle above a red
+    star"): a relation between them cannot be told by where each colour is, only by telling them apart."""
+    colors = [word for word in caption.split() if word in COLORS]
+    return len(colors) == 2 and colors[0] == colors[1]
 
 
 def image_name(scene_id: int) -> str:
