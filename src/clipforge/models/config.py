@@ -124,8 +124,6 @@ class ConvNetConfig:
     """Small CPU conv tower that keeps the spatial layout: strided convs, flatten, MLP.
 
     Attributes:
-        stem: channels of a stride-1 conv at the full input resolution before the strided convs (0: none).
-        batch_norm: a BatchNorm after every conv.
         max_pool: also feed the MLP each channel's maximum over all positions: whether a feature (a
             shape) is anywhere in the image, learned once instead of once per position.
     """
@@ -134,8 +132,6 @@ class ConvNetConfig:
     image_size: int = 64
     channels: tuple[int, ...] = (32, 64, 128)
     hidden: int = 256
-    stem: int = 0
-    batch_norm: bool = False
     max_pool: bool = False
 
     def __post_init__(self) -> None:
@@ -146,7 +142,6 @@ class ConvNetConfig:
         require(self.image_size % stride == 0,
                 f"image_size={self.image_size} must be a multiple of {stride} (2 per conv)")
         _check_range("hidden", self.hidden, 1)
-        _check_range("stem", self.stem, 0)
 
 
 @dataclass(frozen=True)

@@ -146,9 +146,8 @@ def _bottleneck(inplanes: int, planes: int, downsample: bool) -> int:
 
 def _convnet(config: ConvNetConfig, embed: int) -> int:
     total, channels_in = 0, 3
-    for channels in (config.stem,) * (config.stem > 0) + config.channels:
-        # A BatchNorm replaces the conv's bias and adds a scale.
-        total += 9 * channels_in * channels + channels * (2 if config.batch_norm else 1)
+    for channels in config.channels:
+        total += 9 * channels_in * channels + channels
         channels_in = channels
     side = config.image_size // 2 ** len(config.channels)
     flat = channels_in * (side * side + config.max_pool)

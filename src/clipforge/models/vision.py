@@ -195,24 +195,17 @@ class VisionTransformer(nn.Module):
         self.transformer.init_weights()
 
 
-def _conv(in_channels: int, channels: int, stride: int, batch_norm: bool) -> list[nn.Module]:
-    """A 3x3 conv and its ReLU, with a BatchNorm between them (the conv then needs no bias)."""
-    conv = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=not batch_norm)
-    norm: list[nn.Module] = [nn.BatchNorm2d(channels)] if batch_norm else []
-    return [conv, *norm, nn.ReLU(inplace=True)]
-
-
 class ConvNet(nn.Module):
     """Strided 3x3 convs, then flatten and an MLP: unlike global pooling, flattening keeps *where* things are,
-    which spatial-relation captions depend on."""
+    which spatial-relation captions depend on. With `max_pool`, each channel's maximum over positions joins
+    the flattened map, so *what* is in the image is learned once for every position."""
 
     def __init__(self, config: ConvNetConfig, output_dim: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         in_channels = 3
-        strided = [(c, 2) for c in config.channels]
-        for channels, stride in [(config.stem, 1)] * (config.stem > 0) + strided:
-            layers += _conv(in_channels, channels, stride, config.batch_norm)
+        for channels in config.channels:
+            layers += [nn.Conv2d(in_channels, channels, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
             in_channels = channels
         self.input_resolution = config.image_size
         self.convs = nn.Sequential(*layers)
