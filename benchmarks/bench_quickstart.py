@@ -5,7 +5,8 @@ Run: time clipforge quickstart --out runs/quickstart
 Writes the ``quickstart`` block: each model in each style split (in-style, held-out style), with the 95%
 bootstrap intervals of the probe accuracies, the relation-swap accuracy per relation and its pair-balanced
 mean (left/right and above/below: the mean of the two directions, then of the two pairs, so a model that
-prefers one word of a pair scores 0.5 on it).
+prefers one word of a pair scores 0.5 on it), and the relation-swap accuracy on the items whose two objects
+share a colour (the control that knowing where each colour lies cannot pass).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def table(report: dict[str, Any]) -> str:
     lines = [_row("metric", list(found)), "|---" * (len(found) + 1) + "|"]
     swaps = [m["probe"]["relation_swap"] for m in blocks]
     lines.append(_row("relation_swap pair-balanced", [_balanced(swap) for swap in swaps]))
+    if all(swap.get("same_color") for swap in swaps):  # reports before the same-colour control lack it
+        cells = [f"{_cell(swap['same_color'])} n={swap['same_color']['n']}" for swap in swaps]
+        lines.append(_row("relation_swap, same-colour pairs", cells))
     for tag in PROBE_ROWS:
         cells = [f"{_cell(m['probe'][tag])} n={m['probe'][tag]['n']}" for m in blocks]
         lines.append(_row(f"probe {tag}", cells))

@@ -127,3 +127,19 @@ def test_register_user_json(tmp_path) -> None:
         clipforge.create_model("nope")
     with pytest.raises(ConfigError, match="not found"):
         clipforge.register_model("x", tmp_path / "missing.json")
+
+
+def test_convnet_max_pool_feeds_the_mlp_and_keeps_the_plain_net_loadable() -> None:
+    """The default ConvNet keeps its parameter names (saved quickstart models load); with `max_pool` each
+    channel's maximum over positions reaches the MLP beside the flattened map."""
+    plain = clipforge.create_model("tiny-convnet").visual
+    assert list(plain.state_dict())[:3] == ["convs.0.weight", "convs.0.bias", "convs.2.weight"]
+    data = clipforge.get_model_config("tiny-convnet").to_dict()
+    data["vision"]["max_pool"] = True
+    pooled = clipforge.create_model(ModelConfig.from_dict(data)).visual.eval()
+    size = data["vision"]["image_size"]
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        features = pooled.convs(images)  # [B, C, S, S]
+        reference = pooled.mlp(torch.cat([features.flatten(1), features.flatten(2).max(dim=2).values], dim=1))
+        assert torch.allclose(pooled(images), reference)

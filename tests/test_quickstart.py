@@ -71,6 +71,10 @@ def test_micro_quickstart_writes_a_schema_valid_report(micro_run: tuple[Path, di
             assert all(_fraction(v) for v in block["per_relation"].values())
         assert set(metrics["probe"]["relation_swap"]["per_relation"]) <= set(RELATIONS)
         assert _fraction(metrics["probe"]["relation_swap"]["pair_balanced"]["accuracy"])
+        relation = metrics["probe"]["relation_swap"]
+        assert 0 < relation["same_color"]["n"] < relation["n"]
+        assert _fraction(relation["same_color"]["accuracy"])
+        assert metrics["probe"]["object_swap"]["same_color"] is None
         assert all(_fraction(block["blind"]["accuracy"]) for block in metrics["probe"].values())
     for name in ("plain", "hardneg"):
         assert (out / name / "final" / "model.safetensors").is_file()
@@ -87,6 +91,7 @@ def test_report_html_is_self_contained(micro_run: tuple[Path, dict[str, Any]]) -
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "relation_swap" in page and "hardneg" in page
     assert "probe relation_swap pair-balanced" in page and "probe count blind baseline" in page
+    assert "probe relation_swap same-colour pairs" in page
     assert "hardneg, held-out style" in page and "object_swap" in page
 
 

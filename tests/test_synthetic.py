@@ -34,7 +34,15 @@ from clipforge.synthetic.scene import (
     object_mask,
     render_scene,
 )
-from clipforge.synthetic.text import Caption, Phrase, count_caption, hard_negative, is_false, is_true
+from clipforge.synthetic.text import (
+    Caption,
+    Phrase,
+    count_caption,
+    hard_negative,
+    is_false,
+    is_true,
+    same_color_pair,
+)
 
 CONFIG = SceneConfig()
 
@@ -195,6 +203,21 @@ def test_relation_swap_probe_is_the_opposite_preposition() -> None:
     for item in items:
         rel = str(item.relation)
         assert item.false[0] == item.true.replace(words[rel], words[opposite[rel]])
+
+
+def test_same_color_pair_matches_the_scene_objects() -> None:
+    """The caption-level check against the metadata of two-object scenes (whose caption names both)."""
+    seen: Counter[bool] = Counter()
+    for item, _ in synthetic_probe_items(CONFIG, "val", 300):
+        scene = generate_scene(CONFIG, 0, "val", item.scene)
+        if item.tag != "relation_swap" or len(scene.objects) != 2:
+            continue
+        first, second = scene.objects
+        assert same_color_pair(item.true) == (first.color == second.color), item
+        seen[same_color_pair(item.true)] += 1
+    assert seen[True] >= 10 and seen[False] >= 50, seen  # both kinds occur
+    assert not same_color_pair("a photo of a red circle")
+    assert not same_color_pair("a red circle above a blue star")
 
 
 def test_count_captions() -> None:

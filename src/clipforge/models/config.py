@@ -121,12 +121,18 @@ class ResNetConfig:
 
 @dataclass(frozen=True)
 class ConvNetConfig:
-    """Small CPU conv tower that keeps the spatial layout: strided convs, flatten, MLP."""
+    """Small CPU conv tower that keeps the spatial layout: strided convs, flatten, MLP.
+
+    Attributes:
+        max_pool: also feed the MLP each channel's maximum over all positions: whether a feature (a
+            shape) is anywhere in the image, learned once instead of once per position.
+    """
 
     type: str = "convnet"
     image_size: int = 64
     channels: tuple[int, ...] = (32, 64, 128)
     hidden: int = 256
+    max_pool: bool = False
 
     def __post_init__(self) -> None:
         _check_range("image_size", self.image_size, 1, MAX_IMAGE_SIZE)

@@ -150,7 +150,7 @@ def _convnet(config: ConvNetConfig, embed: int) -> int:
         total += 9 * channels_in * channels + channels
         channels_in = channels
     side = config.image_size // 2 ** len(config.channels)
-    flat = channels_in * side * side
+    flat = channels_in * (side * side + config.max_pool)
     return total + flat * config.hidden + config.hidden + config.hidden * embed + embed
 
 

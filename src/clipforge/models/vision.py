@@ -197,7 +197,8 @@ class VisionTransformer(nn.Module):
 
 class ConvNet(nn.Module):
     """Strided 3x3 convs, then flatten and an MLP: unlike global pooling, flattening keeps *where* things are,
-    which spatial-relation captions depend on."""
+    which spatial-relation captions depend on. With `max_pool`, each channel's maximum over positions joins
+    the flattened map, so *what* is in the image is learned once for every position."""
 
     def __init__(self, config: ConvNetConfig, output_dim: int) -> None:
         super().__init__()
@@ -209,15 +210,19 @@ class ConvNet(nn.Module):
         self.input_resolution = config.image_size
         self.convs = nn.Sequential(*layers)
         side = config.image_size // 2 ** len(config.channels)
+        self.max_pool = config.max_pool
         self.mlp = nn.Sequential(
-            nn.Linear(in_channels * side * side, config.hidden),
+            nn.Linear(in_channels * (side * side + config.max_pool), config.hidden),
             nn.GELU(),
             nn.Linear(config.hidden, output_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.convs(x)  # [B, C, S, S]
-        return self.mlp(x.flatten(1))  # [B, C*S*S] -> [B, output_dim]
+        if not self.max_pool:
+            return self.mlp(x.flatten(1))  # [B, C*S*S] -> [B, output_dim]
+        x = torch.cat([x.flatten(1), x.amax(dim=(2, 3))], dim=1)  # [B, C*S*S + C]
+        return self.mlp(x)  # [B, output_dim]
 
     def init_weights(self) -> None:
         """PyTorch's default init works for this net; nothing to change."""

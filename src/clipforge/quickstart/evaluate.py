@@ -23,8 +23,9 @@ from clipforge.eval.run import (
 from clipforge.models.base import ContrastiveModel
 from clipforge.probe import ClipEncoder, ProbeResult, Suite, load_suite, run_probe, summarize
 from clipforge.probe.report import write_probe_report
-from clipforge.probe.stats import N_RESAMPLES, split_results
+from clipforge.probe.stats import N_RESAMPLES, accuracy_block, split_results
 from clipforge.quickstart.config import QuickstartConfig
+from clipforge.synthetic.text import same_color_pair
 from clipforge.synthetic.zeroshot import load_labelled_scenes
 
 RETRIEVAL_KEYS = ("t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5")
@@ -50,8 +51,9 @@ class Example:
 
 
 def probe_block(result: ProbeResult, tag: str) -> dict[str, Any]:
-    """``{"accuracy", "n", "ci95", "per_relation", "per_relation_ci95", "pair_balanced", "blind"}`` of one
-    probe kind; the last two are ``{"accuracy", "ci95"}`` (see `clipforge.probe.stats`)."""
+    """``{"accuracy", "n", "ci95", "per_relation", "per_relation_ci95", "pair_balanced", "blind",
+    "same_color"}`` of one probe kind; the last three are ``{"accuracy", "ci95"}`` (see
+    `clipforge.probe.stats`; ``same_color``, with ``n``, only for ``relation_swap``, else None)."""
     sub = result.subset([i for i, item in enumerate(result.items) if item.tag == tag])
     summary = summarize(sub, n_resamples=N_RESAMPLES, seed=PROBE_SEED)
     per_relation = {rel: block["accuracy"] for rel, block in summary["per_relation"].items()}
@@ -59,7 +61,19 @@ def probe_block(result: ProbeResult, tag: str) -> dict[str, Any]:
     honest = {key: summary[key] and {"accuracy": summary[key]["accuracy"], "ci95": summary[key]["ci95"]}
               for key in ("pair_balanced", "blind")}
     return {"accuracy": summary["accuracy"], "n": summary["n"], "ci95": summary["ci95"],
-            "per_relation": per_relation, "per_relation_ci95": per_relation_ci, **honest}
+            "per_relation": per_relation, "per_relation_ci95": per_relation_ci, **honest,
+            "same_color": same_color_block(sub) if tag == "relation_swap" else None}
+
+
+def same_color_block(result: ProbeResult) -> dict[str, Any]:
+    """Accuracy with its 95% CI on the items whose two objects share a colour name.
+
+    Where each colour lies tells a relation swap apart whenever the colours differ, so a model can pass
+    most relation items without telling the objects apart; these items are the ones it cannot.
+    """
+    pairs = zip(result.items, result.correct, strict=True)
+    flags = [bool(ok) for item, ok in pairs if same_color_pair(item.true)]
+    return accuracy_block(flags, N_RESAMPLES, PROBE_SEED)
 
 
 def top_captions(features: RetrievalFeatures, index: int, k: int = TOP_CAPTIONS
@@ -128,6 +142,11 @@ def _pct(probe: dict[str, Any], tag: str) -> str:
     return "-" if accuracy is None else f"{accuracy:.3f}"
 
 
+def _same_color(probe: dict[str, Any]) -> str:
+    accuracy = (probe.get("relation_swap", {}).get("same_color") or {}).get("accuracy")
+    return "-" if accuracy is None else f"{accuracy:.3f}"
+
+
 def evaluate_models(config: QuickstartConfig, out: Path, say: Callable[[str], None]
                     ) -> tuple[dict[str, Any], list[Example]]:
     """Evaluates `plain` and `hardneg`; also writes ``out/probe/probe.{json,html}`` for both.
@@ -145,7 +164,7 @@ def evaluate_models(config: QuickstartConfig, out: Path, say: Callable[[str], No
         for style, metrics in zip(splits, shown, strict=False):
             probe = metrics["probe"]
             say(f"  {name}, {style}: t2i R@1 {metrics['retrieval']['t2i_r1']:.3f}, relation_swap "
-                f"{_pct(probe, 'relation_swap')}, object_swap {_pct(probe, 'object_swap')}, attribute_swap "
-                f"{_pct(probe, 'attribute_swap')}")
+                f"{_pct(probe, 'relation_swap')} (same-colour pairs {_same_color(probe)}), object_swap "
+                f"{_pct(probe, 'object_swap')}, attribute_swap {_pct(probe, 'attribute_swap')}")
     write_probe_report(suite, "cosine", results, out / "probe", N_RESAMPLES, PROBE_SEED)
     return models, examples

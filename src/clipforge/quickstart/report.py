@@ -203,7 +203,8 @@ def summary_table(models: dict[str, Any]) -> str:
             interval = f"<small>[{_pct(low)}, {_pct(high)}] n={block['n']}</small>"
             cells.append(f"{_pct(block['accuracy'])} {interval}")
         rows.append((f"probe {tag}", cells))
-        for key, label in (("pair_balanced", "pair-balanced"), ("blind", "blind baseline")):
+        for key, label in (("pair_balanced", "pair-balanced"), ("blind", "blind baseline"),
+                           ("same_color", "same-colour pairs")):
             cells = [_interval(m["probe"][tag].get(key)) for m in models.values()]
             if any(cell != "-" for cell in cells):
                 rows.append((f"probe {tag} {label}", cells))

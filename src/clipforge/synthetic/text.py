@@ -344,6 +344,13 @@ class ProbeItem:
             raise DataError(f"malformed probe record (bad or missing key {err})") from err
 
 
+def same_color_pair(caption: str) -> bool:
+    """Whether a caption names exactly two objects and both by the same colour ("a red circle above a red
+    star"): a relation between them cannot be told by where each colour is, only by telling them apart."""
+    colors = [word for word in caption.split() if word in COLORS]
+    return len(colors) == 2 and colors[0] == colors[1]
+
+
 def image_name(scene_id: int) -> str:
     """Where a scene's image lives relative to the dataset folder."""
     return f"images/{scene_id:06d}.png"
