@@ -80,6 +80,9 @@ class GridHead(nn.Module):
             self.spatial.init_weights()
         else:
             self.spatial = nn.Linear(self.side**2 * config.pool_width, embed_dim)
+            # Zero at the start, so the head starts as exactly its mean head (`TowerCLIP.start_from_pooled`).
+            nn.init.zeros_(self.spatial.weight)
+            nn.init.zeros_(self.spatial.bias)
         self.attention = config.pool == "attention"
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
@@ -113,9 +116,11 @@ class TokenHead(nn.Module):
         self.narrow = nn.Linear(in_dim, width)
         self.key = nn.Linear(width, width)
         self.queries = nn.Parameter(torch.randn(config.pool_heads, width) / width**0.5)
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(read), nn.Linear(read, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim)
-        )
+        out = nn.Linear(embed_dim, embed_dim)
+        # Zero at the start, so the head starts as exactly its mean head (`TowerCLIP.start_from_pooled`).
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.mlp = nn.Sequential(nn.LayerNorm(read), nn.Linear(read, embed_dim), nn.GELU(), out)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, E] of token states [B, L, D], zero rows past each text's end."""
@@ -260,6 +265,26 @@ class TowerCLIP(TowerModel):
         """
         features = self.text.features(embeddings, tokens != minilm.PAD_ID)
         return self.project_text_features(features, normalize)
+
+    def mean_heads(self) -> tuple[nn.Module, nn.Module]:
+        """The heads on the pooled image feature and the mean text state (the whole head of a mean-pool
+        tower; the `mean_head` part of a grid or token head)."""
+        image, text = self.visual.head, self.text.head
+        image = image.mean_head if isinstance(image, GridHead) else image
+        return image, text.mean_head if isinstance(text, TokenHead) else text
+
+    def start_from_pooled(self, pooled: TowerCLIP) -> None:
+        """Copies the projection heads and temperature of `pooled` (a mean-pool model of the same towers)
+        into this model's mean heads and freezes them.
+
+        Grid and token heads add branches that start at zero, so this model's embeddings start as exactly
+        `pooled`'s: what the branches then learn is what the mean throws away (where things are, which
+        word relates which), and retrieval starts where the pooled model's did.
+        """
+        for mine, theirs in zip(self.mean_heads(), pooled.mean_heads(), strict=True):
+            mine.load_state_dict(theirs.state_dict())
+            mine.requires_grad_(False)
+        self.logit_scale.data.copy_(pooled.logit_scale.data)
 
     def lock_image_tower(self, unlocked_blocks: int | None = None) -> None:
         """Freezes the EfficientNet backbone but its last `unlocked_blocks` blocks; the head stays trainable.
