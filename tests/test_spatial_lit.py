@@ -182,3 +182,21 @@ def test_token_states_are_cached_in_float16_and_read_back(tmp_path) -> None:
     assert first["a man"].shape == first[texts[0]].shape and first[texts[0]].shape[1] == 384
     assert all(torch.equal(first[t], again[t]) for t in texts)
     assert (first["a man"][4:] == 0).all()  # "[CLS] a man [SEP]", then padding
+
+
+def test_drift_is_zero_from_a_pooled_start_and_grows_with_the_branches() -> None:
+    data = _spatial_config().to_dict()
+    data["text"]["pool"] = "attention"
+    model = create_model(ModelConfig.from_dict(data)).eval()
+    spatial = _spatial_config()
+    pooled = dataclasses.replace(spatial, vision=dataclasses.replace(spatial.vision, pool="mean"))
+    model.start_from_pooled(create_model(pooled))
+    grid, states = torch.rand(3, 49, 1280), torch.rand(3, 5, 384)
+    with torch.no_grad():
+        before = model.drift(grid, states)
+        torch.nn.init.normal_(model.visual.head.spatial.weight, std=0.05)
+        image_only = model.drift(grid, states)
+        torch.nn.init.normal_(model.text.head.mlp[-1].weight, std=0.05)
+        both = model.drift(grid, states)
+    assert abs(float(before)) < 1e-6 and 1e-4 < float(image_only) < float(both)
+    assert not any(p.requires_grad for head in model.mean_heads() for p in head.parameters())

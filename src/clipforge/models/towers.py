@@ -87,6 +87,10 @@ class GridHead(nn.Module):
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, E] of grid features [B, HW, C] (row-major positions; cached ones are float16)."""
+        return self.mean_head(grid.float().mean(dim=1)) + self.added(grid)  # [B, E]
+
+    def added(self, grid: torch.Tensor) -> torch.Tensor:
+        """What the spatial part adds [B, E] to the mean head's embedding."""
         grid = grid.float()
         batch, positions, _ = grid.shape
         narrow = self.narrow(grid)  # [B, HW, W]
@@ -95,7 +99,7 @@ class GridHead(nn.Module):
             narrow = narrow.transpose(1, 2).reshape(batch, -1, side, side)  # [B, W, H, W]
         else:
             narrow = narrow.flatten(1)  # [B, HW * W]
-        return self.mean_head(grid.mean(dim=1)) + self.spatial(narrow)  # [B, E]
+        return self.spatial(narrow)  # [B, E]
 
 
 class TokenHead(nn.Module):
@@ -125,14 +129,19 @@ class TokenHead(nn.Module):
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, E] of token states [B, L, D], zero rows past each text's end."""
         states = states.float()
-        mask = states.abs().amax(dim=-1) > 0  # [B, L]
-        weights = mask.unsqueeze(-1).float()  # [B, L, 1]
+        weights = (states.abs().amax(dim=-1) > 0).unsqueeze(-1).float()  # [B, L, 1]
         mean = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # [B, D]
+        return self.mean_head(mean) + self.added(states)  # [B, E]
+
+    def added(self, states: torch.Tensor) -> torch.Tensor:
+        """What the queries add [B, E] to the mean head's embedding."""
+        states = states.float()
+        mask = states.abs().amax(dim=-1) > 0  # [B, L]
         narrow = self.narrow(states)  # [B, L, W]
         scores = self.key(narrow) @ self.queries.t() / narrow.shape[-1] ** 0.5  # [B, L, Q]
         scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
         read = scores.softmax(dim=1).transpose(1, 2) @ narrow  # [B, Q, W]
-        return self.mean_head(mean) + self.mlp(read.flatten(1))  # [B, E]
+        return self.mlp(read.flatten(1))  # [B, E]
 
 
 class ImageTower(nn.Module):
@@ -272,6 +281,16 @@ class TowerCLIP(TowerModel):
         image, text = self.visual.head, self.text.head
         image = image.mean_head if isinstance(image, GridHead) else image
         return image, text.mean_head if isinstance(text, TokenHead) else text
+
+    def drift(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """How far the grid and token branches move embeddings off the mean heads' alone: the mean of
+        1 - cosine(embedding, mean-head embedding) over the images and texts (0 while they add nothing)."""
+        distances = []
+        for head, features in ((self.visual.head, image_features), (self.text.head, text_features)):
+            if isinstance(head, GridHead | TokenHead):
+                full = head(features)  # [B, E]
+                distances.append(1 - F.cosine_similarity(full, full - head.added(features), dim=-1))
+        return torch.cat(distances).mean() if distances else self.logit_scale.new_zeros(())
 
     def start_from_pooled(self, pooled: TowerCLIP) -> None:
         """Copies the projection heads and temperature of `pooled` (a mean-pool model of the same towers)

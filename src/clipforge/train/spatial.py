@@ -48,9 +48,10 @@ from clipforge.data.spatial_aug import (
 from clipforge.data.specs import open_data
 from clipforge.data.transforms import Preprocess
 from clipforge.models.base import ContrastiveModel, TowerModel
+from clipforge.models.towers import TowerCLIP
 from clipforge.progress import Say
 from clipforge.tokenizer import get_tokenizer
-from clipforge.train.batches import PairCollate, PairEncoder, caption_negatives
+from clipforge.train.batches import PairBatch, PairCollate, PairEncoder, caption_negatives
 from clipforge.train.config import TrainRunConfig
 from clipforge.train.contrastive import ContrastiveTask
 from clipforge.train.evaluation import encode_texts, selection_score
@@ -73,6 +74,8 @@ Pair = tuple[str, str]  # (image key, caption)
 SPATIAL_SHARE = 0.3
 # Model selection trades at most this much mean dev R@1 (one point) for better dev collages.
 RETRIEVAL_SLACK = 0.01
+# The anchor's weight against the contrastive loss (`SpatialTask.loss`); not tuned.
+ANCHOR_WEIGHT = 1.0
 TextSource = Callable[[list[str]], torch.Tensor]  # sentences -> embeddings [T, E]
 Negatives = dict[Pair, list[str]]  # the hard negatives of pairs that come with their own
 
@@ -172,31 +175,55 @@ def repeated(spatial: list[Pair], photo_pairs: int) -> list[Pair]:
     return spatial * max(1, round(wanted / max(1, len(spatial))))
 
 
-def spatial_feature_batches(
-    config: TrainRunConfig, model: TowerModel, say: Say
-) -> tuple[CachedFeatureBatches, PairEncoder]:
-    """Cached-feature batches of the train photos plus their flips and collages (see the module docstring)."""
+@dataclass
+class SpatialBatches:
+    """The run's batches and their encoder, and with `model.start_from` the photo batches of the anchor."""
+
+    batches: CachedFeatureBatches
+    encoder: PairEncoder
+    anchor: CachedFeatureBatches | None
+
+
+def spatial_feature_batches(config: TrainRunConfig, model: TowerModel, say: Say) -> SpatialBatches:
+    """Cached-feature batches of the train photos plus their flips and collages (see the module docstring).
+
+    With `model.start_from` (mean heads frozen) the batches hold the flips and collages only (and the
+    photos of the flips), and the photos' pairs go to the anchor (`SpatialTask.loss`) instead: with the
+    mean heads frozen, all the photos' pairs could teach the branches is to memorize the train photos.
+    """
     section, k = config.model, config.loss.hard_negatives
     data = open_data(config.data.spec(config.data.source))
     extract = (section.feature_cache, config.eval.batch_size, config.data.num_workers, say)
     images = image_feature_table(model, data, *extract)
     examples = spatial_examples(data, config.train.seed)
     images.update(image_feature_table(model, examples.images, *extract))
-    pairs = feature_pairs(data, images, config.train.batch_size)
-    pairs += repeated([pair for pair in examples.pairs if pair[0] in images], len(pairs))
-    say(f"spatial examples: {len(examples.images)} rendered images, {len(examples.pairs)} pairs")
-    collate: PairCollate | FeatureCollate
-    if caches_text(section):
-        texts = {c for key, c in pairs for c in (c, *caption_negatives(key, c, k))}
-        texts |= {t for negatives in examples.negatives.values() for t in negatives}
-        table = text_feature_table(model, sorted(texts), section.feature_cache, config.eval.batch_size, say)
-        collate = FeatureCollate(table, k)
+    photos = feature_pairs(data, images, config.train.batch_size)
+    spatial = [pair for pair in examples.pairs if pair[0] in images]
+    anchored = bool(section.start_from)
+    if anchored:
+        pairs = [pair for pair in photos if pair in examples.negatives] + spatial
     else:
-        collate = PairCollate(Preprocess(model.config.preprocess), get_tokenizer(model.config.tokenizer), k)
-    batches = CachedFeatureBatches(
-        images, pairs, collate, config.train.batch_size, config.train.seed, examples.negatives
-    )
-    return batches, feature_encoder(model, caches_text(section))
+        pairs = photos + repeated(spatial, len(photos))
+    say(f"spatial examples: {len(examples.images)} rendered images, {len(examples.pairs)} pairs")
+    texts = {c for key, c in pairs for c in (c, *caption_negatives(key, c, k))}
+    texts |= {t for negatives in examples.negatives.values() for t in negatives}
+    texts |= {c for _, c in photos} if anchored else set()
+    collate = text_collate(config, model, sorted(texts), say)
+    seed, size = config.train.seed, config.train.batch_size
+    batches = CachedFeatureBatches(images, pairs, collate(k), size, seed, examples.negatives)
+    anchor = CachedFeatureBatches(images, photos, collate(0), size, seed + 1) if anchored else None
+    return SpatialBatches(batches, feature_encoder(model, caches_text(section)), anchor)
+
+
+def text_collate(
+    config: TrainRunConfig, model: TowerModel, texts: list[str], say: Say
+) -> Callable[[int], PairCollate | FeatureCollate]:
+    """Collates with k hard negatives: from cached text features of `texts` when the text tower is frozen."""
+    if caches_text(config.model):
+        table = text_feature_table(model, texts, config.model.feature_cache, config.eval.batch_size, say)
+        return partial(FeatureCollate, table)
+    preprocess, tokenizer = Preprocess(model.config.preprocess), get_tokenizer(model.config.tokenizer)
+    return partial(PairCollate, preprocess, tokenizer)
 
 
 def held_out_collages(data: ImageTextData, seed: int) -> list[CollageStatement]:
@@ -258,7 +285,9 @@ class SpatialTask(ContrastiveTask):
     """Contrastive LiT training from cached features, with flips and collages of the train photos.
 
     Evaluation adds dev collage accuracy to dev retrieval, and `selection_score` keeps the model that reads
-    layout best among those that retrieve about as well as the best one (`RETRIEVAL_SLACK`).
+    layout best among those that retrieve about as well as the best one (`RETRIEVAL_SLACK`). With
+    `model.start_from`, each step's loss adds the anchor: how far the branches move a batch of train
+    photos and their captions off the frozen pooled embeddings (`TowerCLIP.drift`, `ANCHOR_WEIGHT`).
     """
 
     def __init__(self, config: TrainRunConfig, say: Say) -> None:
@@ -266,7 +295,20 @@ class SpatialTask(ContrastiveTask):
         self.best_retrieval = -math.inf
 
     def make_batches(self, config: TrainRunConfig, say: Say) -> tuple[CachedFeatureBatches, PairEncoder]:
-        return spatial_feature_batches(config, tower_model(self.model), say)
+        made = spatial_feature_batches(config, tower_model(self.model), say)
+        self.main, self.anchor = made.batches, made.anchor
+        return made.batches, made.encoder
+
+    def loss(self, batch: PairBatch) -> torch.Tensor:
+        loss = super().loss(batch)
+        if self.anchor is None or not isinstance(self.model, TowerCLIP):
+            return loss
+        self.anchor.position = self.main.position  # anchor batch i goes with batch i: resumes exactly
+        photos = self.anchor.next_batch()
+        texts = photos.tokens
+        if texts.dtype == torch.long:  # token ids: the text tower is not cached
+            texts = self.model.text_backbone_features(texts)
+        return loss + ANCHOR_WEIGHT * self.model.drift(photos.images, texts)
 
     def evaluator(self) -> EvalHook[ContrastiveModel] | None:
         retrieval = super().evaluator()
