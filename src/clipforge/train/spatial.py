@@ -16,6 +16,13 @@ side), so the `spatial` task adds exact-truth examples built from the *train* ph
 Every mirror and collage is rendered and encoded by the frozen tower for real (PNG bytes through the same
 loader and feature cache as the photos), never composed from the photos' grids: a mirrored grid is not
 the grid of the mirrored image.
+
+Starting from a pooled LiT model (`model.start_from`: its heads are the frozen mean heads, the branches
+start at zero), the batches hold the flips and collages only, and each step adds an *anchor*: a batch of
+train photos with one caption each, whose embeddings the branches are kept from moving (`TowerCLIP.drift`).
+Measured on Flickr8k dev (RESULTS "spatial-lit"): trained on photos and collages together, the branches
+learned collages (0.87) but memorized the train photos (mean dev R@1 0.243 -> 0.194 in 500 steps); with the
+anchor, dev retrieval stayed within 0.3 points of the pooled model's while dev collages rose past 0.8.
 """
 
 from __future__ import annotations
