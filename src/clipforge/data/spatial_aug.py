@@ -200,6 +200,31 @@ def collage_statements(first: str, second: str, layout: Layout) -> list[tuple[st
     ]
 
 
+@dataclass(frozen=True)
+class CollageStatement:
+    """A collage with a true sentence about it, that sentence with the relation swapped, and the relation."""
+
+    name: str  # "<layout>/<order>/<phrasing>", unique within one photo pair
+    collage: Collage
+    true: str
+    false: str
+    relation: str
+
+
+def collage_variants(a: Photo, x: str, b: Photo, y: str, size: int = COLLAGE_SIZE) -> list[CollageStatement]:
+    """The 8 statements about photos `a` (category `x`) and `b` (`y`): both layouts, both orders (``ab``,
+    ``ba``), both phrasings, so each sentence is true of one collage and false of another."""
+    orders = {"ab": ((a, x), (b, y)), "ba": ((b, y), (a, x))}
+    statements = []
+    for layout in LAYOUTS:
+        for order, ((first, one), (second, two)) in orders.items():
+            collage = Collage(first, second, layout, size)
+            for phrasing, (true, false, relation) in enumerate(collage_statements(one, two, layout)):
+                name = f"{layout}/{order}/{phrasing}"
+                statements.append(CollageStatement(name, collage, true, false, relation))
+    return statements
+
+
 def pair_photos(photos: Sequence[tuple[T, str]], seed: int = 0) -> list[tuple[tuple[T, str], tuple[T, str]]]:
     """Pairs `(photo, category)` entries of different categories, each photo at most once, seeded.
 

@@ -80,10 +80,17 @@ class GridHead(nn.Module):
             self.spatial.init_weights()
         else:
             self.spatial = nn.Linear(self.side**2 * config.pool_width, embed_dim)
+            # Zero at the start, so the head starts as exactly its mean head (`TowerCLIP.start_from_pooled`).
+            nn.init.zeros_(self.spatial.weight)
+            nn.init.zeros_(self.spatial.bias)
         self.attention = config.pool == "attention"
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, E] of grid features [B, HW, C] (row-major positions; cached ones are float16)."""
+        return self.mean_head(grid.float().mean(dim=1)) + self.added(grid)  # [B, E]
+
+    def added(self, grid: torch.Tensor) -> torch.Tensor:
+        """What the spatial part adds [B, E] to the mean head's embedding."""
         grid = grid.float()
         batch, positions, _ = grid.shape
         narrow = self.narrow(grid)  # [B, HW, W]
@@ -92,7 +99,7 @@ class GridHead(nn.Module):
             narrow = narrow.transpose(1, 2).reshape(batch, -1, side, side)  # [B, W, H, W]
         else:
             narrow = narrow.flatten(1)  # [B, HW * W]
-        return self.mean_head(grid.mean(dim=1)) + self.spatial(narrow)  # [B, E]
+        return self.spatial(narrow)  # [B, E]
 
 
 class TokenHead(nn.Module):
@@ -113,21 +120,28 @@ class TokenHead(nn.Module):
         self.narrow = nn.Linear(in_dim, width)
         self.key = nn.Linear(width, width)
         self.queries = nn.Parameter(torch.randn(config.pool_heads, width) / width**0.5)
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(read), nn.Linear(read, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim)
-        )
+        out = nn.Linear(embed_dim, embed_dim)
+        # Zero at the start, so the head starts as exactly its mean head (`TowerCLIP.start_from_pooled`).
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.mlp = nn.Sequential(nn.LayerNorm(read), nn.Linear(read, embed_dim), nn.GELU(), out)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, E] of token states [B, L, D], zero rows past each text's end."""
         states = states.float()
-        mask = states.abs().amax(dim=-1) > 0  # [B, L]
-        weights = mask.unsqueeze(-1).float()  # [B, L, 1]
+        weights = (states.abs().amax(dim=-1) > 0).unsqueeze(-1).float()  # [B, L, 1]
         mean = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # [B, D]
+        return self.mean_head(mean) + self.added(states)  # [B, E]
+
+    def added(self, states: torch.Tensor) -> torch.Tensor:
+        """What the queries add [B, E] to the mean head's embedding."""
+        states = states.float()
+        mask = states.abs().amax(dim=-1) > 0  # [B, L]
         narrow = self.narrow(states)  # [B, L, W]
         scores = self.key(narrow) @ self.queries.t() / narrow.shape[-1] ** 0.5  # [B, L, Q]
         scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
         read = scores.softmax(dim=1).transpose(1, 2) @ narrow  # [B, Q, W]
-        return self.mean_head(mean) + self.mlp(read.flatten(1))  # [B, E]
+        return self.mlp(read.flatten(1))  # [B, E]
 
 
 class ImageTower(nn.Module):
@@ -260,6 +274,36 @@ class TowerCLIP(TowerModel):
         """
         features = self.text.features(embeddings, tokens != minilm.PAD_ID)
         return self.project_text_features(features, normalize)
+
+    def mean_heads(self) -> tuple[nn.Module, nn.Module]:
+        """The heads on the pooled image feature and the mean text state (the whole head of a mean-pool
+        tower; the `mean_head` part of a grid or token head)."""
+        image, text = self.visual.head, self.text.head
+        image = image.mean_head if isinstance(image, GridHead) else image
+        return image, text.mean_head if isinstance(text, TokenHead) else text
+
+    def drift(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """How far the grid and token branches move embeddings off the mean heads' alone: the mean of
+        1 - cosine(embedding, mean-head embedding) over the images and texts (0 while they add nothing)."""
+        distances = []
+        for head, features in ((self.visual.head, image_features), (self.text.head, text_features)):
+            if isinstance(head, GridHead | TokenHead):
+                full = head(features)  # [B, E]
+                distances.append(1 - F.cosine_similarity(full, full - head.added(features), dim=-1))
+        return torch.cat(distances).mean() if distances else self.logit_scale.new_zeros(())
+
+    def start_from_pooled(self, pooled: TowerCLIP) -> None:
+        """Copies the projection heads and temperature of `pooled` (a mean-pool model of the same towers)
+        into this model's mean heads and freezes them.
+
+        Grid and token heads add branches that start at zero, so this model's embeddings start as exactly
+        `pooled`'s: what the branches then learn is what the mean throws away (where things are, which
+        word relates which), and retrieval starts where the pooled model's did.
+        """
+        for mine, theirs in zip(self.mean_heads(), pooled.mean_heads(), strict=True):
+            mine.load_state_dict(theirs.state_dict())
+            mine.requires_grad_(False)
+        self.logit_scale.data.copy_(pooled.logit_scale.data)
 
     def lock_image_tower(self, unlocked_blocks: int | None = None) -> None:
         """Freezes the EfficientNet backbone but its last `unlocked_blocks` blocks; the head stays trainable.

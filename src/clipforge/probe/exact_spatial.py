@@ -21,12 +21,10 @@ from pathlib import Path
 from clipforge.data.readers import WebDatasetData
 from clipforge.data.spatial_aug import (
     COLLAGE_SIZE,
-    LAYOUTS,
     OPPOSITE,
-    Collage,
     Mirrored,
     Photo,
-    collage_statements,
+    collage_variants,
     first_side,
     pair_photos,
     photo_category,
@@ -115,14 +113,8 @@ def collage_items(data_spec: str, options: CollageOptions) -> Loaded:
 def collage_group(a: Photo, x: str, b: Photo, y: str, size: int = COLLAGE_SIZE) -> list[ProbeItem]:
     """The 8 items of photos `a` (category `x`) and `b` (`y`): both layouts, both orders, both phrasings."""
     group = f"{a.key}+{b.key}"
-    orders = {"ab": ((a, x), (b, y)), "ba": ((b, y), (a, x))}
-    items = []
-    for layout in LAYOUTS:
-        for order, ((first, first_category), (second, second_category)) in orders.items():
-            image = Collage(first, second, layout, size)
-            statements = collage_statements(first_category, second_category, layout)
-            for phrasing, (true, false, relation) in enumerate(statements):
-                labels = (relation, OPPOSITE[relation])
-                items.append(ProbeItem(f"{group}/{layout}/{order}/{phrasing}", image, true, (false,),
-                                       relation, relation, labels, group=group))
-    return items
+    return [
+        ProbeItem(f"{group}/{s.name}", s.collage, s.true, (s.false,), s.relation, s.relation,
+                  (s.relation, OPPOSITE[s.relation]), group=group)
+        for s in collage_variants(a, x, b, y, size)
+    ]

@@ -42,6 +42,8 @@ class ModelSection:
         unlocked_text_blocks: with `lock_text`, the last N backbone layers still learn.
         feature_cache: folder of the on-disk image-feature cache ("" = none); needs `lock_image` with no
             unlocked image blocks, and real (non-synthetic) data.
+        start_from: a trained mean-pool LiT model folder whose projection heads become this (grid- or
+            token-head) model's mean heads, frozen (`TowerCLIP.start_from_pooled`); "" = none.
     """
 
     name: str = "tiny-convnet"
@@ -50,6 +52,7 @@ class ModelSection:
     unlocked_image_blocks: int = 0
     unlocked_text_blocks: int = 0
     feature_cache: str = ""
+    start_from: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from clipforge.checkpoint import load_model
+from clipforge.errors import ConfigError
 from clipforge.models.base import ContrastiveModel
 from clipforge.models.registry import create_model
+from clipforge.models.towers import TowerCLIP
 from clipforge.progress import Say
 from clipforge.train.batches import PairBatch, PairEncoder
 from clipforge.train.config import LossSection, ModelSection, TrainRunConfig
@@ -32,10 +34,26 @@ def build_model(section: ModelSection, loss: LossSection) -> ContrastiveModel:
     SigLIP needs a logit bias: a model without one gets SigLIP's initial scale and bias (ln 10, -10).
     """
     model = load_model(section.name) if Path(section.name).is_dir() else create_model(section.name)
+    if section.start_from:
+        start_from_pooled(model, load_model(section.start_from))
     if loss.kind == "siglip" and model.logit_bias is None:
         model.enable_logit_bias(loss.siglip_init_scale, loss.siglip_init_bias)
     apply_locks(model, section)
     return model.train()
+
+
+def start_from_pooled(model: ContrastiveModel, pooled: ContrastiveModel) -> None:
+    """`TowerCLIP.start_from_pooled` for `model.start_from`.
+
+    Raises:
+        ConfigError: either model is not an EfficientNet-MiniLM tower model, or their heads differ in shape.
+    """
+    if not isinstance(model, TowerCLIP) or not isinstance(pooled, TowerCLIP):
+        raise ConfigError("model.start_from needs EfficientNet-MiniLM tower models on both sides")
+    try:
+        model.start_from_pooled(pooled)
+    except RuntimeError as err:
+        raise ConfigError(f"model.start_from: its heads do not fit this model's mean heads ({err})") from err
 
 
 def encode_batch(encoder: PairEncoder, model: ContrastiveModel, batch: PairBatch) -> PairFeatures:

@@ -127,8 +127,18 @@ def cached_retrieval(
     images = encoder.images(torch.stack([features[r.key] for r in records]))  # [N, E]
     captions = [c for r in records for c in r.captions]
     owner = torch.tensor([i for i, r in enumerate(records) for _ in r.captions])
-    if text_table is not None:
-        texts = encoder.texts(stack_texts([text_table[c] for c in captions]))  # [T, E]
-    else:
-        texts = torch.cat([encoder.texts(tokenizer(chunk)) for chunk in chunks(captions, batch_size)])
+    texts = encode_texts(encoder, captions, text_table, tokenizer, batch_size)
     return recall_at_k(images.cpu(), texts.cpu(), owner)
+
+
+def encode_texts(
+    encoder: PairEncoder,
+    texts: list[str],
+    text_table: dict[str, torch.Tensor] | None,
+    tokenizer: TextTokenizer,
+    batch_size: int,
+) -> torch.Tensor:
+    """Embeddings [T, E] of `texts`: from their cached features with `text_table`, else from token ids."""
+    if text_table is not None:
+        return encoder.texts(stack_texts([text_table[t] for t in texts]))  # [T, E]
+    return torch.cat([encoder.texts(tokenizer(chunk)) for chunk in chunks(texts, batch_size)])

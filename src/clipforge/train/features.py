@@ -22,8 +22,9 @@ from clipforge.data.specs import open_data
 from clipforge.data.transforms import Preprocess
 from clipforge.errors import ConfigError, DataError
 from clipforge.models.base import ContrastiveModel, TowerModel
+from clipforge.models.inputs import row_lengths
 from clipforge.progress import Progress, Say
-from clipforge.tokenizer import get_tokenizer
+from clipforge.tokenizer import TextTokenizer, get_tokenizer
 from clipforge.train.batches import (
     PairBatch,
     PairCollate,
@@ -93,8 +94,8 @@ def text_feature_table(
 ) -> dict[str, torch.Tensor]:
     """Frozen text-backbone features of `texts`, by text (cached on disk by text hash).
 
-    Missing texts are encoded in sorted order and fixed batches, and a resumed run reads them back from
-    the cache, so the features it trains on are the ones the interrupted run used.
+    Missing texts are encoded in a fixed order (by token count, then text) and fixed batches, and a resumed
+    run reads them back from the cache, so the features it trains on are the ones the interrupted run used.
     """
     tokenizer_id = hashlib.sha256(json.dumps(to_dict(model.config.tokenizer)).encode()).hexdigest()
     kind = model.text_feature_kind
@@ -102,8 +103,8 @@ def text_feature_table(
     tower = module_hash(model.text_backbone)
     cache = FeatureCache(Path(cache_dir) / "text", tower, tokenizer_id, kind, dtype)
     stored = cache.load()
-    missing = sorted({t for t in texts if text_key(t) not in stored})
     tokenizer = get_tokenizer(model.config.tokenizer)
+    missing = by_length(sorted({t for t in texts if text_key(t) not in stored}), tokenizer)
     with Progress(f"text features of {len(missing)} new texts", len(missing), say) as progress:
         for chunk in chunks(missing, batch_size):
             features = model.text_backbone_features(tokenizer(chunk)).to(dtype)
@@ -112,6 +113,15 @@ def text_feature_table(
             stored.update(zip(keys, features, strict=True))
             progress.update(len(chunk))
     return {t: stored[text_key(t)] for t in texts}
+
+
+def by_length(texts: list[str], tokenizer: TextTokenizer) -> list[str]:
+    """`texts` (sorted) stably re-sorted by token count: batches of similar lengths are trimmed to little
+    padding, which halves the work of encoding Flickr8k captions whose lengths range 3-40 tokens."""
+    if not texts:
+        return texts
+    lengths = row_lengths(tokenizer(texts)).tolist()
+    return [t for _, t in sorted(zip(lengths, texts, strict=True), key=lambda pair: pair[0])]
 
 
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
