@@ -19,12 +19,11 @@ import numpy as np
 from PIL import Image
 
 from clipforge.errors import DataError
+from clipforge.synthetic.scene import OPPOSITE, SPATIAL_RELATIONS
 from clipforge.synthetic.text import RELATION_WORDS
 
 # the skill prompts' relation phrases and their opposites (left <-> right, above <-> below)
-_SWAPS = {RELATION_WORDS["left of"]: RELATION_WORDS["right of"],
-          RELATION_WORDS["right of"]: RELATION_WORDS["left of"],
-          RELATION_WORDS["above"]: RELATION_WORDS["below"], RELATION_WORDS["below"]: RELATION_WORDS["above"]}
+_SWAPS = {RELATION_WORDS[r]: RELATION_WORDS[OPPOSITE[r]] for r in SPATIAL_RELATIONS}
 
 
 class PairScorer(Protocol):
