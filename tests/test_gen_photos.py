@@ -11,11 +11,13 @@ from PIL import Image
 import clipforge
 from clipforge.dalle.photos import PhotoBatches, encode_photos, read_photos
 from clipforge.dalle.tokens import photo_pairs
+from clipforge.errors import ConfigError
 from clipforge.generate.photo_quality import PhotoQualityConfig, photo_quality
 from clipforge.models.generator import Generator
 from clipforge.models.registry import create_any_model
 from clipforge.tokenizer import get_tokenizer
 from clipforge.train import load_config, train
+from clipforge.train.dalle_tasks import training_photos
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::clipforge.errors.RandomWeightsWarning")]
@@ -130,3 +132,17 @@ def test_readme_flickr8k_training_commands_name_valid_configs() -> None:
         config = load_config(REPO / words[2], overrides)
         spec = config.data.spec(config.data.source)
         assert config.task in ("dvae", "prior") and spec == "flickr8k:../shared/data/flickr8k:train"
+
+
+def test_a_real_data_cap_is_said_and_zero_takes_every_photo(photos_dir: Path) -> None:
+    said: list[str] = []
+    base = load_config(REPO / "configs" / "dvae-flickr8k.toml", [f"data.source=folder:{photos_dir}"])
+    capped = load_config(REPO / "configs" / "dvae-flickr8k.toml",
+                         [f"data.source=folder:{photos_dir}", "data.n_train=10"])
+    everything = load_config(REPO / "configs" / "dvae-flickr8k.toml",
+                             [f"data.source=folder:{photos_dir}", "data.n_train=0"])
+    assert base.data.n_train == 6000
+    assert len(training_photos(capped, 32, said.append) or ()) == 10 and "data.n_train = 10" in said[-1]
+    assert len(training_photos(everything, 32, said.append) or ()) == 24 and "n_train" not in said[-1]
+    with pytest.raises(ConfigError, match="data.n_train must be >= 1"):
+        load_config(REPO / "configs" / "generator-skills.toml", ["data.n_train=0"])

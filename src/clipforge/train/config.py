@@ -63,7 +63,7 @@ class DataSection:
         source: ``synthetic`` (in-memory scenes), ``skill-scenes`` (the generator's skill scenes captioned
             with their prompts, `train.dvae_views`) or a data spec such as ``flickr8k:ROOT:train``.
         n_train: synthetic scenes per epoch; for the dVAE and prior tasks on real data, how many of the
-            source's usable images they train on (the first ones).
+            source's usable images they train on (the first ones; 0 = all of them).
         n_val: synthetic held-out scenes for the built-in evaluation; with real data, at most this many
             held-out samples (images for the dVAE and prior tasks) from `eval_source`.
         seed: synthetic generator seed.
@@ -236,7 +236,8 @@ def validate(config: TrainRunConfig, where: str) -> None:
            f"train.device must be one of {', '.join(DEVICES)}, got '{t.device}'")
     _check(loss.kind in LOSSES, where, f"loss.kind must be one of {LOSSES}, got '{loss.kind}'")
     _check(loss.hard_negatives >= 0, where, f"loss.hard_negatives must be >= 0, got {loss.hard_negatives}")
-    _check(config.data.n_train >= 1, where, f"data.n_train must be >= 1, got {config.data.n_train}")
+    least = 1 if config.data.source in RENDERED else 0  # a real-data spec may take all its images
+    _check(config.data.n_train >= least, where, f"data.n_train must be >= {least}, got {config.data.n_train}")
     _check(config.eval.every >= 0, where, f"eval.every must be >= 0, got {config.eval.every}")
     _check(config.eval.patience >= 0, where, f"eval.patience must be >= 0, got {config.eval.patience}")
     scale = t.backbone_lr_scale

@@ -106,7 +106,9 @@ def training_photos(config: TrainRunConfig, image_size: int, say: Say) -> Captio
     if data.source == "synthetic":
         return None
     photos = read_photos(data.spec(data.source), image_size, data.n_train)
-    say(f"decoded {len(photos)} training photos at {image_size} px; {photos.bad.summary()}")
+    # A cap the user never set (the default 1024) must not pass silently for a full run.
+    capped = f" (the first data.n_train = {data.n_train}; 0 takes all)" if len(photos) == data.n_train else ""
+    say(f"decoded {len(photos)} training photos at {image_size} px{capped}; {photos.bad.summary()}")
     return photos
 
 
