@@ -36,7 +36,7 @@ def quality_table(report: dict[str, Any]) -> list[str]:
     for name in ROWS:
         block = report["conditions"][name]
         rp = block["r_precision"]
-        kid = f"{block['kid']:.4f} ± {block['kid_std']:.4f}" if "kid" in block else "-"
+        kid = _kid(block) if "kid" in block else "-"
         rows.append(f"| {name} | {_num(block, 'fd')} | {kid} | "
                     f"{rp['accuracy']:.3f} [{rp['ci95'][0]:.3f}, {rp['ci95'][1]:.3f}] |")
     rows.append(f"| (chance) | | | {report['chance_r_precision']:.3f} |")
@@ -108,6 +108,13 @@ def main() -> int:
             f"sampling temperature {args.temperature}, top-k {args.top_k}, guidance {args.cond_scale}.", "",
             *table, ""]))
     return 0
+
+
+def _kid(block: dict[str, Any]) -> str:
+    """KID ± its spread over subsets, or a note when one subset took both sets whole (no spread)."""
+    if block.get("kid_subsets") == 1:
+        return f"{block['kid']:.4f} (whole sets)"
+    return f"{block['kid']:.4f} ± {block['kid_std']:.4f}"
 
 
 if __name__ == "__main__":

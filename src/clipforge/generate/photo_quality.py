@@ -130,7 +130,7 @@ def set_metrics(features: np.ndarray, reference: np.ndarray, text: np.ndarray, c
     """FD, KID (mean and std over subsets) against the reference and R-precision with its 95% CI."""
     distance = kid(features, reference, config.kid_subsets, config.kid_subset_size, config.seed)
     return {"fd": frechet_distance(features, reference), "kid": distance.mean, "kid_std": distance.std,
-            "r_precision": r_precision_block(features, text, config)}
+            "kid_subsets": distance.subsets, "r_precision": r_precision_block(features, text, config)}
 
 
 def photo_quality(config: PhotoQualityConfig) -> tuple[dict[str, Any], dict[str, list[Image.Image]]]:

@@ -81,9 +81,12 @@ class KID:
 def kid(a: np.ndarray, b: np.ndarray, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
         seed: int = 0) -> KID:
     """KID of feature sets a [N, D] and b [M, D]: `polynomial_mmd2` averaged over `subsets` random pairs
-    of subsets of ``min(subset_size, N, M)`` rows each (drawn without replacement, seeded)."""
+    of subsets of ``min(subset_size, N, M)`` rows each (drawn without replacement, seeded). When that
+    size takes both sets whole, every subset is the same pair of sets: one is computed and the result says
+    ``subsets=1`` (its std of 0 is no spread, not certainty)."""
     a, b = _features("kid a", a, 2), _features("kid b", b, 2)
     size = min(subset_size, len(a), len(b))
+    subsets = 1 if size == len(a) == len(b) else subsets
     rng = np.random.default_rng(seed)
     values = [polynomial_mmd2(a[rng.choice(len(a), size, replace=False)],
                               b[rng.choice(len(b), size, replace=False)]) for _ in range(subsets)]

@@ -117,6 +117,8 @@ def _alignment_table(report: dict[str, Any]) -> str:
 
 
 def _kid(block: dict[str, Any]) -> str:
+    if block["subsets"] == 1:
+        return f"{block['mean']:.5f} (whole sets of {block['subset_size']}: no subset spread)"
     return f"{block['mean']:.5f} ± {block['std']:.5f} ({block['subsets']} × {block['subset_size']})"
 
 
