@@ -10,6 +10,9 @@ section of benchmarks/RESULTS.md.
         --generator early=runs/gen/checkpoints/step_000100/model --generator final=runs/gen/final \
         --rerank plain=/work/baselines/quickstart/plain/final \
         --rerank hardneg=/work/baselines/quickstart/hardneg/final --n 16 --json runs/rerank.json --write
+
+With --candidates DIR each generator's candidates are saved in DIR/NAME; a later run with the same
+generator, skill set, seed and sampling re-scores those (e.g. with new --rerank models) without sampling.
 """
 
 from __future__ import annotations
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--candidates", type=Path, default=None,
+                        help="save each generator's candidates in DIR/NAME, or re-score those saved there")
     parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
     parser.add_argument("--section", default="gen-rerank", help="the RESULTS.md section --combine writes")
     parser.add_argument("--combine", type=Path, action="append", default=[],
@@ -142,8 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, folder in args.generator:
         start = time.perf_counter()
         sampling = SamplingConfig(args.temperature, args.top_k, cond_scale=args.cond_scale)
+        saved = None if args.candidates is None else args.candidates / name
         config = RerankExperiment(folder, args.skills, tuple(args.rerank), n=args.n, split=args.split,
-                                  seed=args.seed, sampling=sampling)
+                                  seed=args.seed, sampling=sampling, candidates=saved)
         result = run_rerank_experiment(config)
         result["seconds"] = round(time.perf_counter() - start, 1)
         record["generators"][name] = result

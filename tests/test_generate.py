@@ -153,6 +153,32 @@ def test_rerank_experiment_scores_every_picker_under_the_oracle_ceiling(
         experiment.RerankExperiment(str(generator_dir), skills, (("oracle", clip),))
 
 
+def test_rerank_experiment_saves_its_candidates_and_rescores_them_without_sampling(
+        tmp_path: Path, generator_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from clipforge.generate import experiment
+
+    clip = str(clipforge.save(clipforge.create_model("tiny-vit"), tmp_path / "clip"))
+    saved = tmp_path / "candidates"
+    skills = _skill_set(tmp_path / "skills")
+    config = experiment.RerankExperiment(str(generator_dir), skills, (("tiny", clip),), n=2, seed=1,
+                                         candidates=saved)
+    first, drawn = experiment.rerank_experiment(config)
+    assert len(list(saved.glob("*/image_*_*.png"))) == 2 * len(drawn.prompts)
+
+    def no_sampling(*args: object) -> None:
+        raise AssertionError("saved candidates were sampled again")
+
+    monkeypatch.setattr(experiment, "draw_candidates", no_sampling)
+    again, reread = experiment.rerank_experiment(config)
+    assert again == first
+    for group, back in zip(drawn.candidates, reread.candidates, strict=True):
+        assert [np.asarray(im).tolist() for im in group] == [np.asarray(im).tolist() for im in back]
+    with pytest.raises(ConfigError, match="other seed"):
+        experiment.rerank_experiment(replace(config, seed=2))
+
+
 class _Lookup(DVAE):
     """A perfect 'dVAE': each image's tokens are its index in a table, decoded back exactly."""
 

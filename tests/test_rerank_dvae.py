@@ -166,3 +166,18 @@ def test_skill_scenes_train_and_hold_out_the_generator_stream(tmp_path: Path, dv
     assert train_set[0]["caption"] == skill_scene(skill_scenes(32), 0, 0).text
     assert val_set[0]["caption"] == skill_scene(skill_scenes(32), 0 + HELD_OUT_SEED_OFFSET, 0).text
     assert train(run, tmp_path / "run", say=lambda _: None).steps == 2
+
+
+@pytest.mark.parametrize("name", ["plain", "hardneg"])
+def test_reranker_config_is_the_quickstart_stage_recipe(tmp_path: Path, name: str) -> None:
+    from clipforge.quickstart.config import QuickstartConfig
+    from clipforge.quickstart.pipeline import train_config
+    from clipforge.train.config import load_config
+
+    base = train_config(QuickstartConfig(), hard_negatives=name == "hardneg")
+    recipe = dvae_reranker_run(GenerationConfig(), base, tmp_path, name).to_dict()
+    toml = Path(__file__).resolve().parents[1] / "configs" / "reranker-skills.toml"
+    sets = [f'model.name="{tmp_path / name / "final"}"', f'data.dvae="{tmp_path / "dvae" / "final"}"']
+    if name == "plain":  # the override the config's header documents for the plain twin
+        sets += ["loss.hard_negatives=0", "loss.negative_kinds=[]"]
+    assert load_config(toml, sets).to_dict() == recipe

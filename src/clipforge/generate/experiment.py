@@ -6,11 +6,16 @@ scores highest), and the ``oracle`` (any candidate the skill parser accepts: bes
 of every re-ranker). Every picker's choices are scored by the skill evaluator with bootstrap CIs, beside
 its controls (ground-truth renders, shuffled prompts, chance), per skill and per case (held-out
 compositional combinations apart).
+
+With `candidates` set, the drawn candidates are saved there (``{skill}/image_{id}_{k}.png``, the layout
+`clipforge skills score` reads, plus ``candidates.json`` naming what drew them) and a later run with the
+same generator weights, prompts, seed and sampling reads them back instead of sampling again, so new
+re-rankers are scored on the very same candidates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +25,19 @@ from PIL import Image
 
 from clipforge.dalle.batches import image_pixels, to_pil
 from clipforge.dalle.sampling import SamplingConfig
+from clipforge.dalle.tokens import weights_fingerprint
 from clipforge.errors import ConfigError
-from clipforge.generate.job import candidate_scores, draw_candidates, load_generator
+from clipforge.fileio import read_json_object, write_json
+from clipforge.generate.job import candidate_scores, draw_candidates, load_generator, write_png
 from clipforge.generate.prompts import Prompt, read_skill_prompts
 from clipforge.generate.rerank import ClipReranker
 from clipforge.models.dvae import DVAE
-from clipforge.skills import ImageSet, ScoreConfig, evaluate, load_skill_set, read_images
+from clipforge.skills import ImageSet, ScoreConfig, SkillRecord, evaluate, load_skill_set, read_images
 from clipforge.train.dalle_objectives import code_usage
 
 NO_RERANKING = "none"
 ORACLE = "oracle"
+CANDIDATES_JSON = "candidates.json"
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class RerankExperiment:
         n: candidates per prompt.
         seed: the candidates' seed (candidate k of prompt p: ``image_seed(seed, p, k)``).
         sampling: temperature, top-k/p and guidance.
+        candidates: a folder where the candidates are saved, and read back from when it holds this run's
+            (None: draw and keep them in memory only).
     """
 
     generator: str
@@ -52,6 +62,7 @@ class RerankExperiment:
     split: str = "val"
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    candidates: Path | None = None
 
     def __post_init__(self) -> None:
         names = [name for name, _ in self.rerankers]
@@ -101,6 +112,58 @@ class Drawn:
     choices: dict[str, list[list[int]]]
 
 
+def candidates_key(config: RerankExperiment, generator: torch.nn.Module) -> dict[str, Any]:
+    """What decides the candidates: the generator's weights, the prompts, seed, n and sampling."""
+    return {"generator": config.generator, "weights_sha256": weights_fingerprint(generator),
+            "skills": str(config.skills), "split": config.split, "n": config.n, "seed": config.seed,
+            "sampling": asdict(config.sampling)}
+
+
+def save_candidates(folder: Path, prompts: list[Prompt], candidates: list[list[Image.Image]],
+                    key: dict[str, Any]) -> None:
+    """Writes every candidate, then ``candidates.json`` (last: its presence means the set is complete)."""
+    for prompt, group in zip(prompts, candidates, strict=True):
+        for k, image in enumerate(group):
+            write_png(image, folder / f"{prompt.skill}/image_{prompt.id}_{k}.png")
+    write_json(key, folder / CANDIDATES_JSON)
+
+
+def load_candidates(folder: Path, records: dict[str, list[SkillRecord]], prompts: list[Prompt],
+                    key: dict[str, Any]) -> list[list[Image.Image]] | None:
+    """The candidates saved in `folder` for this key; None when it holds none.
+
+    Raises:
+        ConfigError: the folder holds candidates drawn otherwise, or not all of them.
+    """
+    if not (folder / CANDIDATES_JSON).is_file():
+        return None
+    saved = read_json_object(folder / CANDIDATES_JSON, ConfigError)
+    changed = sorted(name for name in key.keys() | saved.keys() if key.get(name) != saved.get(name))
+    if changed:
+        raise ConfigError(f"{folder} holds candidates drawn with other {', '.join(changed)}; "
+                          "use another folder")
+    images = read_images(folder, records).images
+    groups = [images.get(str(p.skill), {}).get(str(p.id), []) for p in prompts]
+    if any(len(group) != key["n"] for group in groups):
+        raise ConfigError(f"{folder}: some prompts lack their {key['n']} saved candidates")
+    return groups
+
+
+def obtain_candidates(config: RerankExperiment, records: dict[str, list[SkillRecord]], prompts: list[Prompt]
+                      ) -> list[list[Image.Image]]:
+    """The saved candidates of this run if `config.candidates` holds them, else freshly drawn (and saved)."""
+    generator = load_generator(config.generator)
+    if config.candidates is None:
+        return draw_candidates(generator, prompts, config.n, config.seed, config.sampling)
+    key = candidates_key(config, generator)
+    saved = load_candidates(config.candidates, records, prompts, key)
+    if saved is not None:
+        return saved
+    candidates = draw_candidates(generator, prompts, config.n, config.seed, config.sampling)
+    save_candidates(config.candidates, prompts, candidates, key)
+    return candidates
+
+
 def rerank_experiment(config: RerankExperiment) -> tuple[dict[str, Any], Drawn]:
     """Draws the candidates once, applies every picker and scores each with the skill evaluator.
 
@@ -110,8 +173,7 @@ def rerank_experiment(config: RerankExperiment) -> tuple[dict[str, Any], Drawn]:
     records = load_skill_set(config.skills, config.split)
     truth = read_images(config.skills, records)
     prompts = read_skill_prompts(config.skills, config.split)
-    candidates = draw_candidates(load_generator(config.generator), prompts, config.n, config.seed,
-                                 config.sampling)
+    candidates = obtain_candidates(config, records, prompts)
     pickers: dict[str, Any] = {}
     controls: dict[str, Any] = {}
     choices = picker_choices(config, prompts, candidates)
