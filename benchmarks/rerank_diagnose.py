@@ -7,6 +7,8 @@ accuracy of its scores on the candidates the skill parser says are right vs wron
 
     python benchmarks/rerank_diagnose.py --skills runs/stage/skills --dvae runs/stage/dvae/final \
         --generator final=runs/stage/generator/final --rerank plain=... --rerank hardneg=... --write
+
+With --candidates DIR (a folder `gen_rerank.py --candidates DIR` filled) the candidates are read, not drawn.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def candidate_rows(args: argparse.Namespace, rerankers: dict[str, Any]) -> tuple
     """Pairwise accuracy of each re-ranker on parser-right vs parser-wrong candidates of each generator."""
     from clipforge.dalle.sampling import SamplingConfig
     from clipforge.generate.diagnose import pairwise_accuracy
-    from clipforge.generate.job import candidate_scores, draw_candidates, load_generator
+    from clipforge.generate.experiment import RerankExperiment, obtain_candidates
+    from clipforge.generate.job import candidate_scores
     from clipforge.generate.prompts import read_skill_prompts
     from clipforge.skills import judge, load_skill_set, parse_image
 
@@ -87,7 +90,10 @@ def candidate_rows(args: argparse.Namespace, rerankers: dict[str, Any]) -> tuple
             "|---|---|---|" + "---|" * len(rerankers)]
     record: dict[str, Any] = {}
     for gen_name, folder in args.generator:
-        candidates = draw_candidates(load_generator(folder), prompts, args.n, args.seed, sampling)
+        saved = None if args.candidates is None else args.candidates / gen_name
+        drawn = RerankExperiment(folder, args.skills, n=args.n, split=args.split, seed=args.seed,
+                                 sampling=sampling, candidates=saved)
+        candidates = obtain_candidates(drawn, {"spatial": records}, prompts)
         verdicts = [[judge(r, parse_image(im)) for im in group]
                     for r, group in zip(records, candidates, strict=True)]
         right = [np.array([v.passed for v in group]) for group in verdicts]
@@ -125,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--candidates", type=Path, default=None,
+                        help="read each generator's candidates from DIR/NAME (saved by gen_rerank.py "
+                             "--candidates) instead of sampling them")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     import torch
