@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from clipforge.models.size import count_parameters
 from clipforge.tokenizer import get_tokenizer
 from clipforge.train import load_config, train
 from clipforge.train.features import FeatureCollate, text_feature_table
-from clipforge.train.spatial import held_out_collages, spatial_examples
+from clipforge.train.spatial import paired_collages, spatial_examples
 
 CAPTIONS = [
     "a dog runs on the grass",
@@ -87,7 +88,9 @@ def test_flips_and_collages_of_train_photos(tmp_path) -> None:
     assert examples.negatives[("01.png@mirror", "a man holds a cup in his right hand")] == [CAPTIONS[1]]
     assert examples.negatives[("01.png", CAPTIONS[1])] == ["a man holds a cup in his right hand"]
     collages = [k for k in keys if k.startswith("collage:")]
-    assert len(collages) >= 2  # six photos, three categories: pairs of different ones, one collage each
+    # six photos, three categories: pairs of different ones, each in four collages (layouts x orders)
+    photo_pairs = {frozenset(k.split(":")[1].split("|")[:2]) for k in collages}
+    assert len(photo_pairs) >= 2 and len(collages) == 4 * len(photo_pairs)
     category = {f"{i:02d}.png": c.split()[1] for i, c in enumerate(CAPTIONS)}
     assert all(category[k.split(":")[1].split("|")[0]] != category[k.split("|")[1]] for k in collages)
     for key in collages:
@@ -95,6 +98,9 @@ def test_flips_and_collages_of_train_photos(tmp_path) -> None:
         assert len(statements) == 2
         for true, false in statements:
             assert true != false and true.split()[1] == false.split()[1]  # same subject, relation swapped
+    # The text prior is balanced: each sentence is as often the true one as the swapped one.
+    spatial = [(c, examples.negatives[(k, c)][0]) for k, c in examples.pairs if k.startswith("collage:")]
+    assert Counter(t for t, _ in spatial) == Counter(f for _, f in spatial)
     # The rendered bytes are the real mirror (encoded for real, not a flipped grid).
     record = next(r for r in examples.images.records() if r.key == "01.png@mirror")
     rendered = Image.open(io.BytesIO(examples.images.read_bytes(record))).convert("RGB")
@@ -127,7 +133,7 @@ def test_spatial_task_trains_from_a_float16_grid_cache(tmp_path) -> None:
     lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     evals = [line["eval"] for line in lines if "eval" in line]
     assert len(evals) == 2 and all(0 <= e["collage"] <= 1 for e in evals)  # dev collages scored
-    dev = {s.collage.key for s in held_out_collages(open_data(f"folder:{root}"), 0)}
+    dev = {s.collage.key for s in paired_collages(open_data(f"folder:{root}").records(), 0)}
     grid_dirs = [d for d in cache.iterdir() if d.name.endswith("-grid")]
     assert len(grid_dirs) == 1
     stored = torch.cat([load_file(str(p))["features"] for p in grid_dirs[0].glob("shard-*.safetensors")])

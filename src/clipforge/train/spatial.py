@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import io
 import math
-import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -41,12 +40,10 @@ from PIL import Image
 
 from clipforge.data.readers import BadSample, ImageTextData, Record
 from clipforge.data.spatial_aug import (
-    LAYOUTS,
     Collage,
     CollageStatement,
     Mirrored,
     Photo,
-    collage_statements,
     collage_variants,
     pair_photos,
     photo_category,
@@ -146,22 +143,17 @@ def flip_examples(records: Sequence[Record]) -> tuple[list[Mirrored], list[Pair]
 
 
 def collage_examples(records: Sequence[Record], seed: int) -> tuple[list[Collage], list[Pair], Negatives]:
-    """One collage per category pair (seeded layout and order), its true sentences and the swapped ones."""
-    photos = [(r, photo_category(r.captions)) for r in records]
-    entries = [(Photo(r.key, Path(r.source)), category) for r, category in photos if category]
-    rng = random.Random(seed)
-    collages: list[Collage] = []
+    """Each seeded pair of photos of different categories in all four collages (`collage_variants`: both
+    layouts, both orders), their true sentences and the relation-swapped ones as hard negatives."""
+    collages: dict[str, Collage] = {}
     pairs: list[Pair] = []
     negatives: Negatives = {}
-    for (a, x), (b, y) in pair_photos(entries, seed):
-        layout = rng.choice(LAYOUTS)
-        (first, one), (second, two) = ((a, x), (b, y)) if rng.random() < 0.5 else ((b, y), (a, x))
-        collage = Collage(first, second, layout)
-        collages.append(collage)
-        for true, false, _ in collage_statements(one, two, layout):
-            pairs.append((collage.key, true))
-            negatives[(collage.key, true)] = [false]
-    return collages, pairs, negatives
+    for statement in paired_collages(records, seed):
+        key = statement.collage.key
+        collages[key] = statement.collage
+        pairs.append((key, statement.true))
+        negatives[(key, statement.true)] = [statement.false]
+    return list(collages.values()), pairs, negatives
 
 
 def spatial_examples(data: ImageTextData, seed: int) -> SpatialExamples:
@@ -235,9 +227,9 @@ def text_collate(
     return partial(PairCollate, preprocess, tokenizer)
 
 
-def held_out_collages(data: ImageTextData, seed: int) -> list[CollageStatement]:
-    """The statements of the ``collage:`` probe design about `data`'s photos (file-backed data only)."""
-    entries = [(Photo(r.key, Path(r.source)), photo_category(r.captions)) for r in data.records()]
+def paired_collages(records: Iterable[Record], seed: int) -> list[CollageStatement]:
+    """The statements of the ``collage:`` probe design about the photos of `records` (file-backed data)."""
+    entries = [(Photo(r.key, Path(r.source)), photo_category(r.captions)) for r in records]
     photos = [(photo, category) for photo, category in entries if category]
     return [s for (a, x), (b, y) in pair_photos(photos, seed) for s in collage_variants(a, x, b, y)]
 
@@ -269,7 +261,7 @@ def collage_evaluator(
 ) -> EvalHook[ContrastiveModel] | None:
     """Dev ``collage`` accuracy (`collage_accuracy`) from cached features; None without held-out collages."""
     data = open_data(config.data.spec(config.data.eval_source))
-    statements = held_out_collages(data, config.train.seed)
+    statements = paired_collages(data.records(), config.train.seed)
     if not statements:
         return None
     trues: dict[str, list[str]] = {}
