@@ -190,13 +190,16 @@ def test_token_states_are_cached_in_float16_and_read_back(tmp_path) -> None:
     assert (first["a man"][4:] == 0).all()  # "[CLS] a man [SEP]", then padding
 
 
+def _pooled_model():
+    spatial = _spatial_config()
+    return create_model(dataclasses.replace(spatial, vision=dataclasses.replace(spatial.vision, pool="mean")))
+
+
 def test_drift_is_zero_from_a_pooled_start_and_grows_with_the_branches() -> None:
     data = _spatial_config().to_dict()
     data["text"]["pool"] = "attention"
     model = create_model(ModelConfig.from_dict(data)).eval()
-    spatial = _spatial_config()
-    pooled = dataclasses.replace(spatial, vision=dataclasses.replace(spatial.vision, pool="mean"))
-    model.start_from_pooled(create_model(pooled))
+    model.start_from_pooled(_pooled_model())
     grid, states = torch.rand(3, 49, 1280), torch.rand(3, 5, 384)
     with torch.no_grad():
         before = model.drift(grid, states)
@@ -206,3 +209,16 @@ def test_drift_is_zero_from_a_pooled_start_and_grows_with_the_branches() -> None
         both = model.drift(grid, states)
     assert abs(float(before)) < 1e-6 and 1e-4 < float(image_only) < float(both)
     assert not any(p.requires_grad for head in model.mean_heads() for p in head.parameters())
+
+
+def test_frozen_mean_heads_stay_in_eval_mode_while_the_branches_train() -> None:
+    model = _token_model()
+    model.start_from_pooled(_pooled_model())
+    torch.nn.init.normal_(model.visual.head.spatial.weight, std=0.05)
+    grid, states = torch.rand(3, 49, 1280), torch.rand(3, 5, 384)
+    model.train()
+    assert model.visual.head.spatial.training and not any(h.training for h in model.mean_heads())
+    with torch.no_grad():  # the branches have no dropout: with the mean heads' dropout off, train == eval
+        trained = (model.project_image_features(grid), model.project_text_features(states))
+        evaluated = (model.eval().project_image_features(grid), model.project_text_features(states))
+    assert all(torch.equal(a, b) for a, b in zip(trained, evaluated, strict=True))

@@ -222,6 +222,7 @@ class TowerCLIP(TowerModel):
         self.visual = ImageTower(config.vision, config.embed_dim)
         self.text = TextTower(config.text, config.embed_dim)
         self.init_logit_parameters()
+        self.frozen_mean_heads = False  # set by `start_from_pooled`
 
     @property
     def image_backbone(self) -> nn.Module:
@@ -304,6 +305,18 @@ class TowerCLIP(TowerModel):
             mine.load_state_dict(theirs.state_dict())
             mine.requires_grad_(False)
         self.logit_scale.data.copy_(pooled.logit_scale.data)
+        self.frozen_mean_heads = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> TowerCLIP:
+        """Sets train `mode`; mean heads frozen by `start_from_pooled` stay in eval mode, as the pooled model
+        is evaluated: a frozen head is a fixed function, and its dropout (0.7) would only add noise to what
+        the branches learn against (and to the anchor's target)."""
+        super().train(mode)
+        if self.frozen_mean_heads:
+            for head in self.mean_heads():
+                head.eval()
+        return self
 
     def lock_image_tower(self, unlocked_blocks: int | None = None) -> None:
         """Freezes the EfficientNet backbone but its last `unlocked_blocks` blocks; the head stays trainable.
