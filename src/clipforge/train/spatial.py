@@ -8,10 +8,11 @@ side), so the `spatial` task adds exact-truth examples built from the *train* ph
 - **flips**: every train photo with a left/right caption, mirrored, with left/right swapped in that
   caption; the photo's own caption is the mirror's hard negative and vice versa. Its other captions stay
   true for the mirror.
-- **collages**: train photos of different categories paired (seeded), each pair once, side by side or
-  stacked and in either order (seeded coin flips: the encoding budget of a 2-core machine allows one
-  collage per pair); each collage's two true sentences ("a dog to the left of a man", "a man to the
-  right of a dog") come with their relation-swapped sentences as hard negatives.
+- **collages**: train photos of different categories paired (seeded), each pair in all four collages of
+  the probe's design (side by side and stacked, both orders: `paired_collages`), so every sentence is as
+  often true as false and only the layout tells them apart; each collage's two true sentences ("a dog to
+  the left of a man", "a man to the right of a dog") come with their relation-swapped sentences as hard
+  negatives. (6820 collages of the 6000 Flickr8k train photos: ~280 CPU-s to render and encode once.)
 
 Every mirror and collage is rendered and encoded by the frozen tower for real (PNG bytes through the same
 loader and feature cache as the photos), never composed from the photos' grids: a mirrored grid is not
