@@ -123,3 +123,18 @@ def test_prior_sigkill_then_resume_ends_bit_identical(dvae_run: Path, tmp_path: 
     for name, tensor in expected.items():
         assert torch.equal(tensor, got[name]), name
     assert [r["step"] for r in _log(tmp_path / "killed") if "loss" in r] == list(range(1, 41))
+
+
+def test_fine_grid_recipe_chains_its_dvae_into_its_generator(tmp_path: Path) -> None:
+    """configs/dvae-skills-g16.toml trains the dVAE that configs/generator-skills-g16.toml's model embeds."""
+    from clipforge.models.registry import get_any_config
+
+    dvae = load_config(REPO / "configs" / "dvae-skills-g16.toml", ["train.steps=1", "eval.every=1", *COMMON])
+    train(dvae, tmp_path / "dvae")
+    prior = load_config(REPO / "configs" / "generator-skills-g16.toml",
+                        [f"prior.dvae={tmp_path / 'dvae' / 'final'}", f"prior.token_cache={tmp_path / 'c'}",
+                         "data.n_train=8", "train.steps=1", "eval.every=1", *COMMON])
+    train(prior, tmp_path / "gen")
+    generator = clipforge.load_folder(tmp_path / "gen" / "final")
+    assert isinstance(generator, Generator) and generator.config.image_tokens == 256
+    assert generator.config.dvae == get_any_config("skills-dvae-32-g16")
