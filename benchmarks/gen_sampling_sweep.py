@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         print(lines[-1], flush=True)
         record["settings"].append({"setting": setting, "skills": summary(report)})
         if args.json is not None:
-            write_json(args.json, record)
+            write_json(record, args.json)
 
 
 if __name__ == "__main__":
