@@ -15,13 +15,13 @@ A setting is comma-separated ``T<temperature>``, ``k<top-k>``, ``p<top-p>``, ``c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-SKILLS = ("object", "count", "color", "spatial")
+from gen_rerank import SKILLS, _cell, _heldout  # the script's folder is on sys.path
+
 KEYS = {"T": "temperature", "k": "top_k", "p": "top_p", "cs": "cond_scale"}
 
 
@@ -35,17 +35,6 @@ def parse_setting(text: str) -> dict[str, float | int]:
         value = float(part[len(key):])
         out[KEYS[key]] = int(value) if key == "k" else value
     return out
-
-
-def _cell(block: dict[str, Any] | None) -> str:
-    if not block or block.get("accuracy") is None:
-        return "-"
-    low, high = block["ci95"]
-    return f"{block['accuracy']:.2f} [{low:.2f}, {high:.2f}]"
-
-
-def _heldout(block: dict[str, Any]) -> dict[str, Any] | None:
-    return block.get("per_case", {}).get("combination", {}).get("held-out")
 
 
 def row(name: str, report: dict[str, Any]) -> str:
