@@ -42,7 +42,7 @@ def row(name: str, report: dict[str, Any]) -> str:
     skills = report["skills"]
     cells = [_cell(skills.get(s)) for s in SKILLS]
     held = [_cell(_heldout(skills[s])) for s in ("color", "spatial")]
-    best = [f"{skills[s]['best_of_k']['accuracy']:.2f}" for s in SKILLS]
+    best = [f"{skills[s].get('best_of_k', skills[s])['accuracy']:.2f}" for s in SKILLS]  # n = 1: itself
     mean = sum(skills[s]["accuracy"] for s in SKILLS) / len(SKILLS)
     return f"| {name} | " + " | ".join(cells + held + ["/".join(best), f"{mean:.3f}"]) + " |"
 
@@ -53,7 +53,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     for skill, block in report["skills"].items():
         held = _heldout(block)
         out[skill] = {"accuracy": block["accuracy"], "ci95": block["ci95"],
-                      "best_of_n": block["best_of_k"]["accuracy"],
+                      "best_of_n": block.get("best_of_k", block)["accuracy"],
                       "heldout": None if held is None else {k: held[k] for k in ("accuracy", "ci95")}}
     return out
 
