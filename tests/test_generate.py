@@ -204,3 +204,33 @@ def test_reconstruction_report_scores_what_the_dvae_draws_back(tmp_path: Path) -
     assert perfect["dead_codes"] == 8 and perfect["perplexity"] == pytest.approx(8.0)  # codes 0..7, 64 each
     random_dvae = reconstruction_report(create_any_model("tiny-dvae").eval(), skills)
     assert all(block["accuracy"] < 1.0 for block in random_dvae["skills"].values())
+
+
+def test_sampling_sweep_scores_every_candidate_not_just_the_first(
+        tmp_path: Path, generator_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/gen_sampling_sweep.py: accuracy is the mean pass rate over all n candidates of a prompt."""
+    import argparse
+    import sys
+
+    from clipforge.generate import job
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gen_sampling_sweep
+
+    skills = _skill_set(tmp_path / "skills")
+    truth = read_images(skills, load_skill_set(skills, "val"))
+    blank = Image.new("RGB", (32, 32))
+
+    def candidates(model, prompts, n, seed, sampling):  # the true render second: first sample always wrong
+        assert sampling.temperature == 0.5 and sampling.top_k == 4 and sampling.cond_scale == 2.0
+        return [[blank, truth.images[p.skill][p.id][0]] for p in prompts]
+
+    monkeypatch.setattr(job, "draw_candidates", candidates)
+    out = tmp_path / "sweep.json"
+    gen_sampling_sweep.main(["--generator", str(generator_dir), "--skills", str(skills), "--n", "2",
+                             "--setting", "T0.5,k4,cs2", "--json", str(out)])
+    [setting] = json.loads(out.read_text())["settings"]
+    for block in setting["skills"].values():
+        assert (block["accuracy"], block["best_of_n"]) == (0.5, 1.0)
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown setting"):
+        gen_sampling_sweep.parse_setting("q3")
