@@ -42,6 +42,7 @@ from clipforge.synthetic.text import (
     is_false,
     is_true,
     same_color_pair,
+    scene_caption,
 )
 
 CONFIG = SceneConfig()
@@ -268,6 +269,32 @@ def test_training_captions_are_mostly_relational_and_negatives_false() -> None:
             assert negative != item["caption"]
             assert _reference_truth(scene, _canonical(negative)) is False, (item, scene)
     assert 0.6 < relational / 200 < 0.9
+
+
+def test_relation_captions_do_not_tell_the_layout_by_phrase_order() -> None:
+    """Issue 17: `plain` learns relations under styles. Not through the captions: the first-named object is
+    left of (above) the second about as often as not, the four spatial words are about equally frequent and
+    no colour leans to one side, so only the relation word says where each object is."""
+    first_left = first_above = horizontal = vertical = 0
+    words: Counter[str] = Counter()
+    x_by_colour: dict[str, list[float]] = {}
+    for scene in _scenes("train", 2000):
+        for obj in scene.objects:
+            x_by_colour.setdefault(obj.color, []).append(obj.centre[0] / scene.image_size)
+        caption = scene_caption(scene, CONFIG)
+        if caption.kind != "relation" or caption.relation in ("in front of", "behind"):
+            continue
+        a, b = (next(o for o in scene.objects if p.matches(o)) for p in caption.phrases)
+        words[str(caption.relation)] += 1
+        if caption.relation in ("left of", "right of"):
+            horizontal += 1
+            first_left += a.centre[0] < b.centre[0]
+        else:
+            vertical += 1
+            first_above += a.centre[1] < b.centre[1]
+    assert 0.42 < first_left / horizontal < 0.58 and 0.42 < first_above / vertical < 0.58
+    assert max(words.values()) < 1.25 * min(words.values()), words
+    assert all(0.45 < float(np.mean(xs)) < 0.55 for xs in x_by_colour.values()), x_by_colour
 
 
 def test_render_shapes_fill_their_boxes_in_their_colour() -> None:
