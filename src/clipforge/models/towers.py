@@ -87,7 +87,11 @@ class GridHead(nn.Module):
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, E] of grid features [B, HW, C] (row-major positions; cached ones are float16)."""
-        return self.mean_head(grid.float().mean(dim=1)) + self.added(grid)  # [B, E]
+        return self.base(grid) + self.added(grid)  # [B, E]
+
+    def base(self, grid: torch.Tensor) -> torch.Tensor:
+        """The mean head's embedding [B, E] of the grid's mean (the pooled feature)."""
+        return self.mean_head(grid.float().mean(dim=1))  # [B, E]
 
     def added(self, grid: torch.Tensor) -> torch.Tensor:
         """What the spatial part adds [B, E] to the mean head's embedding."""
@@ -128,10 +132,14 @@ class TokenHead(nn.Module):
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, E] of token states [B, L, D], zero rows past each text's end."""
+        return self.base(states) + self.added(states)  # [B, E]
+
+    def base(self, states: torch.Tensor) -> torch.Tensor:
+        """The mean head's embedding [B, E] of the mean of each text's real (non-zero) states."""
         states = states.float()
         weights = (states.abs().amax(dim=-1) > 0).unsqueeze(-1).float()  # [B, L, 1]
         mean = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # [B, D]
-        return self.mean_head(mean) + self.added(states)  # [B, E]
+        return self.mean_head(mean)  # [B, E]
 
     def added(self, states: torch.Tensor) -> torch.Tensor:
         """What the queries add [B, E] to the mean head's embedding."""
@@ -289,8 +297,9 @@ class TowerCLIP(TowerModel):
         distances = []
         for head, features in ((self.visual.head, image_features), (self.text.head, text_features)):
             if isinstance(head, GridHead | TokenHead):
-                full = head(features)  # [B, E]
-                distances.append(1 - F.cosine_similarity(full, full - head.added(features), dim=-1))
+                base = head.base(features)  # [B, E]
+                full = base + head.added(features)  # [B, E], the branch run once
+                distances.append(1 - F.cosine_similarity(full, base, dim=-1))
         return torch.cat(distances).mean() if distances else self.logit_scale.new_zeros(())
 
     def start_from_pooled(self, pooled: TowerCLIP) -> None:
