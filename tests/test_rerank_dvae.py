@@ -26,6 +26,8 @@ from clipforge.quickstart.generation import (
     train_dvae_reranker,
 )
 from clipforge.synthetic.dataset import image_tensor, render_scene
+from clipforge.synthetic.scene import OPPOSITE
+from clipforge.synthetic.text import RELATION_WORDS
 from clipforge.train.config import DataSection, LossSection, ModelSection, TrainRunConfig, TrainSection
 from clipforge.train.dalle_tasks import HELD_OUT_SEED_OFFSET, skill_scenes
 from clipforge.train.dvae_views import SkillSceneItems
@@ -141,20 +143,32 @@ def test_relation_accuracy_compares_with_the_swapped_prompt() -> None:
     assert relation_accuracy(_LeftLover(), images, texts).tolist() == [1.0, 0.0, 0.5]
 
 
+def _claims(prompt: str) -> set[tuple[str, str]]:
+    """(shape, relation) read from either object of a spatial prompt: "a star above a circle" ->
+    {("star", "above"), ("circle", "below")}."""
+    relation, words = next((r, w) for r, w in RELATION_WORDS.items() if f" {w} " in prompt)
+    first, second = prompt.split(f" {words} ")
+    return {(first.split()[-1], relation), (second.split()[-1], OPPOSITE[relation])}
+
+
 def test_skill_scene_items_are_the_generator_prompts_with_their_relation_swaps() -> None:
     scenes = skill_scenes(32)
-    items = SkillSceneItems(scenes, 0, 40, 2)
-    spatial = 0
-    for i in range(40):
+    held = set(scenes.scene.heldout_relations)
+    items = SkillSceneItems(scenes, 0, 400, 2)
+    kept = dropped = 0
+    for i in range(400):
         item, scene = items[i], skill_scene(scenes, 0, i)
         assert item["caption"] == scene.text
         assert torch.equal(item["image"], image_tensor(scene.render()))
-        if scene.skill == "spatial":
-            spatial += 1
-            assert item["negatives"] == [swap_relation(scene.text)]
-        else:
+        if scene.skill != "spatial":
             assert item["negatives"] == []
-    assert spatial > 0
+        elif _claims(swap_relation(scene.text)) & held:  # never a positive: no negative either
+            dropped += 1
+            assert item["negatives"] == []
+        else:
+            kept += 1
+            assert item["negatives"] == [swap_relation(scene.text)]
+    assert kept > 0 and dropped > 0
 
 
 def test_skill_scenes_train_and_hold_out_the_generator_stream(tmp_path: Path, dvae_dir: Path) -> None:

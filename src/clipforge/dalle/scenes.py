@@ -74,11 +74,13 @@ class SkillSceneConfig:
 
 @dataclass(frozen=True)
 class SkillScene:
-    """A scene, the prompt that asks for it and its skill."""
+    """A scene, the prompt that asks for it, its skill and (spatial scenes) the asked relation of the first
+    object to the second."""
 
     scene: Scene
     text: str
     skill: str
+    relation: str | None = None
 
     def render(self) -> Image.Image:
         return render_scene(self.scene)
@@ -118,7 +120,7 @@ def skill_scene(config: SkillSceneConfig, seed: int, index: int) -> SkillScene:
             scene_config = config.scene
             scene = Scene(seed, "train", index, scene_config.image_size, scene_config.margin_px, objects,
                           compute_relations(objects, scene_config.image_size, scene_config.margin_px))
-            return SkillScene(scene, prompt_text(skill, objects, relation), skill)
+            return SkillScene(scene, prompt_text(skill, objects, relation), skill, relation)
     raise ConfigError(f"skill scenes: could not place a {skill} scene in {_TRIES} tries")
 
 
@@ -153,10 +155,27 @@ def _sample(config: SkillSceneConfig, skill: str, count: int, rng: random.Random
     if skill != "spatial":
         return objects, None
     relation = spatial_relation(objects[0], objects[1], scene.margin_px)
-    held = set(scene.heldout_relations)
-    if relation is None or {(objects[0].shape, relation), (objects[1].shape, OPPOSITE[relation])} & held:
+    if relation is None or _names_heldout(scene, objects, relation):
         return None
     return objects, relation
+
+
+def _names_heldout(config: SceneConfig, objects: tuple[SceneObject, ...], relation: str) -> bool:
+    """Whether "first `relation` second" claims a held-out (shape, relation), read from either object."""
+    claims = {(objects[0].shape, relation), (objects[1].shape, OPPOSITE[relation])}
+    return bool(claims & set(config.heldout_relations))
+
+
+def swap_names_heldout(config: SkillSceneConfig, scene: SkillScene) -> bool:
+    """Whether the relation swap of a spatial scene's prompt claims a held-out (shape, relation).
+
+    No scene shows such a claim, so a caption that makes one is never a positive: used as a hard negative
+    it would teach that the wording itself is false, whatever the image, and a re-ranker would then reject
+    the held-out prompts' right pictures.
+    """
+    if scene.relation is None:
+        return False
+    return _names_heldout(config.scene, scene.scene.objects, OPPOSITE[scene.relation])
 
 
 def _size_word(config: SceneConfig, box: Box) -> str:

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from clipforge.checkpoint import load_folder
 from clipforge.dalle.batches import round_trip_pixels
-from clipforge.dalle.scenes import SkillSceneConfig, skill_scene
+from clipforge.dalle.scenes import SkillSceneConfig, skill_scene, swap_names_heldout
 from clipforge.errors import ConfigError
 from clipforge.models.dvae import DVAE
 from clipforge.synthetic.dataset import image_tensor
@@ -33,7 +33,7 @@ from clipforge.train.batches import PairBatch, PairCollate, caption_negatives
 class SkillSceneItems(Dataset[dict[str, Any]]):
     """Item `i`: skill scene `i` of the stream seeded with `seed` (`dalle.scenes.skill_scene`), as an
     ``image`` (uint8 [3, S, S]), its prompt as ``caption``, and up to `hard_negatives` of the prompt's
-    spatial swaps as ``negatives``."""
+    spatial swaps as ``negatives`` (none where the swap claims a held-out relation: `swap_names_heldout`)."""
 
     def __init__(self, scenes: SkillSceneConfig, seed: int, length: int, hard_negatives: int) -> None:
         self.scenes, self.seed, self.length, self.k = scenes, seed, length, hard_negatives
@@ -43,7 +43,9 @@ class SkillSceneItems(Dataset[dict[str, Any]]):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = skill_scene(self.scenes, self.seed, index)
-        negatives = caption_negatives(str(index), scene.text, self.k) if self.k else []
+        negatives = []
+        if self.k and not swap_names_heldout(self.scenes, scene):
+            negatives = caption_negatives(str(index), scene.text, self.k)
         return {"image": image_tensor(scene.render()), "caption": scene.text, "negatives": negatives,
                 "index": index}
 
