@@ -71,7 +71,20 @@ def relation_rows(args: argparse.Namespace, rerankers: dict[str, Any]) -> tuple[
                  for kind, shown in coloured.items()}
         record[name] = accs
         rows.append(f"| {name} | " + " | ".join(_cell(a) for a in accs.values()) + " |")
-    return rows, record
+    return rows + ["", *heldout_rows(records, record, list(sets))], record
+
+
+def heldout_rows(records: list[Any], record: dict[str, Any], kinds: list[str]) -> list[str]:
+    """The same accuracies split by whether the prompt is a held-out (shape, relation) combination, one
+    that no training scene of the generator (nor of its skill-scene re-rankers) shows."""
+    held = np.array([bool(r.heldout) for r in records])
+    heads = [f"{kind}, {part}" for kind in kinds for part in ("held-out combination", "seen combination")]
+    rows = [f"Split by combination ({int(held.sum())} held-out, {int((~held).sum())} seen prompts):", "",
+            "| re-ranker | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for name, accs in record.items():
+        cells = [_cell(list(np.array(accs[kind])[mask])) for kind in kinds for mask in (held, ~held)]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def candidate_rows(args: argparse.Namespace, rerankers: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
