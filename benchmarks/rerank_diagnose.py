@@ -26,6 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_rerank import _pair  # noqa: E402
 
+CONVERSE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below",
+            "below": "above"}
+
 
 def _cell(values: list[float]) -> str:
     from clipforge.probe.stats import bootstrap_ci
@@ -71,18 +74,34 @@ def relation_rows(args: argparse.Namespace, rerankers: dict[str, Any]) -> tuple[
                  for kind, shown in coloured.items()}
         record[name] = accs
         rows.append(f"| {name} | " + " | ".join(_cell(a) for a in accs.values()) + " |")
-    return rows + ["", *heldout_rows(records, record, list(sets))], record
+    return rows + ["", *heldout_rows(rerankers, records, sets)], record
 
 
-def heldout_rows(records: list[Any], record: dict[str, Any], kinds: list[str]) -> list[str]:
-    """The same accuracies split by whether the prompt is a held-out (shape, relation) combination, one
-    that no training scene of the generator (nor of its skill-scene re-rankers) shows."""
+def converse(prompt: str) -> str:
+    """The same claim from the other object: "a circle above a star" -> "a star below a circle"."""
+    words = next(w for w in CONVERSE if f" {w} " in prompt)
+    first, second = prompt.split(f" {words} ")
+    return f"{second} {CONVERSE[words]} {first}"
+
+
+def heldout_rows(rerankers: dict[str, Any], records: list[Any], sets: dict[str, Any]) -> list[str]:
+    """Relation accuracy by whether the prompt is a held-out (shape, relation) combination (no training
+    scene of the generator or of its skill-scene re-rankers shows it) or a seen one, with each prompt as
+    written and averaged with its converse, which cancels a preference for a relation word."""
+    from clipforge.generate.diagnose import relation_accuracy
+
     held = np.array([bool(r.heldout) for r in records])
-    heads = [f"{kind}, {part}" for kind in kinds for part in ("held-out combination", "seen combination")]
-    rows = [f"Split by combination ({int(held.sum())} held-out, {int((~held).sum())} seen prompts):", "",
+    texts = [r.text for r in records]
+    heads = [f"{kind}, {phrasing}: {part}" for kind in sets for phrasing in ("as written", "both phrasings")
+             for part in ("held-out", "seen")]
+    rows = [f"By combination ({int(held.sum())} held-out, {int((~held).sum())} seen prompts):", "",
             "| re-ranker | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
-    for name, accs in record.items():
-        cells = [_cell(list(np.array(accs[kind])[mask])) for kind in kinds for mask in (held, ~held)]
+    for name, reranker in rerankers.items():
+        cells = []
+        for shown in sets.values():
+            written = relation_accuracy(reranker, shown, texts)
+            both = (written + relation_accuracy(reranker, shown, [converse(t) for t in texts])) / 2
+            cells += [_cell(list(acc[mask])) for acc in (written, both) for mask in (held, ~held)]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
 
