@@ -47,30 +47,6 @@ def naive_infonce(f: PairFeatures) -> float:
     return total / b
 
 
-def test_masking_duplicate_captions_changes_nothing_without_duplicates() -> None:
-    for k in (0, 2):
-        f = _features(k=k)
-        f.captions = torch.arange(5 * 3).reshape(5, 3)  # five distinct token rows
-        assert torch.equal(InfoNCELoss(mask_duplicate_captions=True)(f), InfoNCELoss()(f))
-
-
-def test_masking_duplicate_captions_by_hand() -> None:
-    # images i and texts i are the same unit vectors, so logit (i, j) = s when i == j and 0 otherwise;
-    # samples 0 and 1 share a caption, so each row of theirs keeps one other column, sample 2's keeps two
-    s = 3.0
-    eye = torch.eye(3, dtype=torch.float64)
-    captions = torch.tensor([[7, 8], [7, 8], [7, 9]])  # token ids
-    f = PairFeatures(eye, eye, torch.tensor(s, dtype=torch.float64), captions=captions)
-    expected = (2 * math.log1p(math.exp(-s)) + math.log1p(2 * math.exp(-s))) / 3
-    assert float(InfoNCELoss(mask_duplicate_captions=True)(f)) == pytest.approx(expected, rel=1e-12)
-    assert float(InfoNCELoss()(f)) == pytest.approx(math.log1p(2 * math.exp(-s)), rel=1e-12)
-    logit = s - 10.0  # SigLIP with bias -10: the pair (0, 1) and (1, 0) drop out of the sum
-    f.logit_bias = torch.tensor(-10.0, dtype=torch.float64)
-    per_pair = {True: math.log1p(math.exp(-logit)), False: math.log1p(math.exp(-10.0))}
-    expected_siglip = (3 * per_pair[True] + 4 * per_pair[False]) / 3
-    assert float(SigLipLoss(mask_duplicate_captions=True)(f)) == pytest.approx(expected_siglip, rel=1e-12)
-
-
 def naive_siglip(f: PairFeatures, log_scale: float, bias: float) -> float:
     """Explicit loops: -log sigmoid(z * logit) for every (image, caption) pair, divided by the batch."""
     b, s = f.images.shape[0], math.exp(log_scale)

@@ -147,8 +147,6 @@ class LossSection:
             sigmoid per pair with the model's scale and a logit bias, added to the model if it has none).
         hard_negatives: extra negative captions per sample (NegCLIP); 0 turns them off.
         negative_kinds: which kinds of hard negatives the data should generate (empty = all it knows).
-        mask_duplicate_captions: samples of a batch with identical captions are not each other's negatives
-            (for prompt sets that repeat: "a star" several times per batch); off, every other sample is one.
         siglip_init_scale: the model's initial log logit scale for SigLIP (ln 10).
         siglip_init_bias: the model's initial logit bias for SigLIP.
     """
@@ -156,7 +154,6 @@ class LossSection:
     kind: str = "infonce"
     hard_negatives: int = 0
     negative_kinds: tuple[str, ...] = ()
-    mask_duplicate_captions: bool = False
     siglip_init_scale: float = math.log(10.0)
     siglip_init_bias: float = -10.0
 

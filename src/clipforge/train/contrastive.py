@@ -70,9 +70,9 @@ def encode_batch(encoder: PairEncoder, model: ContrastiveModel, batch: PairBatch
     texts = encoder.texts(torch.cat([batch.tokens, negatives]))  # [B + R, E]
     scale, bias = model.similarity_scale(), model.logit_bias
     if k == 0:
-        return PairFeatures(images, texts, scale, logit_bias=bias, captions=batch.tokens)
+        return PairFeatures(images, texts, scale, logit_bias=bias)
     negative_features = texts.new_zeros(b * k, texts.shape[1]).index_put((real,), texts[b:])  # [B * K, E]
-    return PairFeatures(images, texts[:b], scale, negative_features, batch.negative_mask, bias, batch.tokens)
+    return PairFeatures(images, texts[:b], scale, negative_features, batch.negative_mask, bias)
 
 
 class ContrastiveTask:

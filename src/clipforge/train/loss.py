@@ -2,11 +2,8 @@
 
 Both accept NegCLIP-style hard negatives: K extra captions per sample become extra *columns* on the
 image->text side, so an image must beat its batch's captions and every hard negative; the text->image
-side stays over the true captions only. With ``loss.mask_duplicate_captions``, samples whose captions are
-identical are not each other's negatives (false-negative masking): where a batch repeats a prompt ("a
-star" five times), plain InfoNCE asks each copy to match its own image and reject the other four. Under
-`torchrun` each rank computes the loss of its own rows against columns gathered from all ranks, so the
-average over ranks is the loss of the global batch.
+side stays over the true captions only. Under `torchrun` each rank computes the loss of its own rows
+against columns gathered from all ranks, so the average over ranks is the loss of the global batch.
 """
 
 from __future__ import annotations
@@ -33,8 +30,6 @@ class PairFeatures:
         negatives: [B * K, E] hard-negative caption features, sample-major (None without negatives).
         negative_mask: [B, K] True where a negative is real, False where a sample had fewer than K.
         logit_bias: the model's logit bias (SigLIP), None for models without one.
-        captions: [B, ...] what each caption is (its token ids or cached text features), so the loss can
-            find samples that share one; None where the batch does not say.
     """
 
     images: torch.Tensor
@@ -43,7 +38,6 @@ class PairFeatures:
     negatives: torch.Tensor | None = None
     negative_mask: torch.Tensor | None = None
     logit_bias: torch.Tensor | None = None
-    captions: torch.Tensor | None = None
 
 
 def global_columns(f: PairFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,32 +55,8 @@ def global_columns(f: PairFeatures) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([texts, negatives]), torch.cat([valid, mask])
 
 
-def duplicate_captions(f: PairFeatures, columns: int) -> torch.Tensor:
-    """[B, columns] True where global sample j (j < G) has this rank's sample i's caption and j != i.
-
-    Raises:
-        ConfigError: the batch does not say what its captions are (`f.captions` is None).
-    """
-    if f.captions is None:
-        raise ConfigError("loss.mask_duplicate_captions needs batches that carry their captions")
-    rows = f.captions.shape[0]
-    ids = torch.unique(gather(f.captions).flatten(1), dim=0, return_inverse=True)[1]  # [G]
-    labels = rank_offset(rows) + torch.arange(rows, device=ids.device)
-    others = labels[:, None] != torch.arange(len(ids), device=ids.device)  # [B, G]
-    same = (ids[labels][:, None] == ids[None, :]) & others  # [B, G]
-    return torch.cat([same, same.new_zeros(rows, columns - len(ids))], dim=1)  # [B, columns]
-
-
 class InfoNCELoss(nn.Module):
-    """CLIP's symmetric cross-entropy over the cosine-similarity matrix, scaled by the model's temperature.
-
-    Args:
-        mask_duplicate_captions: samples sharing a caption are not each other's negatives (either way).
-    """
-
-    def __init__(self, mask_duplicate_captions: bool = False) -> None:
-        super().__init__()
-        self.mask_duplicates = mask_duplicate_captions
+    """CLIP's symmetric cross-entropy over the cosine-similarity matrix, scaled by the model's temperature."""
 
     def forward(self, f: PairFeatures) -> torch.Tensor:
         columns, valid = global_columns(f)
@@ -94,12 +64,8 @@ class InfoNCELoss(nn.Module):
         rows = f.images.shape[0]
         labels = rank_offset(rows) + torch.arange(rows, device=f.images.device)
         per_image = f.logit_scale * f.images @ columns.t()  # [B, G + G * K]
+        per_image = per_image.masked_fill(~valid, float("-inf"))
         per_text = f.logit_scale * f.texts @ images.t()  # [B, G]
-        excluded = ~valid  # [G + G * K], or [B, G + G * K] with duplicates masked
-        if self.mask_duplicates:
-            excluded = excluded | duplicate_captions(f, len(valid))
-            per_text = per_text.masked_fill(excluded[:, : images.shape[0]], float("-inf"))
-        per_image = per_image.masked_fill(excluded, float("-inf"))
         return (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
 
 
@@ -108,14 +74,7 @@ class SigLipLoss(nn.Module):
 
     The bias is a parameter of the model (as in open_clip), so a trained model keeps its calibration:
     sigmoid(scale * cosine + bias) is the probability that a caption matches an image.
-
-    Args:
-        mask_duplicate_captions: samples sharing a caption are not each other's negatives.
     """
-
-    def __init__(self, mask_duplicate_captions: bool = False) -> None:
-        super().__init__()
-        self.mask_duplicates = mask_duplicate_captions
 
     def forward(self, f: PairFeatures) -> torch.Tensor:
         if f.logit_bias is None:
@@ -126,12 +85,9 @@ class SigLipLoss(nn.Module):
         signs = -torch.ones_like(logits)
         signs[torch.arange(rows), rank_offset(rows) + torch.arange(rows)] = 1.0
         terms = F.logsigmoid(signs * logits) * valid  # padded negatives contribute nothing
-        if self.mask_duplicates:  # nor do the samples that repeat a sample's caption
-            terms = terms.masked_fill(duplicate_captions(f, len(valid)), 0.0)
         return -terms.sum() / rows
 
 
 def build_loss(config: LossSection) -> InfoNCELoss | SigLipLoss:
     """The loss module a config names (the SigLIP init values go to the model, see `ContrastiveTask`)."""
-    kind = SigLipLoss if config.kind == "siglip" else InfoNCELoss
-    return kind(config.mask_duplicate_captions)
+    return SigLipLoss() if config.kind == "siglip" else InfoNCELoss()
