@@ -138,3 +138,21 @@ def test_fine_grid_recipe_chains_its_dvae_into_its_generator(tmp_path: Path) -> 
     generator = clipforge.load_folder(tmp_path / "gen" / "final")
     assert isinstance(generator, Generator) and generator.config.image_tokens == 256
     assert generator.config.dvae == get_any_config("skills-dvae-32-g16")
+
+
+def test_large_recipe_builds_the_wider_generator_over_the_skills_dvae(tmp_path: Path) -> None:
+    """configs/generator-skills-large.toml: the skills generator, 192 wide, over the skills dVAE."""
+    from dataclasses import replace
+
+    from clipforge.models.registry import get_any_config
+
+    dvae = load_config(REPO / "configs" / "dvae-skills.toml", ["train.steps=1", "eval.every=1", *COMMON])
+    train(dvae, tmp_path / "dvae")
+    prior = load_config(REPO / "configs" / "generator-skills-large.toml",
+                        [f"prior.dvae={tmp_path / 'dvae' / 'final'}", f"prior.token_cache={tmp_path / 'c'}",
+                         "data.n_train=8", "train.steps=1", "eval.every=1", *COMMON])
+    assert prior.train.keep_checkpoints * prior.train.checkpoint_every >= prior.train.steps  # early one kept
+    train(prior, tmp_path / "gen")
+    generator = clipforge.load_folder(tmp_path / "gen" / "final")
+    assert isinstance(generator, Generator)
+    assert generator.config == replace(get_any_config("skills-generator-32"), width=192, heads=6)
