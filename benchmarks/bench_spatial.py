@@ -8,10 +8,12 @@ Run (from the repository root, after training the spatial models with `configs/f
         --model spatial-hardneg=runs/flickr8k-spatial-hardneg/final --out runs/bench-spatial --write
 
 All four models share the frozen EfficientNet-Lite0 (checked: same weights hash, same preprocessing), so
-every test image, mirror and collage goes through the convolutions once: its last 7x7 grid is kept in
-float32 and each model's head reads it (the pooled models its mean, which is exactly their pooled
-feature). Images are rendered by the suites themselves (real mirrors, real collages) and scored with
-`clipforge.probe.run_probe` and `write_probe_report`, the code `clipforge probe` runs.
+every test image, mirror and collage goes through the convolutions once: its last 7x7 grid, each cell with
+its 2x2 patch of the stride-16 map (`towers.grid_cells`), is kept in float32 and each model's head reads
+what it needs (a grid model the 1280 grid channels, a pooled model their mean, which is exactly its pooled
+feature, a `fine` model all of it). Images are rendered by the suites themselves (real mirrors, real
+collages) and scored with `clipforge.probe.run_probe` and `write_probe_report`, the code `clipforge probe`
+runs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from clipforge.data.specs import open_data
 from clipforge.data.transforms import Preprocess, load_image, to_rgb
 from clipforge.eval.retrieval import recall_at_k
 from clipforge.models.base import TowerModel
+from clipforge.models.efficientnet import EfficientNetLite0
+from clipforge.models.towers import grid_cells
 from clipforge.probe import parse_model_option, run_probe
 from clipforge.probe.report import write_probe_report
 from clipforge.probe.suites import Suite, open_suite
@@ -45,13 +49,14 @@ SUITES = ("preposition-swap", "flip", "collage")
 
 
 class GridMemo:
-    """The frozen tower's last feature map [HW, 1280] of each image, computed once by pixel content and kept
-    (float32, so the pooled models see exactly their pooled feature) in a feature cache under `folder`."""
+    """The frozen tower's grid cells [HW, 1280 + 448] of each image (`towers.grid_cells`), computed once by
+    pixel content and kept (float32, so the pooled models see exactly their pooled feature) in a feature
+    cache under `folder`."""
 
     def __init__(self, model: TowerModel, folder: Path, batch_size: int = 32) -> None:
         self.backbone, self.preprocess = model.visual.backbone.eval(), Preprocess(model.config.preprocess)
         tower, preprocessing = module_hash(self.backbone), preprocess_hash(model.config.preprocess)
-        self.cache = FeatureCache(folder, tower, preprocessing, "grid", torch.float32)
+        self.cache = FeatureCache(folder, tower, preprocessing, "grid+fine", torch.float32)
         self.batch_size, self.grids = batch_size, self.cache.load()
 
     @staticmethod
@@ -65,10 +70,10 @@ class GridMemo:
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             pixels = torch.stack([self.preprocess(images[i]) for i in chunk])
-            grids = self.backbone.grid(pixels).flatten(2).transpose(1, 2)  # [B, HW, 1280]
+            grids = grid_cells(*self.backbone.maps(pixels))  # [B, HW, 1280 + 448]
             self.cache.add([keys[i] for i in chunk], grids)
             self.grids.update(zip([keys[i] for i in chunk], grids, strict=True))
-        return torch.stack([self.grids[key] for key in keys])  # [N, HW, 1280]
+        return torch.stack([self.grids[key] for key in keys])  # [N, HW, 1280 + 448]
 
 
 class TextMemo:
@@ -93,7 +98,8 @@ class MemoEncoder:
 
     @torch.inference_mode()
     def image_features(self, grids: torch.Tensor) -> torch.Tensor:
-        features = grids if self.model.image_feature_kind == "grid" else grids.mean(dim=1)  # [N, 1280]
+        kind, grid = self.model.image_feature_kind, grids[..., : EfficientNetLite0.output_dim]  # [N, HW, C]
+        features = grids if kind == "grid+fine" else grid if kind == "grid" else grid.mean(dim=1)
         return self.model.project_image_features(features, normalize=True)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from clipforge.checkpoint import load_model, save
 from clipforge.data.specs import open_data
+from clipforge.errors import ConfigError
 from clipforge.models.config import ModelConfig
 from clipforge.models.registry import create_model, get_model_config
 from clipforge.models.size import count_parameters
@@ -222,3 +223,42 @@ def test_frozen_mean_heads_stay_in_eval_mode_while_the_branches_train() -> None:
         trained = (model.project_image_features(grid), model.project_text_features(states))
         evaluated = (model.eval().project_image_features(grid), model.project_text_features(states))
     assert all(torch.equal(a, b) for a, b in zip(trained, evaluated, strict=True))
+
+
+def test_fine_features_stack_each_stride16_patch_onto_its_grid_cell() -> None:
+    data = _spatial_config().to_dict()
+    data["vision"]["fine"] = True
+    model = create_model(ModelConfig.from_dict(data)).eval()
+    backbone = model.visual.backbone
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():  # folded path (what the cache stores)
+        cells = model.image_backbone_features(images)  # [B, 49, 1280 + 4 * 112]
+        grid = backbone.grid(images).flatten(2).transpose(1, 2)  # [B, 49, 1280]
+    x = torch.nn.functional.relu6(backbone.bn0(backbone.conv_stem(images)))  # the plain path, by hand
+    for block in backbone.blocks[:11]:
+        x = block(x)
+    fine = x.detach()  # [B, 112, 14, 14]
+    assert cells.shape == (2, 49, 1728) and model.image_feature_kind == "grid+fine"
+    assert torch.equal(cells[..., :1280], grid)
+    for row, col, channel, dy, dx in [(0, 0, 0, 0, 0), (3, 5, 17, 1, 0), (6, 2, 111, 1, 1), (2, 6, 40, 0, 1)]:
+        cell = cells[:, row * 7 + col, 1280 + channel * 4 + dy * 2 + dx]
+        torch.testing.assert_close(cell, fine[:, channel, 2 * row + dy, 2 * col + dx], rtol=1e-4, atol=1e-4)
+    assert count_parameters(model.config) == sum(p.numel() for p in model.parameters())
+
+
+def test_fine_channels_reach_the_branch_but_not_the_mean_head() -> None:
+    data = _spatial_config().to_dict()
+    data["vision"]["fine"] = True
+    model = create_model(ModelConfig.from_dict(data)).eval()
+    head = model.visual.head
+    cells = torch.rand(2, 49, 1728)
+    changed = cells.clone()
+    changed[..., 1280:] = torch.rand(2, 49, 448)
+    torch.nn.init.normal_(head.spatial.weight, std=0.05)
+    with torch.no_grad():
+        assert torch.equal(head.base(cells), head.base(changed))
+        assert torch.equal(head.base(cells), model.mean_heads()[0](cells[..., :1280].mean(1)))
+        assert not torch.allclose(head.added(cells), head.added(changed), atol=1e-4)
+    data["vision"]["pool"] = "mean"
+    with pytest.raises(ConfigError, match="fine=true needs pool"):
+        ModelConfig.from_dict(data)

@@ -151,7 +151,8 @@ class EfficientNetConfig:
     `pool="attention"` keeps the last feature map (7x7 at 224 px) and adds an attention-pooling head with
     2-D position embeddings (`pool_width` wide, `pool_heads` heads) to the head on the mean features, so
     the embedding can depend on where things are; `pool="flatten"` adds a linear map of the flattened grid,
-    each position narrowed to `pool_width` (see `towers.GridHead`).
+    each position narrowed to `pool_width` (see `towers.GridHead`). `fine=True` also gives that branch the
+    stride-16 map (14x14 x 112 at 224 px), each 2x2 patch stacked onto the channels of its grid cell.
     """
 
     type: str = "efficientnet_lite0"
@@ -163,12 +164,16 @@ class EfficientNetConfig:
     pool: str = "mean"
     pool_width: int = 256
     pool_heads: int = 4
+    fine: bool = False
 
     def __post_init__(self) -> None:
         _check_range("image_size", self.image_size, 32, MAX_IMAGE_SIZE)
         _check_head(self.weights, self.head, self.dropout, self.unlocked_blocks)
         _check_choice("pool", self.pool, IMAGE_POOLS)
         _check_heads(self.pool_width, self.pool_heads, "pool_heads")
+        require(not self.fine or (self.pool != "mean" and self.image_size % 32 == 0),
+                f"fine=true needs pool 'attention' or 'flatten' and image_size a multiple of 32, "
+                f"got pool='{self.pool}', image_size={self.image_size}")
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,8 @@ def _vision(config: ViTConfig | ResNetConfig | ConvNetConfig | EfficientNetConfi
     total = EFFICIENTNET_LITE0_PARAMS + _head(config.head, EFFICIENTNET_FEATURES, embed)
     width, grid = config.pool_width, config.image_size // 32
     if config.pool != "mean":
-        total += EFFICIENTNET_FEATURES * width + width  # the narrowing linear map
+        fine = 4 * 112 if config.fine else 0  # each cell's 2x2 patch of the stride-16 map
+        total += (EFFICIENTNET_FEATURES + fine) * width + width  # the narrowing linear map
     if config.pool == "attention":
         total += (grid * grid + 1) * width + 3 * (width * width + width) + width * embed + embed
     if config.pool == "flatten":

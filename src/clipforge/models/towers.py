@@ -67,13 +67,15 @@ class GridHead(nn.Module):
     Trained on collages alone, both fit the training collages, but only the flattened map generalized to
     held-out ones (0.89 vs 0.61 for the attention pool, see RESULTS "spatial-lit"): a pool that starts by
     averaging positions learns to tell collages apart by content first.
+    With `config.fine` each cell also carries its 2x2 patch of the stride-16 map (`ImageTower.features`):
+    the spatial part reads those channels too, the mean head only the first `in_dim`.
     """
 
     def __init__(self, config: EfficientNetConfig, in_dim: int, embed_dim: int) -> None:
         super().__init__()
-        self.side = config.image_size // 32
+        self.side, self.in_dim = config.image_size // 32, in_dim
         self.mean_head = build_head(config.head, in_dim, embed_dim, config.dropout)
-        self.narrow = nn.Linear(in_dim, config.pool_width)
+        self.narrow = nn.Linear(in_dim + fine_channels(config), config.pool_width)
         self.spatial: nn.Module
         if config.pool == "attention":
             self.spatial = AttentionPool2d(self.side, config.pool_width, config.pool_heads, embed_dim)
@@ -91,7 +93,7 @@ class GridHead(nn.Module):
 
     def base(self, grid: torch.Tensor) -> torch.Tensor:
         """The mean head's embedding [B, E] of the grid's mean (the pooled feature)."""
-        return self.mean_head(grid.float().mean(dim=1))  # [B, E]
+        return self.mean_head(grid[..., : self.in_dim].float().mean(dim=1))  # [B, E]
 
     def added(self, grid: torch.Tensor) -> torch.Tensor:
         """What the spatial part adds [B, E] to the mean head's embedding."""
@@ -104,6 +106,18 @@ class GridHead(nn.Module):
         else:
             narrow = narrow.flatten(1)  # [B, HW * W]
         return self.spatial(narrow)  # [B, E]
+
+
+def fine_channels(config: EfficientNetConfig) -> int:
+    """Channels a grid cell gains from the stride-16 map: its 2x2 patch (0 without `config.fine`)."""
+    return 4 * efficientnet.FINE_CHANNELS if config.fine else 0
+
+
+def grid_cells(fine: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Each cell of the last map `grid` [B, C, H, W] with its 2x2 patch of the stride-16 map `fine`
+    [B, C', 2H, 2W] appended: [B, HW, C + 4C'] (row-major cells; patch channel c * 4 + 2 * dy + dx)."""
+    patches = F.pixel_unshuffle(fine, 2)  # [B, 4C', H, W]
+    return torch.cat([grid, patches.to(grid.dtype)], dim=1).flatten(2).transpose(1, 2)  # [B, HW, C + 4C']
 
 
 class TokenHead(nn.Module):
@@ -161,7 +175,7 @@ class ImageTower(nn.Module):
         self.backbone = efficientnet.EfficientNetLite0()
         if config.weights == "package":
             efficientnet.load_pretrained(self.backbone)
-        self.pool = config.pool
+        self.pool, self.fine = config.pool, config.fine
         dim = self.backbone.output_dim
         self.head = (
             GridHead(config, dim, embed_dim)
@@ -170,10 +184,13 @@ class ImageTower(nn.Module):
         )
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """What the head reads: pooled features [B, 1280], or the grid [B, HW, 1280] for attention pooling."""
-        if self.pool != "mean":
+        """What the head reads: pooled features [B, 1280], or the grid [B, HW, 1280] for a grid head, with
+        each cell's 2x2 patch of the stride-16 map appended ([B, HW, 1280 + 448]) when `fine`."""
+        if self.pool == "mean":
+            return self.backbone(images)  # [B, 1280]
+        if not self.fine:
             return self.backbone.grid(images).flatten(2).transpose(1, 2)  # [B, HW, 1280]
-        return self.backbone(images)  # [B, 1280]
+        return grid_cells(*self.backbone.maps(images))  # [B, HW, 1280 + 448]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))  # [B, E]
@@ -250,7 +267,9 @@ class TowerCLIP(TowerModel):
 
     @property
     def image_feature_kind(self) -> str:
-        return "" if self.vision_config.pool == "mean" else "grid"
+        if self.vision_config.pool == "mean":
+            return ""
+        return "grid+fine" if self.vision_config.fine else "grid"
 
     def image_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """EfficientNet features of images [B, 3, S, S]: pooled [B, 1280] or the grid [B, HW, 1280]."""
