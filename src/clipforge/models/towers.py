@@ -272,7 +272,8 @@ class TowerCLIP(TowerModel):
         return "grid+fine" if self.vision_config.fine else "grid"
 
     def image_backbone_features(self, images: torch.Tensor) -> torch.Tensor:
-        """EfficientNet features of images [B, 3, S, S]: pooled [B, 1280] or the grid [B, HW, 1280]."""
+        """EfficientNet features of images [B, 3, S, S]: pooled [B, 1280], the grid [B, HW, 1280], or with
+        `fine` the grid cells with their stride-16 patches [B, HW, 1280 + 448] (`ImageTower.features`)."""
         return self.visual.features(images.to(self.logit_scale.device))
 
     def text_backbone_features(self, tokens: torch.Tensor) -> torch.Tensor:
