@@ -61,6 +61,31 @@ def rerank_table(name: str, result: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _gain_cell(block: dict[str, Any]) -> str:
+    if block["gain"] is None:
+        return "-"
+    low, high = block["ci95"]
+    return f"{block['gain']:+.2f} [{low:+.2f}, {high:+.2f}] (n={block['n_prompts']})"
+
+
+def paired_table(name: str, result: dict[str, Any], pairs: list[tuple[str, str]],
+                 heldout: dict[str, set[str]]) -> list[str]:
+    """Markdown rows: per (picker, baseline) pair, the per-prompt gain with its paired bootstrap CI per
+    skill, and on the held-out / seen combinations (`heldout`: their prompt ids per skill)."""
+    from clipforge.generate.experiment import paired_gain
+
+    head = ("| generator | picker - baseline | " + " | ".join(SKILLS)
+            + " | color held-out | spatial held-out | spatial seen |")
+    rows = [head, "|" + "---|" * (len(SKILLS) + 5)]
+    for picker, baseline in pairs:
+        cells = [_gain_cell(paired_gain(result, picker, baseline, s)) for s in SKILLS]
+        seen = set(result["pickers"][picker]["spatial"]["passed"]) - heldout["spatial"]
+        cells += [_gain_cell(paired_gain(result, picker, baseline, s, ids)) for s, ids in
+                  (("color", heldout["color"]), ("spatial", heldout["spatial"]), ("spatial", seen))]
+        rows.append(f"| {name} | {picker} - {baseline} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def dvae_table(report: dict[str, Any]) -> list[str]:
     rows = ["| " + " | ".join(SKILLS) + " | perplexity | dead codes |", "|" + "---|" * (len(SKILLS) + 2)]
     cells = [_cell(report["skills"].get(s)) for s in SKILLS]
@@ -118,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--candidates", type=Path, default=None,
                         help="save each generator's candidates in DIR/NAME, or re-score those saved there")
+    parser.add_argument("--paired", type=_pair, action="append", default=[],
+                        help="PICKER=BASELINE: also report PICKER's per-prompt gain over BASELINE with a "
+                             "paired bootstrap CI (e.g. hardneg-skill=plain-skill)")
     parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
     parser.add_argument("--section", default="gen-rerank", help="the RESULTS.md section --combine writes")
     parser.add_argument("--combine", type=Path, action="append", default=[],
@@ -132,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     from clipforge.dalle.sampling import SamplingConfig
     from clipforge.generate.experiment import RerankExperiment, reconstruction_report, run_rerank_experiment
     from clipforge.models.dvae import DVAE
-    from clipforge.skills import SkillSetConfig, make_skill_set
+    from clipforge.skills import SkillSetConfig, load_skill_set, make_skill_set
 
     torch.set_num_threads(args.threads)
     if not (args.skills / "metadata.json").is_file():
@@ -155,6 +183,11 @@ def main(argv: list[str] | None = None) -> None:
         record["generators"][name] = result
         lines += generator_lines(name, result)
         print("\n".join(rerank_table(name, result)), flush=True)
+        if args.paired:
+            records = load_skill_set(args.skills, args.split)
+            heldout = {skill: {r.id for r in records.get(skill, []) if r.heldout} for skill in SKILLS}
+            lines += [*paired_table(name, result, args.paired, heldout), ""]
+            print("\n".join(paired_table(name, result, args.paired, heldout)), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=1))
     _emit(lines, args.write)

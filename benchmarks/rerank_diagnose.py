@@ -131,23 +131,37 @@ def candidate_rows(args: argparse.Namespace, rerankers: dict[str, Any]) -> tuple
         right = [np.array([v.passed for v in group]) for group in verdicts]
         # both asked shapes read: the parser could judge the relation ("ok" or "<shape> is <where>")
         shaped = [np.array([not v.reason.startswith("read") for v in group]) for group in verdicts]
-        cells, shape_cells = [], []
         record[gen_name] = {"reasons": [[v.reason for v in group] for group in verdicts]}
         for name, reranker in rerankers.items():
             scores = [s for s in candidate_scores(reranker, prompts, candidates) if s is not None]
             pairs = [pairwise_accuracy(s, r) for s, r in zip(scores, right, strict=True)]
             among = [pairwise_accuracy(s[m], r[m]) for s, r, m in zip(scores, right, shaped, strict=True)]
-            record[gen_name][name] = {"all": [p for p in pairs if p is not None],
-                                      "shapes_right": [p for p in among if p is not None]}
-            cells.append(_cell(record[gen_name][name]["all"]))
-            shape_cells.append(_cell(record[gen_name][name]["shapes_right"]))
-        both = sum(0 < r.sum() < len(r) for r in right)
-        rate, shape_rate = float(np.mean(np.concatenate(right))), float(np.mean(np.concatenate(shaped)))
-        rows.append(f"| {gen_name}: all candidates | {rate:.2f} | {both} of {len(prompts)} | "
-                    + " | ".join(cells) + " |")
-        rows.append(f"| {gen_name}: both asked shapes read ({shape_rate:.2f} of candidates) | "
-                    f"{rate / max(shape_rate, 1e-9):.2f} | - | " + " | ".join(shape_cells) + " |")
+            record[gen_name][name] = {"all": pairs, "shapes_right": among}
+        rows += _pairwise_rows(gen_name, record[gen_name], rerankers, right, shaped, records)
     return rows, record
+
+
+def _pairwise_rows(gen_name: str, record: dict[str, Any], rerankers: dict[str, Any], right: list[Any],
+                   shaped: list[Any], records: list[Any]) -> list[str]:
+    """One generator's pairwise-accuracy rows: all candidates, those with both shapes read, and all
+    candidates of the held-out / seen combinations' prompts (per prompt; None: no right-wrong pair)."""
+    held = [bool(r.heldout) for r in records]
+
+    def cells(kind: str, keep: list[bool]) -> str:
+        kept = {n: [p for p, k in zip(record[n][kind], keep, strict=True) if k] for n in rerankers}
+        return " | ".join(_cell([p for p in kept[n] if p is not None]) for n in rerankers)
+
+    def both(keep: list[bool]) -> str:
+        return f"{sum(0 < r.sum() < len(r) for r, k in zip(right, keep, strict=True) if k)} of {sum(keep)}"
+
+    rate, shape_rate = float(np.mean(np.concatenate(right))), float(np.mean(np.concatenate(shaped)))
+    everyone = [True] * len(records)
+    return [f"| {gen_name}: all candidates | {rate:.2f} | {both(everyone)} | {cells('all', everyone)} |",
+            f"| {gen_name}: both asked shapes read ({shape_rate:.2f} of candidates) | "
+            f"{rate / max(shape_rate, 1e-9):.2f} | - | {cells('shapes_right', everyone)} |",
+            f"| {gen_name}: held-out combinations | - | {both(held)} | {cells('all', held)} |",
+            f"| {gen_name}: seen combinations | - | {both([not h for h in held])} | "
+            f"{cells('all', [not h for h in held])} |"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -149,6 +149,14 @@ def test_rerank_experiment_scores_every_picker_under_the_oracle_ceiling(
         assert result["pickers"]["oracle"][skill]["accuracy"] == 1.0
         assert result["pickers"]["tiny"][skill]["accuracy"] <= 1.0
         assert result["upper_bound"][skill]["accuracy"] == 1.0
+        for picker in ("none", "tiny", "oracle"):  # per-prompt verdicts average to the evaluator's accuracy
+            passed = result["pickers"][picker][skill]["passed"]
+            assert np.mean(list(passed.values())) == result["pickers"][picker][skill]["accuracy"]
+        gain = experiment.paired_gain(result, "oracle", "none", skill)
+        assert gain["gain"] == 0.5 and gain["n_prompts"] == 2 and gain["ci95"][0] <= 0.5 <= gain["ci95"][1]
+        first = sorted(result["pickers"]["none"][skill]["passed"])[:1]  # the prompt `none` gets right
+        assert experiment.paired_gain(result, "oracle", "none", skill, first)["gain"] == 0.0
+        assert experiment.paired_gain(result, "none", "oracle", skill)["gain"] == -0.5
     with pytest.raises(ConfigError, match="distinct re-ranker names"):
         experiment.RerankExperiment(str(generator_dir), skills, (("oracle", clip),))
 

@@ -15,6 +15,7 @@ re-rankers are scored on the very same candidates.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from clipforge.generate.job import candidate_scores, draw_candidates, load_gener
 from clipforge.generate.prompts import Prompt, read_skill_prompts
 from clipforge.generate.rerank import ClipReranker
 from clipforge.models.dvae import DVAE
+from clipforge.probe.stats import bootstrap_ci
 from clipforge.skills import ImageSet, ScoreConfig, SkillRecord, evaluate, load_skill_set, read_images
 from clipforge.train.dalle_objectives import code_usage
 
@@ -92,15 +94,44 @@ def picker_choices(config: RerankExperiment, prompts: list[Prompt], candidates: 
     return choices
 
 
+def prompt_passes(items: list[dict[str, Any]]) -> dict[str, dict[str, bool]]:
+    """Per skill and prompt id: whether its picked candidate passed (any of them, for the oracle's n)."""
+    out: dict[str, dict[str, bool]] = {}
+    for item in items:
+        by_id = out.setdefault(item["skill"], {})
+        by_id[item["id"]] = by_id.get(item["id"], False) or bool(item["passed"])
+    return out
+
+
 def summarize(report: dict[str, Any], best_of_n: bool) -> dict[str, Any]:
-    """Per skill: accuracy with its CI and per-case blocks (best-of-n accuracy for the oracle)."""
+    """Per skill: accuracy with its CI, per-case blocks (best-of-n accuracy for the oracle) and each prompt's
+    verdict (``passed``, for paired comparisons of pickers)."""
     out = {}
+    passes = prompt_passes(report.get("items", []))
     for skill, block in report["skills"].items():
         main = block.get("best_of_k", block) if best_of_n else block  # n = 1: best of one is the one
         cases = {} if best_of_n else block["per_case"]
         out[skill] = {"accuracy": main["accuracy"], "ci95": main["ci95"], "n_prompts": main["n_prompts"],
-                      "per_case": cases}
+                      "per_case": cases, "passed": passes.get(skill, {})}
     return out
+
+
+def paired_gain(result: dict[str, Any], picker: str, baseline: str, skill: str,
+                ids: Collection[str] | None = None) -> dict[str, Any]:
+    """How much more often `picker`'s choice passes than `baseline`'s on the same prompts: the mean
+    per-prompt difference with a paired bootstrap 95% CI (tighter than comparing two separate CIs).
+
+    Args:
+        result: a `run_rerank_experiment` result.
+        ids: only these prompt ids (e.g. the held-out combinations); None: every prompt of the skill.
+    """
+    mine, theirs = (result["pickers"][name][skill]["passed"] for name in (picker, baseline))
+    shared = sorted(mine.keys() & theirs.keys() & (set(ids) if ids is not None else mine.keys()))
+    diffs = [float(mine[i]) - float(theirs[i]) for i in shared]
+    if not diffs:
+        return {"gain": None, "ci95": [None, None], "n_prompts": 0}
+    low, high = bootstrap_ci(diffs)
+    return {"gain": float(np.mean(diffs)), "ci95": [low, high], "n_prompts": len(diffs)}
 
 
 @dataclass(frozen=True)
