@@ -38,6 +38,7 @@ from clipforge.synthetic.text import (
     Caption,
     Phrase,
     count_caption,
+    NEGATIVE_KINDS,
     hard_negative,
     is_false,
     is_true,
@@ -269,6 +270,37 @@ def test_training_captions_are_mostly_relational_and_negatives_false() -> None:
             assert negative != item["caption"]
             assert _reference_truth(scene, _canonical(negative)) is False, (item, scene)
     assert 0.6 < relational / 200 < 0.9
+
+
+_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
+             "in front of": "behind", "behind": "in front of"}
+
+
+def _claims_heldout(sentence: str, config: SceneConfig) -> bool:
+    """Reference reading: the sentence names a held-out (colour, shape), or a held-out (shape, relation)
+    read from either object ("a circle below a star" claims "star above")."""
+    sentence = _canonical(sentence)
+    words = sentence.split()
+    named = {(color, _singular(noun)) for color, noun in zip(words, words[1:], strict=False) if color in PALETTE}
+    claims = set()
+    rel = re.fullmatch(f"{_NP} {_REL} {_NP}", sentence)
+    if rel:
+        shape_a, word, shape_b = rel.group(3), rel.group(4).replace("to the ", ""), rel.group(7)
+        claims = {(shape_a, word), (shape_b, _OPPOSITE[word])}
+    return bool(named & set(config.heldout_pairs) or claims & set(config.heldout_relations))
+
+
+@pytest.mark.parametrize("kinds", [NEGATIVE_KINDS, ("relation_swap", "attribute_swap")])
+def test_training_negatives_never_name_heldout_combinations_but_probes_do(kinds: tuple[str, ...]) -> None:
+    """Issues 17/12: no training scene shows a held-out combination, so a training negative naming one
+    would teach that its wording is false whatever the image. Probe items keep such negatives."""
+    data = SyntheticScenes(CONFIG, "train", 200, negative_kinds=kinds)
+    negatives = [n for i in range(200) for n in data[i]["negatives"]]
+    assert len(negatives) == 200 * len(kinds)
+    assert [n for n in negatives if _claims_heldout(n, CONFIG)] == []
+    for split in ("test", "test_heldout"):
+        probes = [false for item, _ in synthetic_probe_items(CONFIG, split, 100) for false in item.false]
+        assert sum(_claims_heldout(false, CONFIG) for false in probes) > 0.05 * len(probes), split
 
 
 def test_relation_captions_do_not_tell_the_layout_by_phrase_order() -> None:
