@@ -35,10 +35,10 @@ from clipforge.synthetic.scene import (
     render_scene,
 )
 from clipforge.synthetic.text import (
+    NEGATIVE_KINDS,
     Caption,
     Phrase,
     count_caption,
-    NEGATIVE_KINDS,
     hard_negative,
     is_false,
     is_true,
@@ -281,7 +281,8 @@ def _claims_heldout(sentence: str, config: SceneConfig) -> bool:
     read from either object ("a circle below a star" claims "star above")."""
     sentence = _canonical(sentence)
     words = sentence.split()
-    named = {(color, _singular(noun)) for color, noun in zip(words, words[1:], strict=False) if color in PALETTE}
+    pairs = zip(words, words[1:], strict=False)
+    named = {(color, _singular(noun)) for color, noun in pairs if color in PALETTE}
     claims = set()
     rel = re.fullmatch(f"{_NP} {_REL} {_NP}", sentence)
     if rel:
