@@ -57,7 +57,7 @@ def _singular(noun: str) -> str:
 def heldout_claims(sentence: str, config: SceneConfig) -> tuple[bool, bool]:
     """Whether a rendered template-0 caption names a held-out (colour, shape), and a held-out (shape,
     relation): `caption_names_heldout` read from the words."""
-    words = [_singular(word) for word in sentence.split()]
+    words = [_singular(word) for word in re.findall(r"\w+", sentence)]
     kinds = [(color, shape) for color, shape in zip(words, words[1:], strict=False) if color in COLORS]
     relation, shapes = _RELATION.search(sentence), [word for word in words if word in SHAPES]
     if relation is None or len(shapes) != 2:

@@ -280,9 +280,10 @@ def _claims_heldout(sentence: str, config: SceneConfig) -> bool:
     """Reference reading: the sentence names a held-out (colour, shape), or a held-out (shape, relation)
     read from either object ("a circle below a star" claims "star above")."""
     sentence = _canonical(sentence)
-    words = sentence.split()
+    words = re.findall(r"\w+", sentence)
+    nouns = {noun: shape for shape in config.shapes for noun in (shape, shape + "s", shape + "es")}
     pairs = zip(words, words[1:], strict=False)
-    named = {(color, _singular(noun)) for color, noun in pairs if color in PALETTE}
+    named = {(color, nouns.get(noun)) for color, noun in pairs if color in PALETTE}
     claims = set()
     rel = re.fullmatch(f"{_NP} {_REL} {_NP}", sentence)
     if rel:
@@ -302,6 +303,18 @@ def test_training_negatives_never_name_heldout_combinations_but_probes_do(kinds:
     for split in ("test", "test_heldout"):
         probes = [false for item, _ in synthetic_probe_items(CONFIG, split, 100) for false in item.false]
         assert sum(_claims_heldout(false, CONFIG) for false in probes) > 0.05 * len(probes), split
+
+
+def test_benchmark_reads_heldout_claims_like_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/heldout_negatives.py groups probe items by the held-out combinations their captions name."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import heldout_negatives
+
+    items = [item for item, _ in synthetic_probe_items(CONFIG, "test_heldout", 60)]
+    sentences = [sentence for item in items for sentence in (item.true, *item.false)]
+    claims = [any(heldout_negatives.heldout_claims(s, CONFIG)) for s in sentences]
+    assert claims == [_claims_heldout(s, CONFIG) for s in sentences]
+    assert 0 < sum(claims) < len(claims)
 
 
 def test_relation_captions_do_not_tell_the_layout_by_phrase_order() -> None:
