@@ -35,6 +35,7 @@ from clipforge.synthetic.scene import (
     render_scene,
 )
 from clipforge.synthetic.text import (
+    NEGATIVE_KINDS,
     Caption,
     Phrase,
     count_caption,
@@ -269,6 +270,51 @@ def test_training_captions_are_mostly_relational_and_negatives_false() -> None:
             assert negative != item["caption"]
             assert _reference_truth(scene, _canonical(negative)) is False, (item, scene)
     assert 0.6 < relational / 200 < 0.9
+
+
+_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
+             "in front of": "behind", "behind": "in front of"}
+
+
+def _claims_heldout(sentence: str, config: SceneConfig) -> bool:
+    """Reference reading: the sentence names a held-out (colour, shape), or a held-out (shape, relation)
+    read from either object ("a circle below a star" claims "star above")."""
+    sentence = _canonical(sentence)
+    words = re.findall(r"\w+", sentence)
+    nouns = {noun: shape for shape in config.shapes for noun in (shape, shape + "s", shape + "es")}
+    pairs = zip(words, words[1:], strict=False)
+    named = {(color, nouns.get(noun)) for color, noun in pairs if color in PALETTE}
+    claims = set()
+    rel = re.fullmatch(f"{_NP} {_REL} {_NP}", sentence)
+    if rel:
+        shape_a, word, shape_b = rel.group(3), rel.group(4).replace("to the ", ""), rel.group(7)
+        claims = {(shape_a, word), (shape_b, _OPPOSITE[word])}
+    return bool(named & set(config.heldout_pairs) or claims & set(config.heldout_relations))
+
+
+@pytest.mark.parametrize("kinds", [NEGATIVE_KINDS, ("relation_swap", "attribute_swap")])
+def test_training_negatives_never_name_heldout_combinations_but_probes_do(kinds: tuple[str, ...]) -> None:
+    """Issues 17/12: no training scene shows a held-out combination, so a training negative naming one
+    would teach that its wording is false whatever the image. Probe items keep such negatives."""
+    data = SyntheticScenes(CONFIG, "train", 200, negative_kinds=kinds)
+    negatives = [n for i in range(200) for n in data[i]["negatives"]]
+    assert len(negatives) == 200 * len(kinds)
+    assert [n for n in negatives if _claims_heldout(n, CONFIG)] == []
+    for split in ("test", "test_heldout"):
+        probes = [false for item, _ in synthetic_probe_items(CONFIG, split, 100) for false in item.false]
+        assert sum(_claims_heldout(false, CONFIG) for false in probes) > 0.05 * len(probes), split
+
+
+def test_benchmark_reads_heldout_claims_like_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/heldout_negatives.py groups probe items by the held-out combinations their captions name."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import heldout_negatives
+
+    items = [item for item, _ in synthetic_probe_items(CONFIG, "test_heldout", 60)]
+    sentences = [sentence for item in items for sentence in (item.true, *item.false)]
+    claims = [any(heldout_negatives.heldout_claims(s, CONFIG)) for s in sentences]
+    assert claims == [_claims_heldout(s, CONFIG) for s in sentences]
+    assert 0 < sum(claims) < len(claims)
 
 
 def test_relation_captions_do_not_tell_the_layout_by_phrase_order() -> None:

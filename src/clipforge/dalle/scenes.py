@@ -28,6 +28,7 @@ from clipforge.synthetic.scene import (
     SceneConfig,
     SceneObject,
     compute_relations,
+    names_heldout,
     render_scene,
     scene_rng,
     spatial_relation,
@@ -155,15 +156,9 @@ def _sample(config: SkillSceneConfig, skill: str, count: int, rng: random.Random
     if skill != "spatial":
         return objects, None
     relation = spatial_relation(objects[0], objects[1], scene.margin_px)
-    if relation is None or _names_heldout(scene, objects, relation):
+    if relation is None or names_heldout(scene, relation=(objects[0].shape, relation, objects[1].shape)):
         return None
     return objects, relation
-
-
-def _names_heldout(config: SceneConfig, objects: tuple[SceneObject, ...], relation: str) -> bool:
-    """Whether "first `relation` second" claims a held-out (shape, relation), read from either object."""
-    claims = {(objects[0].shape, relation), (objects[1].shape, OPPOSITE[relation])}
-    return bool(claims & set(config.heldout_relations))
 
 
 def swap_names_heldout(config: SkillSceneConfig, scene: SkillScene) -> bool:
@@ -175,7 +170,8 @@ def swap_names_heldout(config: SkillSceneConfig, scene: SkillScene) -> bool:
     """
     if scene.relation is None:
         return False
-    return _names_heldout(config.scene, scene.scene.objects, OPPOSITE[scene.relation])
+    first, second = scene.scene.objects[:2]
+    return names_heldout(config.scene, relation=(first.shape, OPPOSITE[scene.relation], second.shape))
 
 
 def _size_word(config: SceneConfig, box: Box) -> str:

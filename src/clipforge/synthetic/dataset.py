@@ -141,7 +141,8 @@ class SyntheticScenes(Dataset[dict[str, Any]]):
         scene = self.scene(index)
         caption = scene_caption(scene, self.config)
         rng = scene_rng(self.seed, self.split, index, "negatives")
-        negatives = padded_negatives(scene, caption, self.negative_kinds, rng) if self.negative_kinds else []
+        negatives = (padded_negatives(scene, caption, self.negative_kinds, rng, self.config)
+                     if self.negative_kinds else [])
         return {"image": image_tensor(render_scene(scene, self.config.style)), "caption": caption.text,
                 "negatives": negatives, "index": index}
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -369,6 +370,24 @@ def _fits_split(scene: Scene, config: SceneConfig) -> bool:
         for shape, relation in config.heldout_relations
         for i in range(len(scene.objects)) for j in range(len(scene.objects)) if i != j
     )
+
+
+def names_heldout(config: SceneConfig, kinds: Iterable[tuple[str, str]] = (),
+                  relation: tuple[str, str, str] | None = None) -> bool:
+    """Whether a sentence naming the (colour, shape) `kinds` and the (subject shape, relation, object
+    shape) `relation` claims a held-out combination.
+
+    A relation is read from both objects ("a circle below a star" claims "star above"), as scenes label
+    it both ways. No scene outside ``test_heldout`` shows such a claim, so a sentence that makes one is
+    never a positive there: as a training negative it would teach that its wording is false whatever the
+    image.
+    """
+    if set(kinds) & set(config.heldout_pairs):
+        return True
+    if relation is None:
+        return False
+    subject, word, obj = relation
+    return bool({(subject, word), (obj, OPPOSITE[word])} & set(config.heldout_relations))
 
 
 def heldout_combinations(scene: Scene, config: SceneConfig) -> list[str]:

@@ -30,6 +30,7 @@ from clipforge.synthetic.scene import (
     Scene,
     SceneConfig,
     SceneObject,
+    names_heldout,
     relation_plausible,
     scene_rng,
 )
@@ -125,6 +126,13 @@ def is_false(scene: Scene, caption: Caption) -> bool:
         relation = str(caption.relation)
         return not any(relation_plausible(scene, i, j, relation) for i, j in _pairs(scene, caption))
     return not all(_phrase_holds(scene, p) for p in caption.phrases)
+
+
+def caption_names_heldout(caption: Caption, config: SceneConfig) -> bool:
+    """Whether the caption names a held-out (colour, shape) object or (shape, relation) of `config`."""
+    a, *rest = caption.phrases
+    relation = None if caption.relation is None else (a.shape, caption.relation, rest[0].shape)
+    return names_heldout(config, ((p.color, p.shape) for p in caption.phrases), relation)
 
 
 def describe(scene: Scene, index: int, with_size: bool) -> Phrase | None:
@@ -259,12 +267,15 @@ _EDITS: dict[str, Callable[[Caption], list[Builder]]] = {
 }
 
 
-def hard_negative(scene: Scene, caption: Caption, kind: str, rng: random.Random) -> Caption | None:
+def hard_negative(scene: Scene, caption: Caption, kind: str, rng: random.Random,
+                  heldout: SceneConfig | None = None) -> Caption | None:
     """A random edit of `kind` that is definitely false for the scene, or None when none is.
 
     Kinds: ``relation_swap`` (left<->right, above<->below, in front<->behind), ``argument_swap``
     (A rel B -> B rel A), ``attribute_swap`` (colours of two phrases exchanged; a lone phrase is recoloured),
     ``object_swap`` (one shape replaced), ``count`` (one number changed; count captions only).
+    With `heldout` given (training), an edit that names one of its held-out combinations is never chosen:
+    the pick is uniform among the other false edits (see `caption_names_heldout`).
     """
     if kind not in _EDITS:
         raise ConfigError(f"unknown hard-negative kind {kind!r} (known: {', '.join(NEGATIVE_KINDS)})")
@@ -272,7 +283,8 @@ def hard_negative(scene: Scene, caption: Caption, kind: str, rng: random.Random)
     rng.shuffle(builders)
     for build in builders:
         edited = build()
-        if is_false(scene, edited) and edited.text != caption.text:
+        if is_false(scene, edited) and edited.text != caption.text and not (
+                heldout is not None and caption_names_heldout(edited, heldout)):
             return edited
     return None
 
@@ -285,21 +297,25 @@ def hard_negatives(scene: Scene, caption: Caption, kinds: tuple[str, ...] | list
 
 
 def padded_negatives(scene: Scene, caption: Caption, kinds: tuple[str, ...] | list[str],
-                     rng: random.Random) -> list[str]:
-    """Exactly ``len(kinds)`` false captions: slot k holds a negative of ``kinds[k]`` when that kind
-    applies, otherwise one of another kind, otherwise a caption naming an object the scene lacks."""
-    slots = [hard_negative(scene, caption, kind, rng) for kind in kinds]
+                     rng: random.Random, config: SceneConfig) -> list[str]:
+    """Exactly ``len(kinds)`` false training captions: slot k holds a negative of ``kinds[k]`` when that
+    kind applies, otherwise one of another kind, otherwise a caption naming an object the scene lacks.
+
+    None names a held-out combination of `config` (`hard_negative`'s `heldout`): no training scene
+    shows one, so such a negative could only teach that the held-out wording is false.
+    """
+    slots = [hard_negative(scene, caption, kind, rng, config) for kind in kinds]
     if all(slots):
         return [slot.text for slot in slots if slot is not None]
     spare = [n for n in slots if n is not None]
-    others = (hard_negative(scene, caption, k, rng) for k in NEGATIVE_KINDS if k not in kinds)
+    others = (hard_negative(scene, caption, k, rng, config) for k in NEGATIVE_KINDS if k not in kinds)
     spare += [n for n in others if n is not None]
-    spare = spare or [_absent_object(scene)]
+    spare = spare or [_absent_object(scene, config)]
     return [(slot or spare[k % len(spare)]).text for k, slot in enumerate(slots)]
 
 
-def _absent_object(scene: Scene) -> Caption:
-    present = {(obj.color, obj.shape) for obj in scene.objects}
+def _absent_object(scene: Scene, config: SceneConfig) -> Caption:
+    present = {(obj.color, obj.shape) for obj in scene.objects}.union(config.heldout_pairs)
     color, shape = next((c, s) for c in COLORS for s in SHAPES if (c, s) not in present)
     return Caption("attribute", (Phrase(color, shape),), None, 0)
 
