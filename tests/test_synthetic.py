@@ -305,6 +305,27 @@ def test_training_negatives_never_name_heldout_combinations_but_probes_do(kinds:
         assert sum(_claims_heldout(false, CONFIG) for false in probes) > 0.05 * len(probes), split
 
 
+def test_unfit_relation_slot_takes_another_kind_before_a_copy() -> None:
+    """When the relation swap does not fit (no relation, or its one edit names a held-out combination)
+    but the attribute swap does, the first slot holds a negative of a kind outside the quickstart's two
+    whenever one applies, not a copy of the attribute swap."""
+    kinds = ("relation_swap", "attribute_swap")
+    data = SyntheticScenes(CONFIG, "train", 200, negative_kinds=kinds)
+    unfit = 0
+    for i in range(200):
+        scene = data.scene(i)
+        caption = scene_caption(scene, CONFIG)
+        fits = [hard_negative(scene, caption, k, random.Random(0), CONFIG) is not None for k in kinds]
+        if fits != [False, True]:
+            continue
+        unfit += 1
+        others = [hard_negative(scene, caption, k, random.Random(0), CONFIG)
+                  for k in NEGATIVE_KINDS if k not in kinds]
+        first, second = data[i]["negatives"]
+        assert first != second or not any(others), (caption.text, first, others)
+    assert unfit > 20
+
+
 def test_benchmark_reads_heldout_claims_like_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """benchmarks/heldout_negatives.py groups probe items by the held-out combinations their captions name."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))

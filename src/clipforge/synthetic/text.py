@@ -299,7 +299,10 @@ def hard_negatives(scene: Scene, caption: Caption, kinds: tuple[str, ...] | list
 def padded_negatives(scene: Scene, caption: Caption, kinds: tuple[str, ...] | list[str],
                      rng: random.Random, config: SceneConfig) -> list[str]:
     """Exactly ``len(kinds)`` false training captions: slot k holds a negative of ``kinds[k]`` when that
-    kind applies, otherwise one of another kind, otherwise a caption naming an object the scene lacks.
+    kind applies, otherwise the k-th (cyclically) of the spare negatives: those of kinds outside `kinds`
+    first, then the other slots'. So an unfit first slot gets a distinct negative rather than a copy of the
+    second whenever another kind applies (chosen on validation scenes, RESULTS "quickstart-pad"); with no
+    negative at all, a caption naming an object the scene lacks.
 
     None names a held-out combination of `config` (`hard_negative`'s `heldout`): no training scene
     shows one, so such a negative could only teach that the held-out wording is false.
@@ -307,9 +310,8 @@ def padded_negatives(scene: Scene, caption: Caption, kinds: tuple[str, ...] | li
     slots = [hard_negative(scene, caption, kind, rng, config) for kind in kinds]
     if all(slots):
         return [slot.text for slot in slots if slot is not None]
-    spare = [n for n in slots if n is not None]
     others = (hard_negative(scene, caption, k, rng, config) for k in NEGATIVE_KINDS if k not in kinds)
-    spare += [n for n in others if n is not None]
+    spare = [n for n in others if n is not None] + [n for n in slots if n is not None]
     spare = spare or [_absent_object(scene, config)]
     return [(slot or spare[k % len(spare)]).text for k, slot in enumerate(slots)]
 
