@@ -186,8 +186,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.paired:
             records = load_skill_set(args.skills, args.split)
             heldout = {skill: {r.id for r in records.get(skill, []) if r.heldout} for skill in SKILLS}
-            lines += [*paired_table(name, result, args.paired, heldout), ""]
-            print("\n".join(paired_table(name, result, args.paired, heldout)), flush=True)
+            paired = paired_table(name, result, args.paired, heldout)
+            lines += [*paired, ""]
+            print("\n".join(paired), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=1))
     _emit(lines, args.write)
