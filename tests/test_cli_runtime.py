@@ -43,7 +43,7 @@ def test_train_records_device_and_threads_and_pins_the_threads(
 
 
 @NO_CUDA
-@pytest.mark.parametrize("command", ["train", "quickstart", "probe", "skills"])
+@pytest.mark.parametrize("command", ["train", "quickstart", "probe", "skills", "generate"])
 def test_cuda_without_a_gpu_is_one_line_and_writes_nothing(tmp_path: Path, command: str) -> None:
     out = tmp_path / "out"
     if command == "skills":
@@ -57,6 +57,8 @@ def test_cuda_without_a_gpu_is_one_line_and_writes_nothing(tmp_path: Path, comma
                   "--device", "cuda"],
         "skills": ["skills", "score", "--skills", str(tmp_path / "set"), "--images", str(tmp_path / "set"),
                    "--clip", "tiny-vit", "--out", str(out), "--device", "cuda"],
+        "generate": ["generate", "--model", "tiny-generator", "--prompt", "a red square", "--out", str(out),
+                     "--device", "cuda"],
     }[command]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from clipforge.cli.output import runtime_options
 from clipforge.dalle.sampling import SamplingConfig
 from clipforge.generate import GenerateConfig, generate
 
@@ -35,13 +36,15 @@ def register(group: click.Group) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@runtime_options
 def generate_command(model: str, prompts: tuple[str, ...], prompts_file: Path | None, skills: Path | None,
                      split: str, n: int, rerank: str | None, keep: int | None, cond_scale: float,
                      temperature: float, top_k: int, top_p: float, batch_size: int, seed: int,
-                     out: Path) -> None:
+                     out: Path, device: str) -> None:
     """Draw N images per prompt; keep the best M (by --rerank, else the first M) as PNGs."""
     sampling = SamplingConfig(temperature, top_k, top_p, cond_scale, batch_size=batch_size)
-    config = GenerateConfig(model, out, prompts, prompts_file, skills, split, n, rerank, keep, seed, sampling)
+    config = GenerateConfig(model, out, prompts, prompts_file, skills, split, n, rerank, keep, seed, sampling,
+                            device)
     report = generate(config)
     kept = sum(c["file"] is not None for p in report["prompts"] for c in p["candidates"])
     click.echo(f"{len(report['prompts'])} prompts, {kept} images kept "

@@ -120,7 +120,8 @@ def encode_scenes(
 ) -> TokenPairs:
     """Tokenizes the prompts and encodes the renders of `scenes` (the dVAE in eval mode)."""
     dvae.eval()
-    chunks = [dvae.encode(pixels(scenes[i : i + batch_size])) for i in range(0, len(scenes), batch_size)]
+    starts = range(0, len(scenes), batch_size)
+    chunks = [dvae.encode(pixels(scenes[i : i + batch_size])).cpu() for i in starts]
     return TokenPairs(tokenizer([s.text for s in scenes]), torch.cat(chunks))
 
 

@@ -87,7 +87,8 @@ def encode_photos(dvae: DVAE, tokenizer: TextTokenizer, photos: CaptionedPhotos,
                   ) -> TokenPairs:
     """Every caption of every photo, each paired with its photo's tokens (the dVAE in eval mode)."""
     dvae.eval()
-    chunks = [dvae.encode(photos.floats(slice(i, i + batch_size))) for i in range(0, len(photos), batch_size)]
+    starts = range(0, len(photos), batch_size)
+    chunks = [dvae.encode(photos.floats(slice(i, i + batch_size))).cpu() for i in starts]
     counts = torch.tensor([len(c) for c in photos.captions])
     image = torch.cat(chunks).repeat_interleave(counts, dim=0)  # [sum(counts), G * G]
     return TokenPairs(tokenizer([c for group in photos.captions for c in group]), image)

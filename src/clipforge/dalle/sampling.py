@@ -94,7 +94,7 @@ def _guided(model: Generator, text: torch.Tensor, config: SamplingConfig) -> tor
     """The caption rows, followed by as many empty-caption rows when guidance is on."""
     if config.cond_scale == 1.0:
         return text
-    empty = get_tokenizer(model.config.tokenizer)([""]).expand(text.shape[0], -1)  # [B, Lt]
+    empty = get_tokenizer(model.config.tokenizer)([""]).expand(text.shape[0], -1).to(text.device)  # [B, Lt]
     return torch.cat([text, empty])
 
 
@@ -111,13 +111,15 @@ def sample_tokens(
 ) -> torch.Tensor:
     """Image tokens [B, N] for captions `text` [B, Lt] (BPE ids), one seed per row."""
     rows, length = text.shape[0], model.config.image_tokens
+    device = model.image_head.weight.device
+    # The seeded streams stay on the CPU, so a seed draws the same uniforms on any device.
     streams = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    stream_text = _guided(model, text, config)
+    stream_text = _guided(model, text, config).to(device)
     cache = KVCache.empty(model.config.layers) if config.use_cache else None
-    tokens = torch.zeros(stream_text.shape[0], 0, dtype=torch.long)  # [B', 0]
+    tokens = torch.zeros(stream_text.shape[0], 0, dtype=torch.long, device=device)  # [B', 0]
     for _ in range(length):
         logits = _combine(next_image_logits(model, stream_text, tokens, cache), rows, config.cond_scale)
-        uniforms = torch.stack([torch.rand((), generator=g) for g in streams])  # [B]
+        uniforms = torch.stack([torch.rand((), generator=g) for g in streams]).to(device)  # [B]
         chosen = draw(logits, uniforms, config)
         both = chosen if config.cond_scale == 1.0 else chosen.repeat(2)  # guided rows follow their caption
         tokens = torch.cat([tokens, both[:, None]], dim=1)
@@ -134,5 +136,5 @@ def sample_images(
     for start in range(0, text.shape[0], config.batch_size):
         stop = start + config.batch_size
         tokens = sample_tokens(model, text[start:stop], seeds[start:stop], config)
-        chunks.append(model.decode(tokens))
+        chunks.append(model.decode(tokens).cpu())
     return torch.cat(chunks)

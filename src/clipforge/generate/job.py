@@ -26,6 +26,7 @@ from PIL import Image
 from clipforge.checkpoint import load_folder
 from clipforge.dalle.batches import to_pil
 from clipforge.dalle.sampling import SamplingConfig, image_seed, sample_images
+from clipforge.device import resolve_device
 from clipforge.errors import ConfigError
 from clipforge.fileio import check_writable, write_bytes_atomic, write_json
 from clipforge.generate.grid import candidate_grid
@@ -52,6 +53,8 @@ class GenerateConfig:
         keep: candidates kept (written) per prompt; None keeps all `n`.
         seed: the run's seed.
         sampling: temperature, top-k/p, guidance, cache and batch size.
+        device: where the generator and the re-ranker run (``cpu``, ``cuda`` or ``auto``); a seed draws the
+            same uniforms on every device, though float differences between devices can change a draw.
     """
 
     model: str
@@ -65,6 +68,7 @@ class GenerateConfig:
     keep: int | None = None
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         sources = sum([bool(self.prompts), self.prompts_file is not None, self.skills is not None])
@@ -87,13 +91,16 @@ def resolve_prompts(config: GenerateConfig) -> list[Prompt]:
     return [Prompt(text) for text in config.prompts]
 
 
-def load_generator(spec: str) -> Generator:
-    """A generator folder, or a registry name (random weights, to try the command), in eval mode.
+def load_generator(spec: str, device: str = "cpu") -> Generator:
+    """A generator folder, or a registry name (random weights, to try the command), in eval mode on `device`.
 
     Raises:
         ConfigError: `spec` holds another kind of model.
     """
-    model = load_folder(spec) if Path(spec).is_dir() else create_any_model(spec).eval()
+    if Path(spec).is_dir():
+        model = load_folder(spec, device)
+    else:
+        model = create_any_model(spec).eval().to(resolve_device(device))
     if not isinstance(model, Generator):
         raise ConfigError(f"--model must be a generator folder; {spec} holds a {type(model).__name__}")
     return model
@@ -153,10 +160,11 @@ def write_prompt(config: GenerateConfig, number: int, prompt: Prompt, images: li
 
 def generate(config: GenerateConfig) -> dict[str, Any]:
     """Runs the job (see the module docstring) and returns what it wrote to ``generations.json``."""
+    resolve_device(config.device)  # a missing GPU fails before OUT is made
     check_writable(config.out / "generations.json")
     prompts = resolve_prompts(config)
-    model = load_generator(config.model)
-    reranker = ClipReranker(config.rerank) if config.rerank else None
+    model = load_generator(config.model, config.device)
+    reranker = ClipReranker(config.rerank, device=config.device) if config.rerank else None
     start = time.perf_counter()
     candidates = draw_candidates(model, prompts, config.n, config.seed, config.sampling)
     seconds = time.perf_counter() - start

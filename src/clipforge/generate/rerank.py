@@ -14,8 +14,9 @@ from clipforge.checkpoint import load
 class ClipReranker:
     """Scores (image, prompt) pairs with a CLIP model loaded from `spec`."""
 
-    def __init__(self, spec: str, batch_size: int = 256) -> None:
-        self.model, self.preprocess, self.tokenizer = load(spec)  # a dVAE or generator folder is refused
+    def __init__(self, spec: str, batch_size: int = 256, device: str = "cpu") -> None:
+        # load() refuses a dVAE or generator folder with a one-line error.
+        self.model, self.preprocess, self.tokenizer = load(spec, device)
         self.batch_size = batch_size
 
     @torch.no_grad()
@@ -29,7 +30,7 @@ class ClipReranker:
             batch = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
             features = self.model.encode_image(batch, normalize=True)  # [b, E]
             out.append((features * text_features[rows[start : start + len(batch)]]).sum(dim=-1))
-        return torch.cat(out).numpy()
+        return torch.cat(out).cpu().numpy()
 
 
 def rank_order(scores: np.ndarray) -> np.ndarray:

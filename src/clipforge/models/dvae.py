@@ -134,8 +134,9 @@ class DVAE(Model):
         self.decoder = _decoder(config)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits over the codebook per cell, [B, K, G, G], of pixels [B, 3, S, S] in [0, 1]."""
-        logits: torch.Tensor = self.encoder(images * 2.0 - 1.0)
+        """Logits over the codebook per cell, [B, K, G, G], of pixels [B, 3, S, S] in [0, 1] (moved to the
+        model's device)."""
+        logits: torch.Tensor = self.encoder(images.to(self.codebook.weight.device) * 2.0 - 1.0)
         return logits
 
     def decode_soft(self, weights: torch.Tensor) -> torch.Tensor:
@@ -163,8 +164,9 @@ class DVAE(Model):
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Pixels [B, 3, S, S] clamped to [0, 1] from tokens [B, G * G]."""
+        """Pixels [B, 3, S, S] clamped to [0, 1] from tokens [B, G * G] (moved to the model's device)."""
         grid = self.config.grid
-        one_hot = F.one_hot(tokens.reshape(-1, grid, grid), self.config.codebook_size)  # [B, G, G, K]
+        cells = tokens.to(self.codebook.weight.device).reshape(-1, grid, grid)  # [B, G, G]
+        one_hot = F.one_hot(cells, self.config.codebook_size)  # [B, G, G, K]
         weights = one_hot.permute(0, 3, 1, 2).to(self.codebook.weight.dtype)  # [B, K, G, G]
         return self.decode_soft(weights).clamp(0.0, 1.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import signal
 import threading
@@ -165,6 +166,10 @@ def torch_settings(config: TrainSection) -> Iterator[None]:
     deterministic = torch.are_deterministic_algorithms_enabled()
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace (PyTorch's reproducibility notes); this
+        # takes effect if set before the first CUDA matrix product of the process, and is harmless on a CPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
     try:
         yield

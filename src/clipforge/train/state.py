@@ -86,6 +86,8 @@ def rng_state() -> dict[str, Any]:
         "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": pos,
                   "has_gauss": has_gauss, "gauss": gauss},
         "torch": torch.get_rng_state(),
+        # A run on a GPU draws its noise (the dVAE's Gumbel samples) from the CUDA generators.
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
 
 
@@ -97,6 +99,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     key = np_state["key"].numpy().astype(np.uint32)
     np.random.set_state((np_state["kind"], key, np_state["pos"], np_state["has_gauss"], np_state["gauss"]))
     torch.set_rng_state(state["torch"])
+    if state.get("cuda"):  # checkpoints of CPU runs (and older ones) hold none
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
