@@ -242,6 +242,11 @@ def test_conclusion_is_computed_from_the_numbers() -> None:
         for (name, block), accuracy in zip(raised.items(), (0.51, 0.92), strict=True)}
     assert conclusion(styled, 1800, 1800).endswith(
         "disjoint); in a held-out style 0.51 and 0.92, with object-swap accuracy 0.97 and 0.97.")
+    combined = {name: {**block, "heldout_combinations": {"probe": {"relation_swap": {
+        "pair_balanced": {"accuracy": accuracy}}}}}
+        for (name, block), accuracy in zip(styled.items(), (0.56, 0.88), strict=True)}
+    assert conclusion(combined, 1800, 1800).endswith(
+        "0.97 and 0.97; on held-out combinations relation-swap pair-balanced 0.56 and 0.88.")
 
 
 # Two objects, three shapes, three colours, relation captions only: the quickstart's question in miniature.

@@ -305,9 +305,8 @@ def resume_quickstart(out_dir: str | Path, say: Say = to_stderr) -> dict[str, An
 def _run(config: QuickstartConfig, out: Path, say: Say, resume: bool) -> dict[str, Any]:
     began = time.perf_counter()
     styles, stages = ", ".join(config.test_splits), 3 if config.generation is None else 4
-    say(f"[1/{stages}] writing {config.n_test} test scenes and {config.n_zeroshot} zero-shot scenes in each "
-        f"of: {styles}"
-        + ("" if config.generation is None else ", and the skill set"))
+    say(f"[1/{stages}] writing {config.n_test} test scenes and {config.n_zeroshot} zero-shot scenes per test "
+        f"split ({styles})" + ("" if config.generation is None else ", and the skill set"))
     dataset = write_test_data(config, out)
     if config.generation is not None:
         write_skill_set(config.generation, config.seed, out)
