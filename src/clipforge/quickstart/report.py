@@ -152,7 +152,7 @@ def grouped_bars(groups: list[str], values: dict[str, list[float]],
     axis.set_xticks(range(len(groups)), groups)
     axis.set(ylabel=ylabel, ylim=(0, 1.05), title=title)
     axis.axhline(0.5, color="#bbb", linestyle=":", linewidth=1)
-    axis.legend()
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")  # six columns would hide bars
     axis.grid(axis="y", alpha=0.3)
     return _png(figure)
 
