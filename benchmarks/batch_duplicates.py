@@ -16,8 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from clipforge.dalle.scenes import skill_scene
-from clipforge.quickstart.config import QuickstartConfig
-from clipforge.quickstart.pipeline import scene_config
+from clipforge.quickstart.config import QuickstartConfig, scene_config
 from clipforge.synthetic.scene import generate_scene
 from clipforge.synthetic.text import scene_caption
 from clipforge.train.batches import epoch_permutation

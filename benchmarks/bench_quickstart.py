@@ -2,11 +2,12 @@
 
 Run: time clipforge quickstart --out runs/quickstart
      python benchmarks/bench_quickstart.py runs/quickstart --wall 8m03s --load "nothing else running"
-Writes the ``quickstart`` block: each model in each style split (in-style, held-out style), with the 95%
-bootstrap intervals of the probe accuracies, the relation-swap accuracy per relation and its pair-balanced
-mean (left/right and above/below: the mean of the two directions, then of the two pairs, so a model that
-prefers one word of a pair scores 0.5 on it), and the relation-swap accuracy on the items whose two objects
-share a colour (the control that knowing where each colour lies cannot pass).
+Writes the ``quickstart`` block: each model in each test split (in-style, held-out style, held-out
+combinations), with the 95% bootstrap intervals of the probe accuracies, the relation-swap accuracy per
+relation and its pair-balanced mean (left/right and above/below: the mean of the two directions, then of
+the two pairs, so a model that prefers one word of a pair scores 0.5 on it), the relation-swap accuracy on
+the items whose two objects share a colour (the control that knowing where each colour lies cannot pass),
+and on held-out combinations the relation-swap accuracy on the items whose true caption names one.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def table(report: dict[str, Any]) -> str:
     if all(swap.get("same_color") for swap in swaps):  # reports before the same-colour control lack it
         cells = [f"{_cell(swap['same_color'])} n={swap['same_color']['n']}" for swap in swaps]
         lines.append(_row("relation_swap, same-colour pairs", cells))
+    if any(swap.get("names_heldout") for swap in swaps):  # only the held-out combinations have such items
+        cells = [f"{_cell(swap['names_heldout'])} n={swap['names_heldout']['n']}" if swap.get("names_heldout")
+                 else "-" for swap in swaps]
+        lines.append(_row("relation_swap, true caption names a held-out combination", cells))
     for tag in PROBE_ROWS:
         cells = [f"{_cell(m['probe'][tag])} n={m['probe'][tag]['n']}" for m in blocks]
         lines.append(_row(f"probe {tag}", cells))
@@ -68,6 +73,13 @@ def table(report: dict[str, Any]) -> str:
         f"{label}: " + ", ".join(f"{r} {v:.2f}" for r, v in swap["per_relation"].items())
         for label, swap in zip(found, swaps, strict=True))
     return "\n".join(lines) + f"\n\nRelation swap per relation — {per_relation}."
+
+
+def _combinations_note(data: dict[str, Any]) -> str:
+    if "test_heldout" not in data.get("style_splits", {}).values():
+        return ""
+    return (f", and {data['n_test']} with held-out combinations (split `test_heldout`, training style: each "
+            "shows a (colour, shape) or (shape, relation) combination that no training scene shows)")
 
 
 @click.command()
@@ -87,8 +99,8 @@ def main(out: Path, wall: str, load: str) -> None:
         f"scenes drawn in randomized styles; `hardneg` adds {' and '.join(config['negative_kinds'])} "
         f"negative captions. Test sets: {data['n_test']} scenes in the training style (in-style) and "
         f"{data['n_test']} in the held-out style (a background kind, colour shades, noise levels and blur "
-        "radii that no training scene uses); 95% intervals are seeded bootstraps. `object_swap` is the "
-        "object-recognition control.\n"
+        "radii that no training scene uses)" + _combinations_note(data) + "; 95% intervals are seeded "
+        "bootstraps. `object_swap` is the object-recognition control.\n"
     )
     write_section("quickstart", head + "\n" + table(report))
     click.echo(table(report))

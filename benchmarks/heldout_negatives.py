@@ -27,8 +27,7 @@ import numpy as np
 from bench_quickstart import _balanced, _cell
 
 from clipforge.probe.stats import bootstrap_ci
-from clipforge.quickstart.config import QuickstartConfig
-from clipforge.quickstart.pipeline import scene_config
+from clipforge.quickstart.config import QuickstartConfig, scene_config
 from clipforge.quickstart.report import columns
 from clipforge.synthetic.scene import COLORS, SHAPES, SceneConfig, generate_scene, names_heldout, scene_rng
 from clipforge.synthetic.text import RELATION_WORDS, caption_names_heldout, hard_negative, scene_caption
@@ -159,8 +158,8 @@ def main() -> None:
         print("\n".join(count_rows(config, args.count, quickstart.negative_kinds)))
     if args.reports:
         before, after = (json.loads(path.read_text()) for path in args.reports)
-        splits = " | ".join(after["dataset"]["style_splits"])
-        print(f"\n| model | metric | {splits} |\n|---|---|---|---|")
+        splits = list(before["dataset"]["style_splits"])  # the columns `report_rows` compares
+        print(f"\n| model | metric | {' | '.join(splits)} |\n" + "|---" * (len(splits) + 2) + "|")
         print("\n".join(report_rows(before, after)))
         skills = "object | count | color | spatial | color held-out | spatial held-out"
         print(f"\n| generator | picker | {skills} |\n|---|---|---|---|---|---|---|---|")

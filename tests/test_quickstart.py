@@ -18,9 +18,11 @@ from clipforge.errors import ClipforgeError, ConfigError
 from clipforge.models.registry import create_model
 from clipforge.probe import ClipEncoder, ProbeItem, items_from_synthetic, run_probe
 from clipforge.quickstart import QuickstartConfig, run_quickstart
+from clipforge.quickstart.config import scene_config
 from clipforge.quickstart.generation import GenerationConfig, train_generation
 from clipforge.quickstart.pipeline import _jsonable
 from clipforge.synthetic.dataset import SceneConfig, SyntheticScenes, synthetic_probe_items
+from clipforge.synthetic.scene import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_RELATIONS
 from clipforge.synthetic.style import StyleConfig
 from clipforge.train.batches import tower_encoder
 from clipforge.train.config import TrainSection
@@ -35,6 +37,8 @@ TAGS = ("relation_swap", "argument_swap", "attribute_swap", "object_swap", "coun
 MICRO_GENERATION = GenerationConfig(dvae="tiny-dvae", generator="tiny-generator", dvae_steps=4,
                                     dvae_batch_size=8, steps=6, batch_size=8, early_step=3, n_train=64,
                                     n_prompts=2, candidates=3, reranker_steps=2)
+# Test split -> its numbers' key in a model's report block (the first split's are the block itself).
+SPLIT_BLOCKS = {"test": "", "test_style": "heldout_style", "test_heldout": "heldout_combinations"}
 MICRO = QuickstartConfig(model="tiny-convnet", steps=6, batch_size=16, warmup_steps=2, n_train=200, n_val=32,
                          n_test=40, n_zeroshot=24, eval_every=3, n_examples=3, generation=MICRO_GENERATION)
 
@@ -59,8 +63,10 @@ def test_micro_quickstart_writes_a_schema_valid_report(micro_run: tuple[Path, di
     assert set(report) >= {"models", "dataset", "seconds", "version"}
     assert set(report["models"]) == {"plain", "hardneg"}
     assert report["dataset"]["n_test"] == 40 and report["seconds"] > 0 and report["version"]
-    assert report["dataset"]["style_splits"] == {"in-style": "test", "held-out style": "test_style"}
-    for metrics in [*report["models"].values(), *(m["heldout_style"] for m in report["models"].values())]:
+    assert report["dataset"]["style_splits"] == {"in-style": "test", "held-out style": "test_style",
+                                                 "held-out combinations": "test_heldout"}
+    combinations = [m["heldout_combinations"] for m in report["models"].values()]
+    for metrics in [m.get(key, m) for m in report["models"].values() for key in SPLIT_BLOCKS.values()]:
         assert set(metrics["retrieval"]) == {"t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5"}
         assert set(metrics["zeroshot"]) == {"shape", "color"}
         assert set(metrics["probe"]) == set(TAGS)
@@ -76,6 +82,9 @@ def test_micro_quickstart_writes_a_schema_valid_report(micro_run: tuple[Path, di
         assert _fraction(relation["same_color"]["accuracy"])
         assert metrics["probe"]["object_swap"]["same_color"] is None
         assert all(_fraction(block["blind"]["accuracy"]) for block in metrics["probe"].values())
+        named = relation["names_heldout"]  # only the held-out combinations have such items
+        assert (named is None) == (metrics not in combinations)
+        assert named is None or (0 < named["n"] <= relation["n"] and _fraction(named["accuracy"]))
     for name in ("plain", "hardneg"):
         assert (out / name / "final" / "model.safetensors").is_file()
         curve = report["training"][name]["curve"]
@@ -93,6 +102,8 @@ def test_report_html_is_self_contained(micro_run: tuple[Path, dict[str, Any]]) -
     assert "probe relation_swap pair-balanced" in page and "probe count blind baseline" in page
     assert "probe relation_swap same-colour pairs" in page
     assert "hardneg, held-out style" in page and "object_swap" in page
+    assert "hardneg, held-out combinations" in page
+    assert "probe relation_swap true caption names a held-out combination" in page
 
 
 @pytest.mark.slow
@@ -103,11 +114,12 @@ def test_probe_cli_gives_the_quickstart_numbers(micro_run: tuple[Path, dict[str,
             "--model", f"hardneg={out / 'hardneg' / 'final'}", "--out", str(tmp_path / "probe")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "  test: " in result.output and "  test_style: " in result.output  # one line per style split
+    assert "  test: " in result.output and "  test_style: " in result.output  # one line per test split
+    assert "  test_heldout: " in result.output
     probed = json.loads((tmp_path / "probe" / "probe.json").read_text())
     for name in ("plain", "hardneg"):
-        styles = {"test": report["models"][name], "test_style": report["models"][name]["heldout_style"]}
-        for split, metrics in styles.items():
+        for split, key in SPLIT_BLOCKS.items():
+            metrics = report["models"][name].get(key, report["models"][name])
             theirs_split = probed["models"][name]["per_split"][split]
             for tag in TAGS:
                 ours, theirs = metrics["probe"][tag], theirs_split["per_tag"][tag]
@@ -117,6 +129,55 @@ def test_probe_cli_gives_the_quickstart_numbers(micro_run: tuple[Path, dict[str,
             pair_balanced = theirs_split["pair_balanced"]
             assert metrics["probe"]["relation_swap"]["pair_balanced"] == {
                 "accuracy": pair_balanced["accuracy"], "ci95": pair_balanced["ci95"]}
+
+
+def _shows_heldout(record: dict[str, Any]) -> bool:
+    """Reference reading of a scenes.jsonl record: it shows a held-out (colour, shape) or (shape,
+    relation)."""
+    objects = record["objects"]
+    kinds = {(obj["color"], obj["shape"]) for obj in objects}
+    relations = {(objects[rel["subject"]]["shape"], rel["relation"]) for rel in record["relations"]}
+    return bool(kinds & set(DEFAULT_HELDOUT_PAIRS) or relations & set(DEFAULT_HELDOUT_RELATIONS))
+
+
+def _records(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "scenes.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_heldout_combinations_block_scores_the_test_heldout_scenes(
+        micro_run: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``heldout_combinations`` block is read from the `test_heldout` scenes, every one of which shows a
+    held-out combination, and from no other split: its probe numbers are recomputed here from probe.json's
+    per-item scores of those scenes' items, its "names a held-out combination" rows by an independent
+    reading of the true captions' words."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from heldout_negatives import heldout_claims
+
+    out, report = micro_run
+    records = _records(out / "data")
+    split_of = {record["id"]: record["split"] for record in records}
+    heldout = [record for record in records if record["split"] == "test_heldout"]
+    assert len(heldout) == MICRO.n_test and all(_shows_heldout(record) for record in heldout)
+    assert not any(_shows_heldout(record) for record in records if record["split"] != "test_heldout")
+    lone = [record for record in _records(out / "zeroshot") if record["split"] == "test_heldout"]
+    assert len(lone) == MICRO.n_zeroshot and all(_shows_heldout(record) for record in lone)
+    items = [item for item in json.loads((out / "probe" / "probe.json").read_text())["items"]
+             if split_of[int(item["id"].split("/")[0].removeprefix("scene"))] == "test_heldout"]
+    config = scene_config(MICRO)
+    for name in ("plain", "hardneg"):
+        block = report["models"][name]["heldout_combinations"]
+        assert block["probe"] not in (report["models"][name]["heldout_style"]["probe"],
+                                      report["models"][name]["probe"])
+        for tag, metrics in block["probe"].items():
+            right = [(max(item["scores"][name][1:]) < item["scores"][name][0],
+                      any(heldout_claims(item["true"], config))) for item in items if item["tag"] == tag]
+            assert metrics["n"] == len(right)
+            assert metrics["accuracy"] == pytest.approx(sum(ok for ok, _ in right) / len(right))
+            named = [ok for ok, names in right if names]
+            assert (metrics["names_heldout"] or {"n": 0})["n"] == len(named)
+            if named:
+                assert metrics["names_heldout"]["accuracy"] == pytest.approx(sum(named) / len(named))
 
 
 def test_existing_quickstart_folder_is_refused(tmp_path: Path) -> None:
@@ -147,7 +208,8 @@ def test_eval_cli_gives_the_quickstart_numbers(micro_run: tuple[Path, dict[str, 
     out, report = micro_run
     model, written = str(out / "hardneg" / "final"), tmp_path / "e.json"
     cases = (("retrieval", "data", ("t2i_r1", "i2t_r5")), ("zeroshot", "zeroshot", ("shape", "color")))
-    styles = {"test": report["models"]["hardneg"], "test_style": report["models"]["hardneg"]["heldout_style"]}
+    styles = {split: report["models"]["hardneg"].get(key, report["models"]["hardneg"])
+              for split, key in SPLIT_BLOCKS.items()}
     for (kind, data, keys), (split, metrics) in itertools.product(cases, styles.items()):
         spec = f"synthetic:{out / data}:{split}"
         args = ["eval", kind, "--model", model, "--data", spec, "--out", str(written)]
@@ -180,6 +242,11 @@ def test_conclusion_is_computed_from_the_numbers() -> None:
         for (name, block), accuracy in zip(raised.items(), (0.51, 0.92), strict=True)}
     assert conclusion(styled, 1800, 1800).endswith(
         "disjoint); in a held-out style 0.51 and 0.92, with object-swap accuracy 0.97 and 0.97.")
+    combined = {name: {**block, "heldout_combinations": {"probe": {"relation_swap": {
+        "pair_balanced": {"accuracy": accuracy}}}}}
+        for (name, block), accuracy in zip(styled.items(), (0.56, 0.88), strict=True)}
+    assert conclusion(combined, 1800, 1800).endswith(
+        "0.97 and 0.97; on held-out combinations relation-swap pair-balanced 0.56 and 0.88.")
 
 
 # Two objects, three shapes, three colours, relation captions only: the quickstart's question in miniature.

@@ -20,6 +20,7 @@ from clipforge.synthetic.dataset import (
     SyntheticScenes,
     load_probe_items,
     load_scenes,
+    probes_naming_heldout,
     single_object_scenes,
     synthetic_probe_items,
     write_synthetic,
@@ -336,6 +337,17 @@ def test_benchmark_reads_heldout_claims_like_the_reference(monkeypatch: pytest.M
     claims = [any(heldout_negatives.heldout_claims(s, CONFIG)) for s in sentences]
     assert claims == [_claims_heldout(s, CONFIG) for s in sentences]
     assert 0 < sum(claims) < len(claims)
+
+
+def test_probes_naming_heldout_agrees_with_the_reference_reading(tmp_path: Path) -> None:
+    """The quickstart's "true caption names a held-out combination" items are the ones whose true sentence
+    the reference reads as naming one: many on `test_heldout`, none on `test`."""
+    write_synthetic(tmp_path, 40, seed=3, split=("test", "test_heldout"), config=SceneConfig(image_size=32))
+    items = load_probe_items(tmp_path)
+    expected = {(item.scene, item.tag) for item in items if _claims_heldout(item.true, CONFIG)}
+    assert probes_naming_heldout(tmp_path, CONFIG) == expected
+    splits = Counter(item.split for item in items if (item.scene, item.tag) in expected)
+    assert splits["test"] == 0 and splits["test_heldout"] > len(items) / 4
 
 
 def test_relation_captions_do_not_tell_the_layout_by_phrase_order() -> None:

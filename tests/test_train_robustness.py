@@ -200,6 +200,10 @@ def test_sigterm_stops_both_quickstart_runs_without_orphans_and_resume_finishes(
     assert resumed.returncode == 0, resumed.stderr.decode()
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["steps"] == 150
+    for name in ("plain", "hardneg"):  # every test split is written again on resume and scored
+        assert report["models"][name]["heldout_combinations"]["probe"]["relation_swap"]["n"] > 0
+    splits = [json.loads(line)["split"] for line in (out / "data" / "scenes.jsonl").read_text().splitlines()]
+    assert splits == ["test"] * 40 + ["test_style"] * 40 + ["test_heldout"] * 40
     for name in ("plain", "hardneg"):
         assert report["training"][name]["curve"]["step"] == list(range(1, 151))
     curve = report["generation"]["training"]["generator_curve"]

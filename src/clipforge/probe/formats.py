@@ -85,6 +85,11 @@ def _text(value: Any, key: str, where: str) -> str:
     return value.strip()
 
 
+def synthetic_item_id(scene: object, tag: object) -> str:
+    """The id of a synthetic probe item (there is one item per scene and probe kind)."""
+    return f"scene{scene}/{tag}"
+
+
 def item_from_record(record: Any, where: str, images: Path | None) -> ProbeItem:
     """One pairs-format record as an item; ``record["image"]`` may also be a loaded PIL image.
 
@@ -108,7 +113,7 @@ def item_from_record(record: Any, where: str, images: Path | None) -> ProbeItem:
         raise DataError(f"{where}: 'labels' must list one label per sentence, true first")
     group = record.get("group")
     # Synthetic probes have one item per scene and kind: name them so, on disk and in memory alike.
-    default_id = f"scene{record['scene']}/{record.get('tag')}" if "scene" in record else where
+    default_id = synthetic_item_id(record["scene"], record.get("tag")) if "scene" in record else where
     return ProbeItem(
         id=str(record.get("id", default_id)),
         image=image,

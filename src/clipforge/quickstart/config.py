@@ -6,13 +6,20 @@ from dataclasses import dataclass
 
 from clipforge.device import DEVICES
 from clipforge.errors import ConfigError
+from clipforge.models.registry import get_model_config
 from clipforge.quickstart.generation import GenerationConfig
+from clipforge.synthetic.dataset import SceneConfig
 from clipforge.synthetic.style import StyleConfig
 from clipforge.synthetic.text import NEGATIVE_KINDS
 
 MODELS = ("plain", "hardneg")
 # Report name -> scene split of the test scenes: the training style, and the held-out style.
 STYLE_SPLITS = {"in-style": "test", "held-out style": "test_style"}
+# Report name -> split of the test scenes that show held-out (colour, shape) or (shape, relation)
+# combinations, which no training scene shows (drawn in the training style, or plain without a style).
+HELDOUT_SPLITS = {"held-out combinations": "test_heldout"}
+# report.json key of each test split's numbers but the first one's (those are the model's own keys).
+SPLIT_KEYS = {"test_style": "heldout_style", "test_heldout": "heldout_combinations"}
 # The quickstart architecture (registry JSON): ConvNet-64px shrunk for a CPU budget, with 48-px scenes and a
 # 2-layer, 64-wide text tower with a 24-token context (the longest scene caption takes 21). The text tower
 # runs on every hard negative, so it dominates the cost of a step; the scenes' small vocabulary needs little
@@ -34,8 +41,8 @@ class QuickstartConfig:
         warmup_steps: linear warm-up steps.
         n_train: distinct training scenes (rendered on the fly).
         n_val: validation scenes for the training curves.
-        n_test: held-out test scenes for retrieval and probes.
-        n_zeroshot: held-out single-object scenes for zero-shot accuracy.
+        n_test: held-out test scenes for retrieval and probes, in each test split (`test_splits`).
+        n_zeroshot: held-out single-object scenes for zero-shot accuracy, in each test split.
         negative_kinds: hard-negative captions per scene for `hardneg`, one per kind.
         eval_every: steps between points of the validation curve.
         seed: seed of the data and of the training runs.
@@ -43,7 +50,7 @@ class QuickstartConfig:
         device: where both models train (``cpu``, ``cuda`` or ``auto``); the small evaluation runs on the CPU.
         threads: torch threads of each of the two training processes (0: torch's default).
         style: randomized rendering of the training and test scenes (None: plain scenes); the test
-            scenes are drawn twice, in style and in the held-out style.
+            scenes are drawn in style, in the held-out style and with held-out combinations.
         generation: the text-to-image stage (`clipforge.quickstart.generation`); None skips it.
     """
 
@@ -80,11 +87,17 @@ class QuickstartConfig:
 
     @property
     def test_splits(self) -> dict[str, str]:
-        """The test scenes written and evaluated: `STYLE_SPLITS` with a style, else the plain ``test``."""
-        return dict(STYLE_SPLITS) if self.style is not None else {"plain": "test"}
+        """The test scenes written and evaluated (report name -> split): `STYLE_SPLITS` with a style, else
+        the plain ``test``, then `HELDOUT_SPLITS`."""
+        return {**(STYLE_SPLITS if self.style is not None else {"plain": "test"}), **HELDOUT_SPLITS}
 
     @classmethod
     def quick(cls) -> QuickstartConfig:
         """A smoke-test budget (`--quick`): same pipeline, a fraction of the steps and scenes."""
         return cls(steps=300, n_train=20_000, n_val=128, n_test=300, n_zeroshot=120, eval_every=100,
                    generation=GenerationConfig.quick())
+
+
+def scene_config(config: QuickstartConfig) -> SceneConfig:
+    """The scenes the training engine renders for the quickstart model (same defaults, same size)."""
+    return SceneConfig(image_size=get_model_config(config.model).preprocess.image_size, style=config.style)

@@ -22,9 +22,11 @@ from clipforge.eval.run import (
 )
 from clipforge.models.base import ContrastiveModel
 from clipforge.probe import ClipEncoder, ProbeResult, Suite, load_suite, run_probe, summarize
+from clipforge.probe.formats import synthetic_item_id
 from clipforge.probe.report import write_probe_report
 from clipforge.probe.stats import N_RESAMPLES, accuracy_block, split_results
-from clipforge.quickstart.config import QuickstartConfig
+from clipforge.quickstart.config import SPLIT_KEYS, QuickstartConfig, scene_config
+from clipforge.synthetic.dataset import probes_naming_heldout
 from clipforge.synthetic.text import same_color_pair
 from clipforge.synthetic.zeroshot import load_labelled_scenes
 
@@ -50,10 +52,14 @@ class Example:
     top: dict[str, list[tuple[str, float, bool]]] = field(default_factory=dict)
 
 
-def probe_block(result: ProbeResult, tag: str) -> dict[str, Any]:
+def probe_block(result: ProbeResult, tag: str, named: set[str]) -> dict[str, Any]:
     """``{"accuracy", "n", "ci95", "per_relation", "per_relation_ci95", "pair_balanced", "blind",
-    "same_color"}`` of one probe kind; the last three are ``{"accuracy", "ci95"}`` (see
-    `clipforge.probe.stats`; ``same_color``, with ``n``, only for ``relation_swap``, else None)."""
+    "same_color", "names_heldout"}`` of one probe kind.
+
+    ``pair_balanced`` and ``blind`` are ``{"accuracy", "ci95"}`` (see `clipforge.probe.stats`); ``same_color``
+    (only for ``relation_swap``) and ``names_heldout`` (the items whose id is in `named`, when there are
+    any) are ``{"accuracy", "n", "ci95"}``, else None.
+    """
     sub = result.subset([i for i, item in enumerate(result.items) if item.tag == tag])
     summary = summarize(sub, n_resamples=N_RESAMPLES, seed=PROBE_SEED)
     per_relation = {rel: block["accuracy"] for rel, block in summary["per_relation"].items()}
@@ -62,7 +68,8 @@ def probe_block(result: ProbeResult, tag: str) -> dict[str, Any]:
               for key in ("pair_balanced", "blind")}
     return {"accuracy": summary["accuracy"], "n": summary["n"], "ci95": summary["ci95"],
             "per_relation": per_relation, "per_relation_ci95": per_relation_ci, **honest,
-            "same_color": same_color_block(sub) if tag == "relation_swap" else None}
+            "same_color": same_color_block(sub) if tag == "relation_swap" else None,
+            "names_heldout": named_block(sub, named)}
 
 
 def same_color_block(result: ProbeResult) -> dict[str, Any]:
@@ -76,6 +83,18 @@ def same_color_block(result: ProbeResult) -> dict[str, Any]:
     return accuracy_block(flags, N_RESAMPLES, PROBE_SEED)
 
 
+def named_block(result: ProbeResult, named: set[str]) -> dict[str, Any] | None:
+    """Accuracy with its 95% CI on the items whose true caption names a held-out combination (`named`
+    holds their ids); None when there are none (every split but ``test_heldout``).
+
+    No training caption names one, so these items ask whether a model reads the combination's parts in
+    a pairing it has never seen as true.
+    """
+    pairs = zip(result.items, result.correct, strict=True)
+    flags = [bool(ok) for item, ok in pairs if item.id in named]
+    return accuracy_block(flags, N_RESAMPLES, PROBE_SEED) if flags else None
+
+
 def top_captions(features: RetrievalFeatures, index: int, k: int = TOP_CAPTIONS
                  ) -> list[tuple[str, float, bool]]:
     """The `k` test captions closest to image `index`, marked true when they describe it."""
@@ -86,8 +105,8 @@ def top_captions(features: RetrievalFeatures, index: int, k: int = TOP_CAPTIONS
             for s, j in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
 
 
-def split_metrics(loaded: tuple[ContrastiveModel, Preprocess, Any], out: Path, split: str, result: ProbeResult
-                  ) -> tuple[dict[str, Any], RetrievalFeatures]:
+def split_metrics(loaded: tuple[ContrastiveModel, Preprocess, Any], out: Path, split: str,
+                  result: ProbeResult, named: set[str]) -> tuple[dict[str, Any], RetrievalFeatures]:
     """Retrieval, zero-shot and probe numbers on the test scenes of one split, and its retrieval features.
 
     Args:
@@ -95,6 +114,7 @@ def split_metrics(loaded: tuple[ContrastiveModel, Preprocess, Any], out: Path, s
         out: the quickstart folder.
         split: the scene split of the test scenes.
         result: the model's probe scores on the whole suite.
+        named: ids of the probe items whose true caption names a held-out combination.
     """
     model, preprocess, tokenizer = loaded
     with torch.no_grad():
@@ -107,27 +127,34 @@ def split_metrics(loaded: tuple[ContrastiveModel, Preprocess, Any], out: Path, s
     metrics = {
         "retrieval": {key: recall[key] for key in RETRIEVAL_KEYS},
         "zeroshot": zeroshot,
-        "probe": {tag: probe_block(part, tag) for tag in sorted({item.tag for item in part.items})},
+        "probe": {tag: probe_block(part, tag, named) for tag in sorted({item.tag for item in part.items})},
     }
     return metrics, features
 
 
-def evaluate_model(name: str, out: Path, suite: Suite, examples: list[Example], splits: dict[str, str]
-                   ) -> tuple[dict[str, Any], ProbeResult]:
+def evaluate_model(name: str, out: Path, suite: Suite, examples: list[Example], splits: dict[str, str],
+                   named: set[str]) -> tuple[dict[str, Any], ProbeResult]:
     """Retrieval, zero-shot and probe numbers of ``out/name/final``; fills each example's top captions.
 
-    The first of `splits` (report name -> scene split) gives the top-level numbers; the held-out style,
-    when there is one, gives ``heldout_style`` with the same keys.
+    The first of `splits` (report name -> scene split) gives the top-level numbers; each other split
+    gives the same keys under its `SPLIT_KEYS` key (``heldout_style``, ``heldout_combinations``).
+    `named` is as in `split_metrics`.
     """
     loaded = load(out / name / "final")
     result = run_probe(suite.items, ClipEncoder(*loaded))
     (_, first), *others = splits.items()
-    metrics, features = split_metrics(loaded, out, first, result)
+    metrics, features = split_metrics(loaded, out, first, result, named)
     for example in examples:
         example.top[name] = top_captions(features, features.keys.index(example.key))
     for _, split in others:
-        metrics["heldout_style"] = split_metrics(loaded, out, split, result)[0]
+        metrics[SPLIT_KEYS[split]] = split_metrics(loaded, out, split, result, named)[0]
     return metrics, result
+
+
+def split_block(metrics: dict[str, Any], split: str) -> dict[str, Any] | None:
+    """A model's numbers on one test split, from its report.json block: the block itself for ``test``
+    (the first split), else its `SPLIT_KEYS` key; None when the report lacks that split."""
+    return metrics.get(SPLIT_KEYS[split]) if split in SPLIT_KEYS else metrics
 
 
 def first_examples(out: Path, n: int, split: str) -> list[Example]:
@@ -142,9 +169,19 @@ def _pct(probe: dict[str, Any], tag: str) -> str:
     return "-" if accuracy is None else f"{accuracy:.3f}"
 
 
-def _same_color(probe: dict[str, Any]) -> str:
-    accuracy = (probe.get("relation_swap", {}).get("same_color") or {}).get("accuracy")
+def _sub_block(probe: dict[str, Any], key: str) -> str:
+    accuracy = (probe.get("relation_swap", {}).get(key) or {}).get("accuracy")
     return "-" if accuracy is None else f"{accuracy:.3f}"
+
+
+def summary_line(name: str, label: str, metrics: dict[str, Any]) -> str:
+    """One model's headline numbers on one test split, for the progress output."""
+    probe = metrics["probe"]
+    named = "" if probe.get("relation_swap", {}).get("names_heldout") is None else (
+        f"; true caption names a held-out combination {_sub_block(probe, 'names_heldout')}")
+    return (f"  {name}, {label}: t2i R@1 {metrics['retrieval']['t2i_r1']:.3f}, relation_swap "
+            f"{_pct(probe, 'relation_swap')} (same-colour pairs {_sub_block(probe, 'same_color')}{named}), "
+            f"object_swap {_pct(probe, 'object_swap')}, attribute_swap {_pct(probe, 'attribute_swap')}")
 
 
 def evaluate_models(config: QuickstartConfig, out: Path, say: Callable[[str], None]
@@ -156,15 +193,14 @@ def evaluate_models(config: QuickstartConfig, out: Path, say: Callable[[str], No
     """
     suite = load_suite(f"synthetic:{out / 'data'}")
     splits = config.test_splits
+    named = {synthetic_item_id(*key) for key in probes_naming_heldout(out / "data", scene_config(config))}
     examples = first_examples(out, config.n_examples, next(iter(splits.values())))
     models, results = {}, {}
     for name in ("plain", "hardneg"):
-        models[name], results[name] = evaluate_model(name, out, suite, examples, splits)
-        shown = (models[name], models[name].get("heldout_style", {}))
-        for style, metrics in zip(splits, shown, strict=False):
-            probe = metrics["probe"]
-            say(f"  {name}, {style}: t2i R@1 {metrics['retrieval']['t2i_r1']:.3f}, relation_swap "
-                f"{_pct(probe, 'relation_swap')} (same-colour pairs {_same_color(probe)}), object_swap "
-                f"{_pct(probe, 'object_swap')}, attribute_swap {_pct(probe, 'attribute_swap')}")
+        models[name], results[name] = evaluate_model(name, out, suite, examples, splits, named)
+        for label, split in splits.items():
+            block = split_block(models[name], split)
+            if block is not None:
+                say(summary_line(name, label, block))
     write_probe_report(suite, "cosine", results, out / "probe", N_RESAMPLES, PROBE_SEED)
     return models, examples

@@ -4,9 +4,10 @@
 
     quickstart.json          the QuickstartConfig (what --resume re-reads)
     data/                    held-out test scenes (`write_synthetic` layout: probes.jsonl, captions.csv),
-                             split ``test`` in the training style and ``test_style`` in the held-out style
+                             split ``test`` in the training style, ``test_style`` in the held-out style and
+                             ``test_heldout`` (held-out combinations, in the training style)
     zeroshot/                held-out single-object scenes for zero-shot shape and colour accuracy (the
-                             same two splits)
+                             same three splits; ``test_heldout`` ones are held-out (colour, shape) objects)
     plain/, hardneg/         the two training runs (log.jsonl, final/ in the clipforge model format)
     probe/                   probe.json and probe.html of both models (the probe library's own report)
     skills/, dvae/,          with a generation stage (`clipforge.quickstart.generation`): the skill set, the
@@ -39,9 +40,8 @@ from typing import Any
 from clipforge.device import resolve_device
 from clipforge.errors import ClipforgeError, ConfigError, Interrupted
 from clipforge.fileio import check_writable_dir, read_json_object, write_json
-from clipforge.models.registry import get_model_config
 from clipforge.progress import Say, to_stderr
-from clipforge.quickstart.config import MODELS, QuickstartConfig
+from clipforge.quickstart.config import MODELS, QuickstartConfig, scene_config
 from clipforge.quickstart.evaluate import evaluate_models
 from clipforge.quickstart.generation import (
     DVAE_SEEN,
@@ -56,7 +56,7 @@ from clipforge.quickstart.generation import (
 )
 from clipforge.quickstart.report import conclusion, write_report
 from clipforge.skills.records import METADATA_NAME
-from clipforge.synthetic.dataset import SceneConfig, write_synthetic
+from clipforge.synthetic.dataset import write_synthetic
 from clipforge.train.config import (
     DataSection,
     EvalSection,
@@ -92,11 +92,6 @@ def train_config(config: QuickstartConfig, hard_negatives: bool) -> TrainRunConf
     )
 
 
-def scene_config(config: QuickstartConfig) -> SceneConfig:
-    """The scenes the training engine renders for the quickstart model (same defaults, same size)."""
-    return SceneConfig(image_size=get_model_config(config.model).preprocess.image_size, style=config.style)
-
-
 def prepare_out(out_dir: Path) -> None:
     """Creates the output folder, refusing one that already holds a quickstart.
 
@@ -111,7 +106,8 @@ def prepare_out(out_dir: Path) -> None:
 def write_test_data(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
     """Writes the held-out test scenes and the zero-shot scenes; returns the dataset description.
 
-    With a style, each is written twice: in the training style and in the held-out style.
+    Each is written once per test split (`QuickstartConfig.test_splits`, listed as ``style_splits``): with a
+    style in the training style and in the held-out style, and always with held-out combinations.
     """
     scenes, splits = scene_config(config), tuple(config.test_splits.values())
     test = write_synthetic(out_dir / "data", config.n_test, seed=config.seed, config=scenes, split=splits)
@@ -308,9 +304,9 @@ def resume_quickstart(out_dir: str | Path, say: Say = to_stderr) -> dict[str, An
 
 def _run(config: QuickstartConfig, out: Path, say: Say, resume: bool) -> dict[str, Any]:
     began = time.perf_counter()
-    styles, stages = " and ".join(config.test_splits), 3 if config.generation is None else 4
-    say(f"[1/{stages}] writing {config.n_test} test scenes and {config.n_zeroshot} zero-shot scenes, {styles}"
-        + ("" if config.generation is None else ", and the skill set"))
+    styles, stages = ", ".join(config.test_splits), 3 if config.generation is None else 4
+    say(f"[1/{stages}] writing {config.n_test} test scenes and {config.n_zeroshot} zero-shot scenes per test "
+        f"split ({styles})" + ("" if config.generation is None else ", and the skill set"))
     dataset = write_test_data(config, out)
     if config.generation is not None:
         write_skill_set(config.generation, config.seed, out)

@@ -14,11 +14,12 @@ from PIL import Image
 from clipforge.fileio import write_json, write_text_atomic
 from clipforge.probe.report import HONEST_NOTE
 from clipforge.probe.stats import interval_direction
-from clipforge.quickstart.evaluate import Example
+from clipforge.quickstart.evaluate import Example, split_block
 from clipforge.quickstart.gen_report import generation_html
 from clipforge.quickstart.generation import Figures
 
 MODEL_COLORS = {"plain": "#9c9c9c", "hardneg": "#e15759"}
+HATCHES = {"held-out style": "//", "held-out combinations": ".."}  # bar hatch by test split label
 THUMBNAIL = 128
 
 
@@ -48,7 +49,7 @@ def conclusion(models: dict[str, Any], steps: int, full_steps: int) -> str:
     else:
         both = f"{plain['accuracy']:.2f} for plain, {hard['accuracy']:.2f} for hardneg"
         finding = f"no effect of hard negatives was shown: relation-swap accuracy {both} ({cis} overlap)"
-    finding += _heldout_clause(models)
+    finding += _heldout_clause(models) + _combinations_clause(models)
     if steps < full_steps:
         return (f"Smoke run ({steps} of the default {full_steps} steps), too short to show the effect of "
                 f"hard negatives: {finding}.")
@@ -63,6 +64,16 @@ def _heldout_clause(models: dict[str, Any]) -> str:
     return (f"; in a held-out style {plain['relation_swap']['accuracy']:.2f} and "
             f"{hard['relation_swap']['accuracy']:.2f}, with object-swap accuracy "
             f"{plain['object_swap']['accuracy']:.2f} and {hard['object_swap']['accuracy']:.2f}")
+
+
+def _combinations_clause(models: dict[str, Any]) -> str:
+    """What the probes say on held-out combinations (empty without them): relation pair-balanced."""
+    if any("heldout_combinations" not in models[name] for name in ("plain", "hardneg")):
+        return ""
+    plain, hard = (models[name]["heldout_combinations"]["probe"]["relation_swap"]["pair_balanced"]
+                   for name in ("plain", "hardneg"))
+    return (f"; on held-out combinations relation-swap pair-balanced {plain['accuracy']:.2f} and "
+            f"{hard['accuracy']:.2f}")
 
 
 def _png(figure: Any) -> str:
@@ -102,17 +113,18 @@ def curves_plot(training: dict[str, Any]) -> str:
 
 
 def columns(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The report's metric blocks by column label: each model in each style split ("hardneg, in-style").
+    """The report's metric blocks by column label: each model in each test split ("hardneg, in-style").
 
-    The first style split's numbers are the model's top-level ones, the held-out style's its
-    ``heldout_style``; a report without style splits has one column per model.
+    ``dataset.style_splits`` names the test splits (report name -> scene split, see `split_block`); a
+    report without them has one column per model.
     """
-    styles = list(report["dataset"].get("style_splits", {})) or [""]
+    splits = report["dataset"].get("style_splits") or {"": "test"}
     found = {}
     for name, metrics in report["models"].items():
-        for style, block in zip(styles, (metrics, metrics.get("heldout_style")), strict=False):
+        for label, split in splits.items():
+            block = split_block(metrics, split)
             if block is not None:
-                found[f"{name}, {style}" if style else name] = block
+                found[f"{name}, {label}" if label else name] = block
     return found
 
 
@@ -124,7 +136,7 @@ def grouped_bars(groups: list[str], values: dict[str, list[float]],
                  errors: dict[str, list[list[float]]] | None, ylabel: str, title: str) -> str:
     """Bars per group for each column, with asymmetric error bars when `errors` holds [lo, hi] per bar.
 
-    A column's colour is its model's; held-out-style columns are hatched.
+    A column's colour is its model's; held-out-style and held-out-combination columns are hatched.
     """
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 2), 3.4))
@@ -136,13 +148,17 @@ def grouped_bars(groups: list[str], values: dict[str, list[float]],
             yerr = [[max(h - lo, 0) for h, (lo, _) in zip(heights, errors[name], strict=True)],
                     [max(hi - h, 0) for h, (_, hi) in zip(heights, errors[name], strict=True)]]
         axis.bar(xs, heights, width, yerr=yerr, capsize=3, label=name, color=_model_color(name),
-                 hatch="//" if "held-out" in name else None, edgecolor="white")
+                 hatch=_hatch(name), edgecolor="white")
     axis.set_xticks(range(len(groups)), groups)
     axis.set(ylabel=ylabel, ylim=(0, 1.05), title=title)
     axis.axhline(0.5, color="#bbb", linestyle=":", linewidth=1)
-    axis.legend()
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")  # six columns would hide bars
     axis.grid(axis="y", alpha=0.3)
     return _png(figure)
+
+
+def _hatch(label: str) -> str | None:
+    return next((hatch for split, hatch in HATCHES.items() if label.endswith(split)), None)
 
 
 def probe_plots(models: dict[str, Any]) -> str:
@@ -196,22 +212,22 @@ def summary_table(models: dict[str, Any]) -> str:
     for key in first["zeroshot"]:
         rows.append((f"zero-shot {key}", [_pct(m["zeroshot"][key]) for m in models.values()]))
     for tag in first["probe"]:
-        cells = []
-        for m in models.values():
-            block = m["probe"][tag]
-            low, high = block["ci95"]
-            interval = f"<small>[{_pct(low)}, {_pct(high)}] n={block['n']}</small>"
-            cells.append(f"{_pct(block['accuracy'])} {interval}")
-        rows.append((f"probe {tag}", cells))
+        blocks = [m["probe"].get(tag, {}) for m in models.values()]
+        rows.append((f"probe {tag}", [_interval(block) + _n(block) for block in blocks]))
         for key, label in (("pair_balanced", "pair-balanced"), ("blind", "blind baseline"),
-                           ("same_color", "same-colour pairs")):
-            cells = [_interval(m["probe"][tag].get(key)) for m in models.values()]
+                           ("same_color", "same-colour pairs"),
+                           ("names_heldout", "true caption names a held-out combination")):
+            cells = [_interval(block.get(key)) for block in blocks]
             if any(cell != "-" for cell in cells):
                 rows.append((f"probe {tag} {label}", cells))
     head = "".join(f"<th>{html.escape(name)}</th>" for name in models)
     body = "".join(f"<tr><td>{html.escape(label)}</td>{''.join(f'<td>{c}</td>' for c in cells)}</tr>"
                    for label, cells in rows)
     return f"<table><tr><th>metric</th>{head}</tr>{body}</table>"
+
+
+def _n(block: dict[str, Any]) -> str:
+    return f" <small>n={block['n']}</small>" if block.get("n") is not None else ""
 
 
 def _thumbnail(path: Path) -> str:
@@ -241,19 +257,31 @@ def example_cards(examples: list[Example]) -> str:
 
 
 def _per_style(dataset: dict[str, Any]) -> str:
-    styles = list(dataset.get("style_splits", {}))
-    return f"in each of {len(styles)} styles, {html.escape(' and '.join(styles))} " if len(styles) > 1 else ""
+    splits = list(dataset.get("style_splits", {}))
+    named = html.escape(", ".join(splits))
+    return f"in each of {len(splits)} test splits ({named}) " if len(splits) > 1 else ""
+
+
+SPLIT_NOTES = {
+    "in-style": "test scenes drawn in the randomized training style",
+    "held-out style": "test scenes drawn with a background kind, colour shades, noise levels and blur radii "
+                      "that no training scene uses (<code>clipforge.synthetic.style</code>)",
+    "held-out combinations": "test scenes (in the training style) that each show a (colour, shape) object or "
+                             "a (shape, relation) combination that no training scene shows (split "
+                             "<code>test_heldout</code>); its row \"true caption names a held-out "
+                             "combination\" keeps the probe items whose true sentence names one",
+}
 
 
 def _style_note(report: dict[str, Any]) -> str:
-    """What "in-style" and "held-out style" mean, when the scenes have a style."""
-    if not report["dataset"].get("style_splits"):
+    """What each test split's name means, with the object control."""
+    notes = [f"<b>{label}</b>: {SPLIT_NOTES[label]}" for label in report["dataset"].get("style_splits", {})
+             if label in SPLIT_NOTES]
+    if not notes:
         return ""
-    return ("<p><b>in-style</b>: test scenes drawn in the randomized training style; <b>held-out style</b>: "
-            "test scenes drawn with a background kind, colour shades, noise levels and blur radii that no "
-            "training scene uses (<code>clipforge.synthetic.style</code>). <b>object_swap</b> is the "
-            "object-recognition control beside the relation items: a relation failure with object "
-            "recognition intact is a relation failure, not a perception one.</p>")
+    return ("<p>" + "; ".join(notes) + ". <b>object_swap</b> is the object-recognition control beside the "
+            "relation items: a relation failure with object recognition intact is a relation failure, not a "
+            "perception one.</p>")
 
 
 def render_html(report: dict[str, Any], examples: list[Example], figures: Figures | None = None) -> str:
@@ -271,7 +299,8 @@ def render_html(report: dict[str, Any], examples: list[Example], figures: Figure
         "--model hardneg=OUT/hardneg/final --out OUT/probe-again",
         "clipforge eval retrieval --model OUT/hardneg/final --data synthetic:OUT/data:test --out r.json",
         "clipforge eval zeroshot --model OUT/hardneg/final --data synthetic:OUT/zeroshot:test --out z.json",
-        "# held-out style: the same with :test_style; the probe reports both splits (per_split)",
+        "# held-out style and combinations: the same with :test_style and :test_heldout; the probe reports "
+        "every split (per_split)",
     )) + "</pre>"
     sections = [
         "<h1>clipforge quickstart: hard negatives vs plain InfoNCE</h1>",

@@ -51,11 +51,13 @@ from clipforge.synthetic.text import (
     NEGATIVE_KINDS,
     Caption,
     ProbeItem,
+    caption_names_heldout,
     hard_negatives,
     image_name,
     is_false,
     is_true,
     padded_negatives,
+    probe_captions,
     probe_items,
     scene_caption,
 )
@@ -83,6 +85,7 @@ __all__ = [
     "load_scenes",
     "padded_negatives",
     "probe_items",
+    "probes_naming_heldout",
     "render_scene",
     "scene_caption",
     "single_object_scenes",
@@ -288,6 +291,17 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 def load_scenes(root: Path) -> list[Scene]:
     """Scenes of a `write_synthetic` folder, in id order."""
     return [Scene.from_json(record) for record in _read_jsonl(Path(root) / "scenes.jsonl")]
+
+
+def probes_naming_heldout(root: Path, config: SceneConfig) -> set[tuple[int, str]]:
+    """``(scene id, kind)`` of the probe items of a `write_synthetic` folder whose true caption names a
+    held-out (colour, shape) or (shape, relation) combination of `config` (only ``test_heldout`` items can).
+
+    The items' captions are made again from the scenes' metadata, as `write_synthetic` made them.
+    """
+    scenes = enumerate(load_scenes(root))
+    return {(scene_id, kind) for scene_id, scene in scenes if scene.split in PROBE_SPLITS
+            for kind, true, _ in probe_captions(scene) if caption_names_heldout(true, config)}
 
 
 def load_probe_items(root: Path) -> list[ProbeItem]:

@@ -380,14 +380,19 @@ def probe_items(scene: Scene, scene_id: int) -> list[ProbeItem]:
     Swaps apply to a relation caption of the scene when it has one (else to its attribute caption);
     ``count`` applies to its count caption.
     """
+    return [ProbeItem(scene_id, image_name(scene_id), kind, true.text, (false.text,), true.relation,
+                      scene.split) for kind, true, false in probe_captions(scene)]
+
+
+def probe_captions(scene: Scene) -> list[tuple[str, Caption, Caption]]:
+    """``(kind, true caption, false caption)`` of each probe item of the scene, in `probe_items` order."""
     rng = scene_rng(scene.seed, scene.split, scene.index, "probe")
     base = relation_caption(scene, rng, template=0) or attribute_caption(scene, rng, template=0)
     bases = {kind: base for kind in NEGATIVE_KINDS}
     bases["count"] = count_caption(scene, rng, template=0)
-    items = []
+    captions = []
     for kind in NEGATIVE_KINDS:
         negative = hard_negative(scene, bases[kind], kind, rng)
         if negative is not None:
-            items.append(ProbeItem(scene_id, image_name(scene_id), kind, bases[kind].text, (negative.text,),
-                                   bases[kind].relation, scene.split))
-    return items
+            captions.append((kind, bases[kind], negative))
+    return captions
