@@ -11,8 +11,15 @@ intervals. Then the same items are re-rendered cleanly (no stretch or rotation, 
 solid background) and plainly (the palette's exact colours on the plain dark background) and scored
 again: what the style explains.
 
+``--shapes``: how well each model's image embedding holds the shape at all, on single-object validation
+scenes: a linear probe (`clipforge.eval.linear_probe`, C from a short search on validation scenes) beside the
+quickstart's zero-shot prompts, on the same scored scenes. ``--supervised-steps N``: the default image tower
+trained directly to name the shape of styled single-object training scenes, scored on the same scenes:
+whether the tower can learn the shapes under the style at all.
+
     nice -n 10 python benchmarks/objswap_errors.py --n 1000 --model hardneg-s0=QS/hardneg/final \\
-        --model hardneg-s1=RUN/final --model plain-s0=QS/plain/final --write
+        --model hardneg-s1=RUN/final --model plain-s0=QS/plain/final --shapes --supervised-steps 1000 \\
+        --write
 """
 
 from __future__ import annotations
@@ -25,14 +32,23 @@ from typing import Any
 
 import click
 import numpy as np
+import torch
 from _results import write_section
 from PIL import Image
+from torch import nn
 
+from clipforge.data.transforms import Preprocess
+from clipforge.eval.frozen import FeatureSet
+from clipforge.eval.linear_probe import fit, predict, search_c
+from clipforge.eval.zeroshot import zero_shot_classifier
+from clipforge.models.registry import get_model_config
+from clipforge.models.vision import build_vision_tower
 from clipforge.probe import ClipEncoder, run_probe
 from clipforge.probe.formats import items_from_synthetic
 from clipforge.probe.stats import wilson_ci
 from clipforge.quickstart.config import QuickstartConfig
 from clipforge.quickstart.pipeline import scene_config
+from clipforge.synthetic.dataset import single_object_scenes
 from clipforge.synthetic.render import rgb_array
 from clipforge.synthetic.scene import (
     SHAPES,
@@ -45,10 +61,14 @@ from clipforge.synthetic.scene import (
 )
 from clipforge.synthetic.style import ROTATABLE, STRETCHABLE, Style, StyleConfig
 from clipforge.synthetic.text import ProbeItem, probe_items
+from clipforge.synthetic.zeroshot import attribute_prompts
 
 SPLITS = ("val", "val_style")
 SIZE_WORDS = ("small", "large")
 CONFUSABLE = ("cross", "diamond", "star")  # the shapes the analysis found confused with each other
+CONFUSABLE_IDS = [SHAPES.index(s) for s in CONFUSABLE]
+SHAPE_FIT, SHAPE_C, SHAPE_SCORED = 2000, 500, 1000  # single-object val scenes: fit, C search, scored
+C_EXPONENTS = (0, 2)  # log10 C tried (then one binary-search step): a full search takes minutes per model
 PAIR_BIN = "confusable pair (both shapes cross, diamond or star)"
 
 
@@ -224,14 +244,104 @@ def variant_rows(found: list[Record], models: dict[str, ClipEncoder], confusable
     return lines
 
 
+def _lone(config: SceneConfig, style: StyleConfig) -> SceneConfig:
+    return dataclasses.replace(config, style=style, count_weights=(1.0,))
+
+
+Labelled = tuple[list[Image.Image], torch.Tensor]
+
+
+def lone_scenes(config: SceneConfig, style: StyleConfig, split: str) -> Labelled:
+    """Images and shape labels of the single-object scenes of `split` that the shape read-outs use."""
+    scenes = single_object_scenes(_lone(config, style), split, SHAPE_FIT + SHAPE_C + SHAPE_SCORED)
+    labels = torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes])
+    return [render_scene(s, style) for s in scenes], labels
+
+
+def accuracy_cells(predicted: torch.Tensor, labels: torch.Tensor) -> str:
+    """Accuracy with its Wilson interval on all scenes, on the confusable shapes and on the others."""
+    hit, confusable = predicted == labels, torch.isin(labels, torch.tensor(CONFUSABLE_IDS))
+    cells = []
+    for mask in (torch.ones_like(hit), confusable, ~confusable):
+        k, n = int(hit[mask].sum()), int(mask.sum())
+        low, high = wilson_ci(k, n)
+        cells.append(f"{k / n:.3f} [{low:.2f}, {high:.2f}]")
+    return " | ".join(cells)
+
+
+def shape_readout(encoder: ClipEncoder, images: list[Image.Image], labels: torch.Tensor) -> tuple[str, str]:
+    """(linear probe, zero-shot) accuracy cells on the scored scenes; the probe's C is searched on the
+    scenes before them."""
+    features = torch.from_numpy(encoder.encode_images(images))  # [N, E], unit rows
+    data = FeatureSet(tuple(str(i) for i in range(len(labels))), features, labels)
+    cuts = np.cumsum([0, SHAPE_FIT, SHAPE_C, SHAPE_SCORED])
+    train, val, scored = (data.subset(np.arange(a, b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True))
+    probe = fit(train, search_c(train, val, coarse=C_EXPONENTS, steps=1).c)
+    classifier = zero_shot_classifier(encoder.model, encoder.tokenizer, *attribute_prompts("shape"))  # [E, C]
+    zero_shot = (scored.features @ classifier).argmax(dim=1)
+    return (accuracy_cells(torch.from_numpy(predict(probe, scored)), scored.labels),
+            accuracy_cells(zero_shot, scored.labels))
+
+
+def shape_rows(models: dict[str, ClipEncoder], config: SceneConfig, style: StyleConfig) -> list[str]:
+    """Markdown rows: per split and model, linear-probe and zero-shot shape accuracy."""
+    lines = ["| split | model | linear probe: all | confusable shapes | other shapes | zero-shot: all | "
+             "confusable shapes | other shapes |", "|---" * 8 + "|"]
+    for split in SPLITS:
+        images, labels = lone_scenes(config, style, split)
+        for name, encoder in models.items():
+            probe, zero_shot = shape_readout(encoder, images, labels)
+            lines.append(f"| {split} | {name} | {probe} | {zero_shot} |")
+    return lines
+
+
+def train_shape_tower(config: SceneConfig, style: StyleConfig, steps: int, batch: int = 128
+                      ) -> tuple[nn.Module, Preprocess]:
+    """The quickstart's image tower plus a linear head, trained with cross-entropy to name the shape of
+    styled single-object ``train`` scenes (AdamW 2e-3, one-cycle, seed 0)."""
+    torch.manual_seed(0)
+    spec = get_model_config(QuickstartConfig().model)
+    head = nn.Linear(spec.embed_dim, len(SHAPES))
+    net = nn.Sequential(build_vision_tower(spec.vision, spec.embed_dim), head)
+    preprocess, lone = Preprocess(spec.preprocess), _lone(config, style)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=steps, pct_start=0.05)
+    for step in range(steps):
+        scenes = [generate_scene(lone, 0, "train", i) for i in range(step * batch, (step + 1) * batch)]
+        pixels = torch.stack([preprocess(render_scene(s, style)) for s in scenes])  # [B, 3, S, S]
+        labels = torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes])
+        loss = nn.functional.cross_entropy(net(pixels), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return net.eval(), preprocess
+
+
+def supervised_rows(config: SceneConfig, style: StyleConfig, steps: int) -> list[str]:
+    """Markdown rows: the supervised tower's shape accuracy on the shape read-outs' scored scenes."""
+    net, preprocess = train_shape_tower(config, style, steps)
+    lines = ["| split | supervised tower: all | confusable shapes | other shapes |", "|---|---|---|---|"]
+    start = SHAPE_FIT + SHAPE_C
+    for split in SPLITS:
+        images, labels = lone_scenes(config, style, split)
+        with torch.no_grad():
+            predicted = net(torch.stack([preprocess(im) for im in images[start:]])).argmax(dim=1)  # [N]
+        lines.append(f"| {split} | {accuracy_cells(predicted, labels[start:])} |")
+    return lines
+
+
 @click.command()
 @click.option("--n", default=1000, show_default=True, help="scenes per validation split")
 @click.option("--model", "specs", multiple=True, required=True, help="NAME=PATH of a quickstart model")
+@click.option("--shapes", is_flag=True, help="also read the shape out of each model's image embedding")
+@click.option("--supervised-steps", default=0, show_default=True, help="train the tower on shapes this long")
 @click.option("--write", is_flag=True, help="write the quickstart-objerr block of RESULTS.md")
-def main(n: int, specs: tuple[str, ...], write: bool) -> None:
+def main(n: int, specs: tuple[str, ...], shapes: bool, supervised_steps: int, write: bool) -> None:
+    torch.set_num_threads(1)
     config = QuickstartConfig()
-    scenes = scene_config(config)
-    found = list(records(scenes, config.style or StyleConfig(), n))
+    scenes, style = scene_config(config), config.style or StyleConfig()
+    found = list(records(scenes, style, n))
     models = {name: ClipEncoder.load(path) for name, path in (s.split("=", 1) for s in specs)}
     errors = model_errors(rerender(found, lambda r: r.image), models)
     bins = [features(r, scenes.image_size) for r in found]
@@ -239,7 +349,12 @@ def main(n: int, specs: tuple[str, ...], write: bool) -> None:
     for breakdown in bins[0]:
         lines += error_rows(bins, errors, breakdown)
     confusable = np.array([b[PAIR_BIN] == "True" for b in bins])
-    text = "\n".join(lines + ["", *_header(models), *variant_rows(found, models, confusable)])
+    lines += ["", *_header(models), *variant_rows(found, models, confusable)]
+    if shapes:
+        lines += ["", *shape_rows(models, scenes, style)]
+    if supervised_steps:
+        lines += ["", *supervised_rows(scenes, style, supervised_steps)]
+    text = "\n".join(lines)
     print(text)
     if write:
         write_section("quickstart-objerr-tables", text, container="quickstart-objerr")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from clipforge.probe.stats import wilson_ci
 from clipforge.synthetic.scene import SceneConfig, generate_scene, render_scene, render_styled, scene_style
@@ -56,3 +57,19 @@ def test_error_rows_count_and_bound_each_bin() -> None:
     low, high = wilson_ci(2, 3)
     assert rows[0] == f"| noise: < 3 | 3 | 0.667 [{low:.2f}, {high:.2f}] (2) |"
     assert [r.split("|")[1].strip() for r in rows] == ["noise: < 3", "noise: < 6.5", "noise: >= 6.5"]
+
+
+def test_accuracy_cells_split_confusable_shapes_from_the_others() -> None:
+    shapes = objswap_errors.SHAPES
+    labels = torch.tensor([shapes.index(s) for s in ("cross", "star", "circle", "square")])
+    predicted = torch.tensor([shapes.index(s) for s in ("diamond", "star", "circle", "circle")])
+    cells = [c.split(" [")[0] for c in objswap_errors.accuracy_cells(predicted, labels).split(" | ")]
+    assert cells == ["0.500", "0.500", "0.500"]
+    assert objswap_errors.accuracy_cells(labels, labels).startswith("1.000")
+
+
+def test_shape_tower_trains_on_styled_single_object_scenes() -> None:
+    torch.set_num_threads(1)
+    net, preprocess = objswap_errors.train_shape_tower(CONFIG, STYLE, steps=2, batch=4)
+    image = render_scene(generate_scene(dataclasses.replace(CONFIG, style=STYLE), 0, "val", 0), STYLE)
+    assert net(preprocess(image)[None]).shape == (1, len(objswap_errors.SHAPES))
