@@ -474,7 +474,7 @@ def render_scene(scene: Scene, style: StyleConfig | None = None) -> Image.Image:
         style: the scene config's style; None draws plainly, on the palette's exact colours.
     """
     if style is not None:
-        return _render_styled(scene, scene_style(scene, style))
+        return render_styled(scene, scene_style(scene, style))
     image = background(scene.image_size, scene.texture_seed)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
@@ -489,8 +489,9 @@ def scene_style(scene: Scene, style: StyleConfig) -> Style:
     return sample_style(style, kinds, rng, heldout=scene.split in HELDOUT_STYLE_SPLITS)
 
 
-def _render_styled(scene: Scene, style: Style) -> Image.Image:
-    """Draws `style` at `style.supersample` times the image size, then resizes and degrades it."""
+def render_styled(scene: Scene, style: Style) -> Image.Image:
+    """Draws the scene in one style draw (`scene_style`, or an edit of it) at `style.supersample` times the
+    image size, then resizes and degrades it."""
     k, size = style.supersample, scene.image_size
     colors, param = style.background_colors, style.background_param
     image = styled_background(style.background, colors, param, k * size)
