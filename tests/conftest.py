@@ -157,3 +157,26 @@ def sigkill_then_resume(args: list[str], out: Path, kill_at: int) -> tuple[Path,
 def sigkill_run():
     """`sigkill_then_resume`: a training run killed with SIGKILL and resumed, beside an uninterrupted one."""
     return sigkill_then_resume
+
+
+@pytest.fixture(scope="session")
+def sharp_generator():
+    """Makes a random `tiny-generator` whose text vocabulary is that of `prompts`, with sharper image logits
+    than the init, so sampling paths are tested on real choices."""
+    import dataclasses
+
+    from clipforge.models.generator import Generator, GeneratorConfig
+    from clipforge.models.registry import get_any_config
+    from clipforge.tokenizer import ClipTokenizer
+
+    def make(prompts: list[str]) -> Generator:
+        torch.manual_seed(0)
+        base = get_any_config("tiny-generator")
+        assert isinstance(base, GeneratorConfig)
+        vocab = ClipTokenizer(12)(prompts + [""]).unique().tolist()
+        generator = Generator(dataclasses.replace(base, text_vocab=tuple(v for v in vocab if v != 0)))
+        with torch.no_grad():
+            generator.image_head.weight.mul_(50)
+        return generator.eval()
+
+    return make

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 import clipforge
 from clipforge.cli.main import main
 from clipforge.dalle.sampling import SamplingConfig, sample_tokens
-from clipforge.models.generator import Generator, GeneratorConfig
-from clipforge.models.registry import create_any_model, get_any_config
+from clipforge.models.generator import Generator
+from clipforge.models.registry import create_any_model
 from clipforge.tokenizer import ClipTokenizer
 from clipforge.train import load_config, load_run_config, train
 
@@ -96,15 +96,8 @@ def test_dvae_and_generator_train_on_cuda_and_the_dvae_resumes_with_its_gumbel_n
 
 
 @pytest.fixture(scope="module")
-def generator() -> Generator:
-    torch.manual_seed(0)
-    base = get_any_config("tiny-generator")
-    assert isinstance(base, GeneratorConfig)
-    vocab = ClipTokenizer(12)(PROMPTS + [""]).unique().tolist()
-    model = Generator(dataclasses.replace(base, text_vocab=tuple(v for v in vocab if v != 0)))
-    with torch.no_grad():  # sharper logits than the init, so sampling is tested on real choices
-        model.image_head.weight.mul_(50)
-    return model.eval()
+def generator(sharp_generator) -> Generator:
+    return sharp_generator(PROMPTS)
 
 
 @pytest.mark.parametrize("config", [SamplingConfig(temperature=0.7, top_k=5), SamplingConfig(cond_scale=3.0)],

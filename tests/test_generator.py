@@ -14,9 +14,9 @@ from clipforge.dalle.sampling import (
     sample_images,
     sample_tokens,
 )
-from clipforge.models.generator import Generator, GeneratorConfig
+from clipforge.models.generator import Generator
 from clipforge.models.layers import KVCache, Transformer
-from clipforge.models.registry import create_any_model, get_any_config
+from clipforge.models.registry import create_any_model
 from clipforge.tokenizer import ClipTokenizer
 from clipforge.train.dalle_objectives import PriorObjective, prior_loss
 
@@ -25,15 +25,8 @@ PROMPTS = ["a red square", "two circles", "a star to the left of a cross"]
 
 
 @pytest.fixture(scope="module")
-def model() -> Generator:
-    torch.manual_seed(0)
-    base = get_any_config("tiny-generator")
-    assert isinstance(base, GeneratorConfig)
-    vocab = ClipTokenizer(12)(PROMPTS + [""]).unique().tolist()
-    generator = Generator(dataclasses.replace(base, text_vocab=tuple(v for v in vocab if v != 0)))
-    with torch.no_grad():  # sharper logits than the init, so sampling paths are tested on real choices
-        generator.image_head.weight.mul_(50)
-    return generator.eval()
+def model(sharp_generator) -> Generator:
+    return sharp_generator(PROMPTS)
 
 
 def _text(n: int = 3) -> torch.Tensor:
