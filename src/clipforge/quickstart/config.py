@@ -55,7 +55,7 @@ class QuickstartConfig:
     """
 
     model: str = QUICKSTART_MODEL
-    steps: int = 1800
+    steps: int = 2100
     batch_size: int = 128
     lr: float = 2e-3
     warmup_steps: int = 50
