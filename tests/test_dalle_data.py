@@ -91,9 +91,12 @@ def test_token_cache_is_keyed_by_dvae_weights_and_data(tmp_path) -> None:
     from clipforge.dalle.tokens import pairs_key, scene_pairs
 
     dvae, tokenizer = create_any_model("tiny-dvae"), ClipTokenizer(12)
-    first = scene_pairs(dvae, tokenizer, CONFIG, 0, 20, tmp_path)
+    said: list[str] = []
+    first = scene_pairs(dvae, tokenizer, CONFIG, 0, 20, tmp_path, said.append)
     (cached,) = list(tmp_path.glob("pairs-*.safetensors"))
-    again = scene_pairs(dvae, tokenizer, CONFIG, 0, 20, tmp_path)
+    again = scene_pairs(dvae, tokenizer, CONFIG, 0, 20, tmp_path, said.append)
+    assert said[0] == "tokenizing 20 training images with the dVAE"
+    assert said[1].startswith("read the image tokens of 20 training images from the cache")
     assert torch.equal(first.image, again.image) and torch.equal(first.text, again.text)
     key = pairs_key(dvae, CONFIG, 0, 20, 12)
     assert key != pairs_key(dvae, CONFIG, 1, 20, 12) and key != pairs_key(dvae, CONFIG, 0, 21, 12)

@@ -21,6 +21,7 @@ from clipforge.dalle.photos import CaptionedPhotos, encode_photos
 from clipforge.dalle.scenes import SkillSceneConfig, skill_scene
 from clipforge.fileio import write_bytes_atomic
 from clipforge.models.dvae import DVAE
+from clipforge.progress import Say, quiet
 from clipforge.tokenizer import TextTokenizer
 
 
@@ -40,32 +41,38 @@ def pairs_key(dvae: DVAE, config: SkillSceneConfig, seed: int, n: int, context_l
 
 
 def scene_pairs(dvae: DVAE, tokenizer: TextTokenizer, config: SkillSceneConfig, seed: int, n: int,
-                cache_dir: Path | None = None) -> TokenPairs:
+                cache_dir: Path | None = None, say: Say = quiet) -> TokenPairs:
     """Scenes 0 .. n-1 of the stream `(config, seed)` as (caption, image tokens), from the cache if there.
 
     A cache file that cannot be read is recomputed and replaced.
     """
     key = pairs_key(dvae, config, seed, n, tokenizer.context_length)
     return cached_pairs(key, cache_dir, lambda: encode_scenes(
-        dvae, tokenizer, [skill_scene(config, seed, i) for i in range(n)]))
+        dvae, tokenizer, [skill_scene(config, seed, i) for i in range(n)]), n, say)
 
 
 def photo_pairs(dvae: DVAE, tokenizer: TextTokenizer, photos: CaptionedPhotos,
-                cache_dir: Path | None = None) -> TokenPairs:
+                cache_dir: Path | None = None, say: Say = quiet) -> TokenPairs:
     """Every (caption, image tokens) pair of `photos`, from the cache if there (keyed by the dVAE's weights,
     the pixels and captions, and the text context)."""
     data = f"{photos.fingerprint()}|context={tokenizer.context_length}"
     key = hashlib.sha256(f"{weights_fingerprint(dvae)}|{data}".encode()).hexdigest()[:24]
-    return cached_pairs(key, cache_dir, lambda: encode_photos(dvae, tokenizer, photos))
+    return cached_pairs(key, cache_dir, lambda: encode_photos(dvae, tokenizer, photos), len(photos), say)
 
 
-def cached_pairs(key: str, cache_dir: Path | None, compute: Callable[[], TokenPairs]) -> TokenPairs:
-    """The pairs cached under `key`, else `compute()`'s, written (atomically) to the cache if there is one."""
+def cached_pairs(key: str, cache_dir: Path | None, compute: Callable[[], TokenPairs], n: int,
+                 say: Say = quiet) -> TokenPairs:
+    """The pairs cached under `key`, else `compute()`'s, written (atomically) to the cache if there is one.
+
+    `say` hears which of the two happened to the `n` training images (tokenizing them takes minutes).
+    """
     path = None if cache_dir is None else cache_dir / f"pairs-{key}.safetensors"
     if path is not None:
         cached = _read(path)
         if cached is not None:
+            say(f"read the image tokens of {n} training images from the cache ({path.name})")
             return cached
+    say(f"tokenizing {n} training images with the dVAE")
     pairs = compute()
     if path is not None:
         write_bytes_atomic(path, dump_tensors({"text": pairs.text, "image": pairs.image}))

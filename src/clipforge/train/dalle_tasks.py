@@ -27,7 +27,7 @@ from clipforge.models.base import Model
 from clipforge.models.dvae import DVAE
 from clipforge.models.generator import Generator
 from clipforge.models.registry import create_any_model
-from clipforge.progress import Say
+from clipforge.progress import Say, quiet
 from clipforge.synthetic.scene import SceneConfig
 from clipforge.tokenizer import get_tokenizer
 from clipforge.train.config import TrainRunConfig
@@ -151,18 +151,17 @@ class PriorTask:
         self.tokenizer = get_tokenizer(self.model.config.tokenizer)
         self.last: dict[str, float] = {}
         photos = training_photos(config, self.model.config.dvae.image_size, say)
-        say(f"tokenizing {len(photos) if photos else config.data.n_train} training images with the dVAE")
-        pairs = self._pairs(config.data.seed, config.data.n_train, photos)
+        pairs = self._pairs(config.data.seed, config.data.n_train, photos, say)
         empty = self.tokenizer([""])[0]
         self.batches = TokenBatches(pairs, empty, config.train.batch_size, config.train.seed,
                                     config.prior.caption_dropout)
 
-    def _pairs(self, seed: int, n: int, photos: CaptionedPhotos | None) -> TokenPairs:
+    def _pairs(self, seed: int, n: int, photos: CaptionedPhotos | None, say: Say = quiet) -> TokenPairs:
         cache = Path(self.config.prior.token_cache) if self.config.prior.token_cache else None
         if photos is None:
-            pairs = scene_pairs(self.model.dvae, self.tokenizer, self.scenes, seed, n, cache)
+            pairs = scene_pairs(self.model.dvae, self.tokenizer, self.scenes, seed, n, cache, say)
         else:
-            pairs = photo_pairs(self.model.dvae, self.tokenizer, photos, cache)
+            pairs = photo_pairs(self.model.dvae, self.tokenizer, photos, cache, say)
         self.model.dvae.train()  # encoding put it in eval mode; the engine expects the whole model training
         return pairs
 
