@@ -79,22 +79,36 @@ def test_a_model_that_always_prefers_one_phrase_scores_exactly_one_half() -> Non
     assert summary["blind"]["gain"]["accuracy"] == 0.0
 
 
+class TwoImages:
+    """Red 0 pixels embed as [1, 0], the others as [0, 1]; four fixed text vectors."""
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return np.array([[1.0, 0.0] if im.getpixel((0, 0))[0] == 0 else [0.0, 1.0] for im in images])
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        table = {"t0": [1.0, -2.0], "f0": [0.0, 0.0], "t1": [0.0, 0.3], "f1": [0.1, 0.1]}
+        return np.array([table[t] for t in texts])
+
+
+def _two_items(split: str | None = None) -> list[ProbeItem]:
+    return [ProbeItem("a", Image.new("RGB", (2, 2), (0, 0, 0)), "t0", ("f0",), split=split),
+            ProbeItem("b", Image.new("RGB", (2, 2), (9, 0, 0)), "t1", ("f1",), split=split)]
+
+
 def test_blind_scores_use_the_normalized_mean_image() -> None:
-    class TwoImages:
-        def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-            return np.array([[1.0, 0.0] if im.getpixel((0, 0))[0] == 0 else [0.0, 1.0] for im in images])
-
-        def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-            table = {"t0": [1.0, -2.0], "f0": [0.0, 0.0], "t1": [0.0, 0.3], "f1": [0.1, 0.1]}
-            return np.array([table[t] for t in texts])
-
-    items = [ProbeItem("a", Image.new("RGB", (2, 2), (0, 0, 0)), "t0", ("f0",)),
-             ProbeItem("b", Image.new("RGB", (2, 2), (9, 0, 0)), "t1", ("f1",))]
-    result = run_probe(items, TwoImages())
+    result = run_probe(_two_items(), TwoImages())
     blind = np.array([1.0, 1.0]) / np.sqrt(2)
     expected = [[blind @ [1.0, -2.0], 0.0], [blind @ [0.0, 0.3], blind @ [0.1, 0.1]]]
     np.testing.assert_allclose(np.array(result.blind_scores), expected)
     assert result.correct.tolist() == [True, True] and result.blind_correct.tolist() == [False, True]
+
+
+def test_each_split_has_its_own_blind_image() -> None:
+    other = ProbeItem("c", Image.new("RGB", (2, 2), (9, 0, 0)), "t0", ("f0",), split="style")
+    alone = run_probe(_two_items("test"), TwoImages())
+    mixed = run_probe([*_two_items("test"), other], TwoImages())
+    np.testing.assert_allclose(np.array(mixed.blind_scores[:2]), np.array(alone.blind_scores))
+    np.testing.assert_allclose(mixed.blind_scores[2], [-2.0, 0.0])  # its split's only image is [0, 1]
 
 
 def test_stratified_draws_match_a_naive_loop() -> None:

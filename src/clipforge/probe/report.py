@@ -28,10 +28,11 @@ CI_METHOD = f"percentile bootstrap (Wilson score interval below n={MIN_BOOTSTRAP
 HONEST_NOTE = (
     "Pair-balanced: the mean of the two directions of each pair of labels (left of &rarr; right of and "
     "right of &rarr; left of), then the mean over pairs, so a fixed preference for one phrase scores 0.5. "
-    "Blind: the same sentences scored against the normalized mean embedding of all the suite's images (one "
-    "vector for every item), so the pick depends on the text alone; accuracy &minus; blind is what the image "
-    "contributed. Their intervals resample whole groups when items come in groups (a flip: caption, a "
-    "collage: photo pair), else items within each direction; model and blind are resampled together."
+    "Blind: the same sentences scored against the normalized mean embedding of the suite's images (one "
+    "vector for every item of a split), so the pick depends on the text alone; accuracy &minus; blind is "
+    "what the image contributed. Their intervals resample whole groups when items come in groups (a flip: "
+    "caption, a collage: photo pair), else items within each direction; model and blind are resampled "
+    "together."
 )
 
 

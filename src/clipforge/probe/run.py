@@ -2,10 +2,11 @@
 
 `run_probe` works on items in memory, so the CLI, the quickstart and tests share one code path.
 
-Blind baseline: every item is also scored against one *blind image*, the normalized mean embedding of all
-the suite's images. It is the same vector for every item, so the blind pick depends on the sentences
-alone: blind accuracy is the model's text prior, and accuracy minus blind accuracy is what the image
-contributed.
+Blind baseline: every item is also scored against one *blind image*, the normalized mean embedding of the
+images of its split (all the suite's images when items name no split). It is the same vector for every item
+of a split, so the blind pick depends on the sentences alone: blind accuracy is the model's text prior, and
+accuracy minus blind accuracy is what the image contributed. Per split, so that adding a split to a suite
+never moves another split's blind numbers.
 """
 
 from __future__ import annotations
@@ -135,9 +136,18 @@ def run_probe(items: Sequence[ProbeItem], encoder: Encoder, scorer: str = "cosin
     parts = {s: sentence_parts(s, scorer) for item in kept for s in item.sentences}
     texts = _encode_texts(sorted({p for ps in parts.values() for p in ps}), encoder)
     scores = [_item_scores(item, images[item.image_key], parts, texts) for item in kept]
-    blind = blind_image(list(images.values()))
-    blind_scores = [_item_scores(item, blind, parts, texts) for item in kept] if kept else []
+    blinds = split_blind_images(kept, images)
+    blind_scores = [_item_scores(item, blinds[item.split], parts, texts) for item in kept]
     return ProbeResult(kept, scores, bad, scorer, blind_scores)
+
+
+def split_blind_images(items: Sequence[ProbeItem], images: Mapping[str, np.ndarray]
+                       ) -> dict[str | None, np.ndarray]:
+    """The blind image of each split among `items`, from the embeddings of its distinct images."""
+    keys: dict[str | None, dict[str, None]] = {}
+    for item in items:
+        keys.setdefault(item.split, {})[item.image_key] = None  # a dict keeps first-seen order, once per key
+    return {split: blind_image([images[k] for k in split_keys]) for split, split_keys in keys.items()}
 
 
 def blind_image(embeddings: Sequence[np.ndarray]) -> np.ndarray:
