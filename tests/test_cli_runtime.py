@@ -83,12 +83,14 @@ def test_quickstart_passes_device_and_threads_and_resume_takes_no_other_option(
     monkeypatch.setattr(quickstart_cmd, "run_quickstart", lambda config, out, say: seen.append(config))
     runner = CliRunner()
     assert runner.invoke(main, ["quickstart", "--out", str(tmp_path), "--quick", "--threads", "2",
-                                "--device", "auto"]).exit_code == 0
+                                "--device", "auto", "--seed", "3"]).exit_code == 0
     assert runner.invoke(main, ["quickstart", "--out", str(tmp_path)]).exit_code == 0
     assert (seen[0].threads, seen[0].device, seen[0].steps) == (2, "auto", QuickstartConfig.quick().steps)
     assert (seen[1].threads, seen[1].device) == (1, "cpu")
+    assert (seen[0].seed, seen[1].seed) == (3, 0)
     for args, message in [
         (["quickstart", "--resume", str(tmp_path), "--quick"], "--resume DIR takes no other option"),
+        (["quickstart", "--resume", str(tmp_path), "--seed", "1"], "--resume DIR takes no other option"),
         (["quickstart"], "give --out DIR"),
         (["quickstart", "--resume", str(tmp_path)], "not a quickstart folder (no quickstart.json)"),
     ]:
