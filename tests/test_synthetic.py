@@ -31,15 +31,20 @@ from clipforge.synthetic.scene import (
     SceneConfig,
     SceneObject,
     compute_relations,
+    fits_split,
     generate_scene,
+    heldout_combinations,
     object_mask,
     render_scene,
+    scene_style,
 )
+from clipforge.synthetic.style import StyleConfig
 from clipforge.synthetic.text import (
     NEGATIVE_KINDS,
     Caption,
     Phrase,
     count_caption,
+    counterfactual_scene,
     hard_negative,
     is_false,
     is_true,
@@ -472,3 +477,70 @@ def test_cli_synth(tmp_path: Path) -> None:
     assert len(load_probe_items(tmp_path / "d")) >= 12 * 4
     bad = runner.invoke(main, ["synth", "--out", str(tmp_path / "e"), "--n", "0"])
     assert bad.exit_code != 0 and bad.output.strip().count("\n") == 0 and "positive" in bad.output
+
+
+def _counterfactuals(config: SceneConfig, n: int) -> list[tuple[Scene, Caption, Scene]]:
+    found = []
+    for i in range(n):
+        scene = generate_scene(config, 0, "train", i)
+        caption = scene_caption(scene, config)
+        swapped = counterfactual_scene(scene, caption, config)
+        if swapped is not None:
+            found.append((scene, caption, swapped))
+    return found
+
+
+def test_counterfactual_scene_moves_only_the_two_named_objects_and_falsifies_the_caption() -> None:
+    """A hard-negative image: the same objects, one pair in each other's places, the caption false by an
+    independent reading of the geometry, and no held-out relation shown."""
+    config = SceneConfig(image_size=48)
+    found = _counterfactuals(config, 300)
+    assert len(found) > 150  # relation captions are 80% of the scenes; most swaps fit
+    for scene, caption, swapped in found:
+        assert _reference_truth(scene, _canonical(caption.text)) is True
+        assert _reference_truth(swapped, _canonical(caption.text)) is False, (caption.text, swapped)
+        kept = [(o.shape, o.color, o.size, o.depth) for o in scene.objects]
+        assert [(o.shape, o.color, o.size, o.depth) for o in swapped.objects] == kept
+        pairs = zip(scene.objects, swapped.objects, strict=True)
+        moved = [k for k, (a, b) in enumerate(pairs) if a.bbox != b.bbox]
+        assert len(moved) == 2
+        assert not heldout_combinations(swapped, config) and fits_split(swapped, config)
+        assert swapped.relations == compute_relations(swapped.objects, 48, swapped.margin)
+
+
+def test_counterfactual_scene_needs_a_spatial_relation_caption() -> None:
+    config = SceneConfig(image_size=48)
+    scene = next(s for s in _scenes("train", 50, config) if len(s.objects) == 2)
+    attribute = Caption("attribute", tuple(Phrase(o.color, o.shape) for o in scene.objects))
+    assert counterfactual_scene(scene, attribute, config) is None
+
+
+def test_negative_images_are_the_scene_redrawn_with_the_pair_swapped() -> None:
+    plain = SceneConfig(image_size=48)
+    data = SyntheticScenes(plain, "train", 200, negative_kinds=(), negative_images=1.0)
+    with_image = [i for i in range(200) if data[i]["negative_image_mask"]]
+    assert len(with_image) > 100
+    for i in with_image[:20]:
+        scene, item = data.scene(i), data[i]
+        swapped = counterfactual_scene(scene, scene_caption(scene, plain), plain)
+        assert swapped is not None
+        expected = np.asarray(render_scene(swapped))
+        assert np.array_equal(item["negative_image"].permute(1, 2, 0).numpy(), expected)
+        assert not torch.equal(item["negative_image"], item["image"])
+    styled = SceneConfig(image_size=48, style=StyleConfig())
+    scene = generate_scene(styled, 0, "train", with_image[0])
+    swapped = counterfactual_scene(scene, scene_caption(scene, styled), styled)
+    assert swapped is not None and scene_style(swapped, StyleConfig()) == scene_style(scene, StyleConfig())
+
+
+def test_negative_image_share_is_seeded_and_off_by_default() -> None:
+    config = SceneConfig(image_size=48)
+    assert "negative_image" not in SyntheticScenes(config, "train", 10)[0]
+    every = [bool(SyntheticScenes(config, "train", 300, negative_images=1.0)[i]["negative_image_mask"])
+             for i in range(300)]
+    half = SyntheticScenes(config, "train", 300, negative_images=0.5)
+    some = [bool(half[i]["negative_image_mask"]) for i in range(300)]
+    assert all(a for a, b in zip(every, some, strict=True) if b)  # the same draw, a lower threshold
+    assert 0.35 * sum(every) < sum(some) < 0.65 * sum(every)
+    assert some == [bool(half[i]["negative_image_mask"]) for i in range(300)]
+    assert not half[some.index(False)]["negative_image"].any()  # no image: zeros

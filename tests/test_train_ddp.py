@@ -25,12 +25,12 @@ WORKER = textwrap.dedent(
     """
     import sys, torch
     sys.path.insert(0, {tests!r})
-    from test_train_ddp import global_batch, loss_and_grads
+    from test_train_ddp import KINDS, global_batch, loss_and_grads
     from clipforge.train.distributed import init_from_env, shutdown
     env = init_from_env()
     torch.set_num_threads(1)
-    for kind in ("infonce", "siglip"):
-        loss, grads = loss_and_grads(kind, global_batch(), env, accum_steps=2)
+    for kind in KINDS:
+        loss, grads = loss_and_grads(kind, global_batch(kind), env, accum_steps=2)
         if env.is_main:
             torch.save({{"loss": loss, "grads": grads}}, {out!r} + "/" + kind + ".pt")
     shutdown(env)
@@ -38,17 +38,25 @@ WORKER = textwrap.dedent(
 )
 
 
-def global_batch() -> PairBatch:
+# Loss kinds; "infonce-images" is InfoNCE with hard-negative images (samples 0, 2, 5 and 6 have one).
+KINDS = ("infonce", "siglip", "infonce-images")
+
+
+def global_batch(kind: str = "infonce") -> PairBatch:
     """8 samples at 32 px with 2 hard negatives each; sample 3 has only one real negative."""
     g = torch.Generator().manual_seed(5)
     mask = torch.ones(8, 2, dtype=torch.bool)
     mask[3, 1] = False
-    return PairBatch(
+    batch = PairBatch(
         images=torch.randn(8, 3, 32, 32, generator=g),
         tokens=_tokens(8, g),
         negative_tokens=_tokens(16, g).reshape(8, 2, 16),
         negative_mask=mask,
     )
+    if kind == "infonce-images":
+        batch.negative_images = torch.randn(8, 3, 32, 32, generator=g)
+        batch.negative_image_mask = torch.tensor([True, False, True, False, False, True, True, False])
+    return batch
 
 
 def _tokens(n: int, g: torch.Generator) -> torch.Tensor:
@@ -68,7 +76,8 @@ def loss_and_grads(
     from clipforge.train.distributed import average_gradients
 
     seed_everything(0)
-    config = TrainRunConfig(model=ModelSection("tiny-vit"), loss=LossSection(kind=kind, hard_negatives=2))
+    section = LossSection(kind=kind.removesuffix("-images"), hard_negatives=2)
+    config = TrainRunConfig(model=ModelSection("tiny-vit"), loss=section)
     task = ContrastiveTask(config, quiet)
     loss = backward_step(task, batch, env, accum_steps)
     named = list(task.model.named_parameters())
@@ -90,14 +99,14 @@ def test_two_processes_match_one_on_loss_and_gradients(tmp_path: Path) -> None:
     script.write_text(WORKER.format(tests=str(REPO / "tests"), out=str(tmp_path)))
     _torchrun([str(script)], tmp_path)
     torch.set_num_threads(1)
-    for kind in ("infonce", "siglip"):
-        loss, grads = loss_and_grads(kind, global_batch(), DistEnv(), accum_steps=2)
+    for kind in KINDS:
+        loss, grads = loss_and_grads(kind, global_batch(kind), DistEnv(), accum_steps=2)
         ddp = torch.load(tmp_path / f"{kind}.pt")
         assert ddp["loss"] == pytest.approx(loss, abs=1e-5)
         assert set(ddp["grads"]) == set(grads) and len(grads) > 10
         for name, grad in grads.items():
             torch.testing.assert_close(ddp["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
-        assert grads["logit_scale" if kind == "infonce" else "logit_bias"].abs().item() > 1e-4
+        assert grads["logit_bias" if kind == "siglip" else "logit_scale"].abs().item() > 1e-4
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from clipforge.cli.main import main
 from clipforge.errors import CheckpointError, ConfigError
 from clipforge.train import load_config, load_run_config, train
+from clipforge.train.batches import PairBatch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "synthetic-tiny.toml"
@@ -74,8 +75,10 @@ def test_training_lowers_the_loss_with_siglip_and_hard_negatives(tmp_path: Path)
     assert load_model(tmp_path / "run" / "final").logit_bias is not None  # final/ keeps the calibration
 
 
-def test_resume_from_a_checkpoint_continues_bit_for_bit(tmp_path: Path) -> None:
-    config = load_config(TINY, _small("train.steps=6", "train.checkpoint_every=3", "loss.hard_negatives=2"))
+@pytest.mark.parametrize("extra", [(), ("loss.negative_images=0.5",)])
+def test_resume_from_a_checkpoint_continues_bit_for_bit(tmp_path: Path, extra: tuple[str, ...]) -> None:
+    overrides = _small("train.steps=6", "train.checkpoint_every=3", "loss.hard_negatives=2", *extra)
+    config = load_config(TINY, overrides)
     train(config, tmp_path / "full")
     # Pretend the run was killed writing step 5's log line: the step-3 checkpoint, a log reaching step 4
     # and a torn line survive (resume drops the torn line).
@@ -153,3 +156,23 @@ def test_flickr8k_run_resumes_bit_for_bit(tmp_path: Path, flickr8k_root: Path) -
     train(load_run_config(partial), partial, resume=True)
     for name, tensor in _weights(tmp_path / "full").items():
         assert torch.equal(tensor, _weights(partial)[name]), name
+
+
+def test_negative_images_are_batched_encoded_and_reach_the_loss() -> None:
+    from clipforge.train.contrastive import ContrastiveTask, encode_batch
+
+    config = load_config(TINY, _small("loss.negative_images=1.0", "data.num_workers=0"))
+    task = ContrastiveTask(config, say=lambda line: None)
+    batch = task.batches.next_batch()
+    real = batch.negative_image_mask
+    assert batch.negative_images is not None and real is not None and 0 < int(real.sum()) < len(batch)
+    assert batch.negative_images.shape == batch.images.shape
+    assert batch.rows(2, 5).negative_image_mask is not None and len(batch.rows(2, 5).negative_image_mask) == 3
+    with torch.no_grad():
+        features = encode_batch(task.encoder, task.model, batch)
+        alone = task.encoder.images(batch.negative_images[real])
+    assert features.negative_images is not None and not features.negative_images[~real].any()
+    assert torch.allclose(features.negative_images[real], alone, atol=1e-6)
+    without = PairBatch(batch.images, batch.tokens, batch.negative_tokens, batch.negative_mask)
+    with torch.no_grad():
+        assert float(task.loss(batch)) > float(task.loss(without))

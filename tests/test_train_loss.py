@@ -43,6 +43,8 @@ def naive_infonce(f: PairFeatures) -> float:
                 columns.append(s * _dot(f.images[i], f.negatives[n]))
         total += -(columns[i] - math.log(sum(math.exp(c) for c in columns))) / 2
         rows = [s * _dot(f.texts[i], f.images[j]) for j in range(b)]
+        if f.negative_images is not None and f.negative_image_mask is not None:
+            rows += [s * _dot(f.texts[i], f.negative_images[j]) for j in range(b) if f.negative_image_mask[j]]
         total += -(rows[i] - math.log(sum(math.exp(r) for r in rows))) / 2
     return total / b
 
@@ -73,6 +75,23 @@ def test_infonce_negatives_raise_the_loss_and_masked_ones_do_not_count() -> None
     assert float(InfoNCELoss()(_features(k=2))) > plain
     all_masked = tuple((i, j) for i in range(5) for j in range(2))
     assert float(InfoNCELoss()(_features(k=2, masked=all_masked))) == pytest.approx(plain, rel=1e-12)
+
+
+def _with_negative_images(f: PairFeatures, real: list[bool]) -> PairFeatures:
+    g = torch.Generator().manual_seed(2)
+    negatives = F.normalize(torch.randn(f.images.shape, generator=g, dtype=torch.float64), dim=-1)
+    return PairFeatures(f.images, f.texts, f.logit_scale, f.negatives, f.negative_mask,
+                        negative_images=negatives, negative_image_mask=torch.tensor(real))
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_infonce_with_negative_images_matches_naive(k: int) -> None:
+    """Each caption's row on the text->image side gets every real hard-negative image as a column."""
+    f = _with_negative_images(_features(k=k), [True, False, True, True, False])
+    assert float(InfoNCELoss()(f)) == pytest.approx(naive_infonce(f), rel=1e-10)
+    assert float(InfoNCELoss()(f)) > float(InfoNCELoss()(_features(k=k)))
+    none_real = _with_negative_images(_features(k=k), [False] * 5)
+    assert float(InfoNCELoss()(none_real)) == pytest.approx(float(InfoNCELoss()(_features(k=k))), rel=1e-12)
 
 
 @pytest.mark.parametrize("k, masked", [(0, ()), (2, ((1, 1),))])
@@ -144,11 +163,14 @@ def test_overrides_use_toml_values() -> None:
         ("train.steps=1.5", "'steps' must be int"),
         ("loss.kind=triplet", "loss.kind must be one of"),
         ("nonsense.x=1", "unknown config key 'nonsense'"),
+        ("loss.negative_images=1.5", r"loss.negative_images must be in \[0, 1\]"),
+        ("data.source=flickr8k", "loss.negative_images works with loss.kind = 'infonce' and data.source"),
     ],
 )
 def test_bad_config_values_are_one_line_errors(override: str, message: str) -> None:
+    extra = ["loss.negative_images=0.5"] if override.startswith("data.source") else []
     with pytest.raises(ConfigError, match=message) as info:
-        load_config(None, [override])
+        load_config(None, [override, *extra])
     assert "\n" not in str(info.value)
 
 

@@ -52,6 +52,7 @@ from clipforge.synthetic.text import (
     Caption,
     ProbeItem,
     caption_names_heldout,
+    counterfactual_scene,
     hard_negatives,
     image_name,
     is_false,
@@ -115,12 +116,16 @@ class SyntheticScenes(Dataset[dict[str, Any]]):
             scene; slot k is of kind ``negative_kinds[k]`` when that kind applies to the caption, otherwise
             another false caption (see `padded_negatives`). Empty when `negative_kinds` is empty.
         index: int, the item's index.
+        negative_image, negative_image_mask: only with ``negative_images > 0``: a uint8 [3, H, W] image of
+            the scene with the two objects of its spatial caption in each other's places
+            (`counterfactual_scene`, drawn in the scene's own style draw) and True, for a seeded
+            `negative_images` share of the scenes where one exists; otherwise zeros and False.
 
     The default DataLoader collate turns `negatives` into ``len(negative_kinds)`` lists of B strings.
     """
 
     def __init__(self, config: SceneConfig, split: str, length: int, seed: int = 0,
-                 negative_kinds: Sequence[str] = NEGATIVE_KINDS) -> None:
+                 negative_kinds: Sequence[str] = NEGATIVE_KINDS, negative_images: float = 0.0) -> None:
         if length <= 0:
             raise ConfigError(f"synthetic dataset length must be positive, got {length}")
         unknown = [k for k in negative_kinds if k not in NEGATIVE_KINDS]
@@ -130,6 +135,7 @@ class SyntheticScenes(Dataset[dict[str, Any]]):
         generate_scene(config, seed, split, 0)  # fails early on a bad split or config
         self.config, self.split, self.length, self.seed = config, split, length, seed
         self.negative_kinds = tuple(negative_kinds)
+        self.negative_images = negative_images
 
     def __len__(self) -> int:
         return self.length
@@ -146,8 +152,21 @@ class SyntheticScenes(Dataset[dict[str, Any]]):
         rng = scene_rng(self.seed, self.split, index, "negatives")
         negatives = (padded_negatives(scene, caption, self.negative_kinds, rng, self.config)
                      if self.negative_kinds else [])
-        return {"image": image_tensor(render_scene(scene, self.config.style)), "caption": caption.text,
+        item = {"image": image_tensor(render_scene(scene, self.config.style)), "caption": caption.text,
                 "negatives": negatives, "index": index}
+        if self.negative_images:
+            item.update(self._negative_image(scene, caption, index))
+        return item
+
+    def _negative_image(self, scene: Scene, caption: Caption, index: int) -> dict[str, Any]:
+        drawn = scene_rng(self.seed, self.split, index, "negative_image").random() < self.negative_images
+        swapped = counterfactual_scene(scene, caption, self.config) if drawn else None
+        if swapped is None:
+            size = self.config.image_size
+            blank = torch.zeros(3, size, size, dtype=torch.uint8)
+            return {"negative_image": blank, "negative_image_mask": False}
+        return {"negative_image": image_tensor(render_scene(swapped, self.config.style)),
+                "negative_image_mask": True}
 
 
 def single_object_scenes(config: SceneConfig, split: str, n: int, seed: int = 0) -> list[Scene]:

@@ -258,7 +258,7 @@ def generate_scene(config: SceneConfig, seed: int, split: str, index: int) -> Sc
     count = _draw_count(config, split, rng)
     for _ in range(_SCENE_TRIES):
         scene = _sample_scene(config, count, rng, (seed, split, index))
-        if scene is not None and _fits_split(scene, config):
+        if scene is not None and fits_split(scene, config):
             return scene
     raise DataError(f"could not place scene {index} of split {split!r} in {_SCENE_TRIES} tries; "
                     "use fewer or smaller objects")
@@ -362,7 +362,9 @@ def _clean_occlusion(back: SceneObject, front: SceneObject, image_size: int) -> 
     return overlap >= 1.5 * MIN_OVERLAP * smaller and overlap <= 0.5 * int(back_mask.sum())
 
 
-def _fits_split(scene: Scene, config: SceneConfig) -> bool:
+def fits_split(scene: Scene, config: SceneConfig) -> bool:
+    """Whether the scene may belong to its split: a ``test_heldout`` scene shows a held-out combination,
+    any other split's scene shows no held-out relation, not even within the margin."""
     if scene.split == "test_heldout":
         return bool(heldout_combinations(scene, config))
     return not any(
@@ -370,6 +372,32 @@ def _fits_split(scene: Scene, config: SceneConfig) -> bool:
         for shape, relation in config.heldout_relations
         for i in range(len(scene.objects)) for j in range(len(scene.objects)) if i != j
     )
+
+
+def swap_places(scene: Scene, i: int, j: int) -> Scene | None:
+    """The scene with objects `i` and `j` in each other's places: each keeps its size and is centred where
+    the other's centre was (moved inside the image when it would cross the border), relations recomputed.
+
+    None when a moved object would come closer than `_GAP` pixels to another object or the two would touch,
+    so the new scene is as cleanly drawn as a sampled one.
+    """
+    a, b = scene.objects[i], scene.objects[j]
+    boxes = {i: _centred(a.bbox, b.centre, scene.image_size), j: _centred(b.bbox, a.centre, scene.image_size)}
+    objects = tuple(SceneObject(o.shape, o.color, o.size, boxes[k], o.depth) if k in boxes else o
+                    for k, o in enumerate(scene.objects))
+    for k in boxes:
+        if not _apart(objects[k].bbox, [o.bbox for n, o in enumerate(objects) if n != k], skip_first=False):
+            return None
+    relations = compute_relations(objects, scene.image_size, scene.margin)
+    return Scene(scene.seed, scene.split, scene.index, scene.image_size, scene.margin, objects, relations,
+                 scene.texture_seed)
+
+
+def _centred(box: Box, centre: tuple[float, float], image_size: int) -> Box:
+    """A box of `box`'s side centred on `centre`, kept 1 px inside the image like sampled boxes."""
+    side = box[2] - box[0]
+    x0, y0 = (min(max(round(c - side / 2), 1), image_size - side - 1) for c in centre)
+    return (x0, y0, x0 + side, y0 + side)
 
 
 def names_heldout(config: SceneConfig, kinds: Iterable[tuple[str, str]] = (),

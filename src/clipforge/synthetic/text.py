@@ -26,13 +26,16 @@ from clipforge.synthetic.scene import (
     COLORS,
     OPPOSITE,
     SHAPES,
+    SPATIAL_RELATIONS,
     Relation,
     Scene,
     SceneConfig,
     SceneObject,
+    fits_split,
     names_heldout,
     relation_plausible,
     scene_rng,
+    swap_places,
 )
 
 CAPTION_KINDS = ("relation", "attribute", "count")
@@ -320,6 +323,24 @@ def _absent_object(scene: Scene, config: SceneConfig) -> Caption:
     present = {(obj.color, obj.shape) for obj in scene.objects}.union(config.heldout_pairs)
     color, shape = next((c, s) for c in COLORS for s in SHAPES if (c, s) not in present)
     return Caption("attribute", (Phrase(color, shape),), None, 0)
+
+
+def counterfactual_scene(scene: Scene, caption: Caption, config: SceneConfig) -> Scene | None:
+    """The scene with the two objects its spatial relation caption names in each other's places: the same
+    objects, colours and style draw, and the caption definitely false. A hard-negative *image* for the
+    caption, which only where the objects are can tell apart.
+
+    None when the caption states no spatial relation, the swapped objects do not fit (`swap_places`), or
+    the new scene would show a combination its split holds out (`fits_split`).
+    """
+    if caption.kind != "relation" or caption.relation not in SPATIAL_RELATIONS:
+        return None
+    relation = str(caption.relation)
+    pairs = [(i, j) for i, j in _pairs(scene, caption) if Relation(i, relation, j) in scene.relations]
+    swapped = swap_places(scene, *pairs[0]) if pairs else None
+    if swapped is None or not is_false(swapped, caption) or not fits_split(swapped, config):
+        return None
+    return swapped
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ class PairBatch:
         negative_tokens: [B, K, L] hard-negative token ids, or [B, K, D] features ([B, K, L, D] token
             states; K = 0 without negatives).
         negative_mask: [B, K] True where the negative is real, False where it pads.
+        negative_images: [B, 3, S, S] hard-negative images (zeros where a sample has none), or None.
+        negative_image_mask: [B] True where a sample has a hard-negative image, or None.
 
     Which of the two each field holds is not read off the tensors: the source that made the batch
     supplies the `PairEncoder` for it.
@@ -48,25 +50,27 @@ class PairBatch:
     tokens: torch.Tensor
     negative_tokens: torch.Tensor
     negative_mask: torch.Tensor
+    negative_images: torch.Tensor | None = None
+    negative_image_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def rows(self, start: int, stop: int) -> PairBatch:
         """Samples `start:stop` (a rank's shard or an accumulation micro-batch)."""
-        return PairBatch(
-            self.images[start:stop],
-            self.tokens[start:stop],
-            self.negative_tokens[start:stop],
-            self.negative_mask[start:stop],
-        )
+        return self.map(lambda t: t[start:stop])
 
     def to(self, device: torch.device) -> PairBatch:
         """The batch on `device`; on the CPU, the batch itself."""
         if self.images.device == device:
             return self
-        tensors = (self.images, self.tokens, self.negative_tokens, self.negative_mask)
-        return PairBatch(*(t.to(device) for t in tensors))
+        return self.map(lambda t: t.to(device))
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> PairBatch:
+        """The batch with `fn` applied to each of its tensors."""
+        images, mask = self.negative_images, self.negative_image_mask
+        return PairBatch(fn(self.images), fn(self.tokens), fn(self.negative_tokens), fn(self.negative_mask),
+                         None if images is None else fn(images), None if mask is None else fn(mask))
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,8 @@ def pad_negatives(negatives: Sequence[str], k: int) -> tuple[list[str], list[boo
 
 
 class PairCollate:
-    """Turns dataset items (``image``, ``caption``, optional ``negatives``) into a `PairBatch`.
+    """Turns dataset items (``image``, ``caption``, optional ``negatives``, optional ``negative_image`` with
+    ``negative_image_mask``) into a `PairBatch`.
 
     uint8 images are scaled to [0, 1] and normalized; float images are taken as already normalized.
     """
@@ -126,7 +131,11 @@ class PairCollate:
         else:
             flat = self.tokenizer([text for texts, _ in padded for text in texts])  # [B * K, L]
             negatives = flat.reshape(len(items), self.k, -1)  # [B, K, L]
-        return PairBatch(images, tokens, negatives, mask)
+        if "negative_image" not in items[0]:
+            return PairBatch(images, tokens, negatives, mask)
+        negative_images = torch.stack([self.pixels(item["negative_image"]) for item in items])  # [B, 3, S, S]
+        has_image = torch.tensor([bool(item["negative_image_mask"]) for item in items])  # [B]
+        return PairBatch(images, tokens, negatives, mask, negative_images, has_image)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:

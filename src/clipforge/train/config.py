@@ -147,6 +147,11 @@ class LossSection:
             sigmoid per pair with the model's scale and a logit bias, added to the model if it has none).
         hard_negatives: extra negative captions per sample (NegCLIP); 0 turns them off.
         negative_kinds: which kinds of hard negatives the data should generate (empty = all it knows).
+        negative_images: share of synthetic training scenes whose caption states a spatial relation that
+            also get a hard-negative *image*: the same scene, style and objects with the two related
+            objects in each other's places, so the caption is false for it
+            (`synthetic.text.counterfactual_scene`). It is an extra column of the caption's row on the
+            text->image side. 0 turns them off.
         siglip_init_scale: the model's initial log logit scale for SigLIP (ln 10).
         siglip_init_bias: the model's initial logit bias for SigLIP.
     """
@@ -154,6 +159,7 @@ class LossSection:
     kind: str = "infonce"
     hard_negatives: int = 0
     negative_kinds: tuple[str, ...] = ()
+    negative_images: float = 0.0
     siglip_init_scale: float = math.log(10.0)
     siglip_init_bias: float = -10.0
 
@@ -236,6 +242,12 @@ def validate(config: TrainRunConfig, where: str) -> None:
            f"train.device must be one of {', '.join(DEVICES)}, got '{t.device}'")
     _check(loss.kind in LOSSES, where, f"loss.kind must be one of {LOSSES}, got '{loss.kind}'")
     _check(loss.hard_negatives >= 0, where, f"loss.hard_negatives must be >= 0, got {loss.hard_negatives}")
+    _check(0.0 <= loss.negative_images <= 1.0, where,
+           f"loss.negative_images must be in [0, 1], got {loss.negative_images}")
+    plain_synthetic = config.data.source == "synthetic" and not config.data.dvae
+    _check(not loss.negative_images or (loss.kind == "infonce" and plain_synthetic), where,
+           "loss.negative_images works with loss.kind = 'infonce' and data.source = 'synthetic' "
+           "(no data.dvae)")
     least = 1 if config.data.source in RENDERED else 0  # a real-data spec may take all its images
     _check(config.data.n_train >= least, where, f"data.n_train must be >= {least}, got {config.data.n_train}")
     _check(config.eval.every >= 0, where, f"eval.every must be >= 0, got {config.eval.every}")

@@ -63,16 +63,27 @@ def encode_batch(encoder: PairEncoder, model: ContrastiveModel, batch: PairBatch
     rows stay zero, and the loss masks them out anyway.
     """
     b, k = batch.negative_mask.shape
-    images = encoder.images(batch.images)  # [B, E]
+    images, negative_images = encode_images(encoder, batch)  # [B, E], [B, E] or None
     real = batch.negative_mask.reshape(b * k)  # [B * K]
     row = batch.negative_tokens.shape[2:]  # [L] ids, [D] cached features or [L, D] cached token states
     negatives = batch.negative_tokens.reshape(b * k, *row)[real]  # [R, *row]
     texts = encoder.texts(torch.cat([batch.tokens, negatives]))  # [B + R, E]
     scale, bias = model.similarity_scale(), model.logit_bias
-    if k == 0:
-        return PairFeatures(images, texts, scale, logit_bias=bias)
     negative_features = texts.new_zeros(b * k, texts.shape[1]).index_put((real,), texts[b:])  # [B * K, E]
-    return PairFeatures(images, texts[:b], scale, negative_features, batch.negative_mask, bias)
+    return PairFeatures(images, texts[:b], scale, negative_features if k else None,
+                        batch.negative_mask if k else None, bias, negative_images, batch.negative_image_mask)
+
+
+def encode_images(encoder: PairEncoder, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features of the batch's images and of its real hard-negative images (rows of zeros where a sample
+    has none), in one call of the image encoder."""
+    if batch.negative_images is None or batch.negative_image_mask is None:
+        return encoder.images(batch.images), None
+    real = batch.negative_image_mask  # [B]
+    features = encoder.images(torch.cat([batch.images, batch.negative_images[real]]))  # [B + R, E]
+    b = batch.images.shape[0]
+    negatives = features.new_zeros(b, features.shape[1]).index_put((real,), features[b:])  # [B, E]
+    return features[:b], negatives
 
 
 class ContrastiveTask:

@@ -1,8 +1,9 @@
 """Contrastive objectives: symmetric InfoNCE (CLIP) and the pairwise sigmoid loss (SigLIP).
 
 Both accept NegCLIP-style hard negatives: K extra captions per sample become extra *columns* on the
-image->text side, so an image must beat its batch's captions and every hard negative; the text->image
-side stays over the true captions only. Under `torchrun` each rank computes the loss of its own rows
+image->text side, so an image must beat its batch's captions and every hard negative. InfoNCE also takes
+one hard-negative image per sample as an extra column on the text->image side; without them that side
+stays over the batch's images only. Under `torchrun` each rank computes the loss of its own rows
 against columns gathered from all ranks, so the average over ranks is the loss of the global batch.
 """
 
@@ -30,6 +31,8 @@ class PairFeatures:
         negatives: [B * K, E] hard-negative caption features, sample-major (None without negatives).
         negative_mask: [B, K] True where a negative is real, False where a sample had fewer than K.
         logit_bias: the model's logit bias (SigLIP), None for models without one.
+        negative_images: [B, E] hard-negative image features, one per sample (None without them).
+        negative_image_mask: [B] True where a sample's hard-negative image is real.
     """
 
     images: torch.Tensor
@@ -38,6 +41,8 @@ class PairFeatures:
     negatives: torch.Tensor | None = None
     negative_mask: torch.Tensor | None = None
     logit_bias: torch.Tensor | None = None
+    negative_images: torch.Tensor | None = None
+    negative_image_mask: torch.Tensor | None = None
 
 
 def global_columns(f: PairFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,17 +60,32 @@ def global_columns(f: PairFeatures) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([texts, negatives]), torch.cat([valid, mask])
 
 
+def global_images(f: PairFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' images followed by all ranks' hard-negative images, and which of those columns are real.
+
+    Returns:
+        columns [G (+ G), E] and valid [G (+ G)] (bool), G being the global batch size.
+    """
+    images = gather_with_grad(f.images)  # [G, E]
+    valid = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
+    if f.negative_images is None or f.negative_image_mask is None:
+        return images, valid
+    negatives = gather_with_grad(f.negative_images)  # [G, E]
+    return torch.cat([images, negatives]), torch.cat([valid, gather(f.negative_image_mask)])
+
+
 class InfoNCELoss(nn.Module):
     """CLIP's symmetric cross-entropy over the cosine-similarity matrix, scaled by the model's temperature."""
 
     def forward(self, f: PairFeatures) -> torch.Tensor:
         columns, valid = global_columns(f)
-        images = gather_with_grad(f.images)  # [G, E]
+        images, image_valid = global_images(f)
         rows = f.images.shape[0]
         labels = rank_offset(rows) + torch.arange(rows, device=f.images.device)
         per_image = f.logit_scale * f.images @ columns.t()  # [B, G + G * K]
         per_image = per_image.masked_fill(~valid, float("-inf"))
-        per_text = f.logit_scale * f.texts @ images.t()  # [B, G]
+        per_text = f.logit_scale * f.texts @ images.t()  # [B, G (+ G)]
+        per_text = per_text.masked_fill(~image_valid, float("-inf"))
         return (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
 
 

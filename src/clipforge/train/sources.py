@@ -39,9 +39,11 @@ SYNTHETIC = "synthetic"
 def synthetic_dataset(config: TrainRunConfig, split: str, size: int, image_size: int) -> SyntheticScenes:
     """The synthetic scenes of `split`, rendered on the fly at the model's input size and data style."""
     loss = config.loss
-    kinds = (loss.negative_kinds or NEGATIVE_KINDS) if loss.hard_negatives and split == "train" else ()
+    train = split == "train"
+    kinds = (loss.negative_kinds or NEGATIVE_KINDS) if loss.hard_negatives and train else ()
     scenes = SceneConfig(image_size=image_size, style=config.data.style)
-    return SyntheticScenes(scenes, split, size, config.data.seed, kinds)
+    negative_images = loss.negative_images if train else 0.0
+    return SyntheticScenes(scenes, split, size, config.data.seed, kinds, negative_images)
 
 
 def pair_collate(model: ContrastiveModel, hard_negatives: int) -> PairCollate:
