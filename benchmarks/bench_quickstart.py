@@ -25,6 +25,13 @@ PAIRS = (("left of", "right of"), ("above", "below"))
 PROBE_ROWS = ("relation_swap", "argument_swap", "attribute_swap", "object_swap", "count")
 
 
+def _negative_images(config: dict[str, Any]) -> str:
+    share = config.get("negative_images", 0.0)
+    text = (f" and, for a {share:.0%} draw of its scenes, a negative image: the scene with the two objects "
+            "its caption relates in each other's places")
+    return text if share else ""
+
+
 def pair_balanced(per_relation: dict[str, float]) -> float | None:
     """Mean over the antonym pairs of the mean of both directions; None when a direction is missing."""
     if any(r not in per_relation for pair in PAIRS for r in pair):
@@ -97,7 +104,8 @@ def main(out: Path, wall: str, load: str) -> None:
         f"\"seconds\": {report['seconds']:.0f}, training {training}. Seed {data['seed']}; both models "
         f"train side by side for {config['steps']} steps of {config['batch_size']} {data['image_size']}-px "
         f"scenes drawn in randomized styles; `hardneg` adds {' and '.join(config['negative_kinds'])} "
-        f"negative captions. Test sets: {data['n_test']} scenes in the training style (in-style) and "
+        f"negative captions{_negative_images(config)}. Test sets: {data['n_test']} scenes in the training "
+        "style (in-style) and "
         f"{data['n_test']} in the held-out style (a background kind, colour shades, noise levels and blur "
         "radii that no training scene uses)" + _combinations_note(data) + "; 95% intervals are seeded "
         "bootstraps. `object_swap` is the object-recognition control.\n"

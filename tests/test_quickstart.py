@@ -20,7 +20,7 @@ from clipforge.probe import ClipEncoder, ProbeItem, items_from_synthetic, run_pr
 from clipforge.quickstart import QuickstartConfig, run_quickstart
 from clipforge.quickstart.config import scene_config
 from clipforge.quickstart.generation import GenerationConfig, train_generation
-from clipforge.quickstart.pipeline import _jsonable
+from clipforge.quickstart.pipeline import _jsonable, train_config
 from clipforge.synthetic.dataset import SceneConfig, SyntheticScenes, synthetic_probe_items
 from clipforge.synthetic.scene import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_RELATIONS
 from clipforge.synthetic.style import StyleConfig
@@ -191,6 +191,15 @@ def test_bad_budget_is_a_config_error() -> None:
         QuickstartConfig(steps=0)
     with pytest.raises(ConfigError, match="negative_kinds"):
         QuickstartConfig(negative_kinds=("colour_swap",))
+    with pytest.raises(ConfigError, match="negative_images must be in"):
+        QuickstartConfig(negative_images=1.5)
+
+
+def test_only_hardneg_gets_negative_images() -> None:
+    config = QuickstartConfig()
+    assert 0 < config.negative_images < 1
+    assert train_config(config, hard_negatives=True).loss.negative_images == config.negative_images
+    assert train_config(config, hard_negatives=False).loss.negative_images == 0.0
 
 
 def test_cli_unwritable_out_is_one_clear_error(tmp_path: Path) -> None:

@@ -87,7 +87,8 @@ def train_config(config: QuickstartConfig, hard_negatives: bool) -> TrainRunConf
         train=TrainSection(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                            warmup_steps=config.warmup_steps, seed=config.seed, threads=config.threads,
                            device=config.device, progress=False),
-        loss=LossSection(hard_negatives=len(kinds), negative_kinds=kinds),
+        loss=LossSection(hard_negatives=len(kinds), negative_kinds=kinds,
+                         negative_images=config.negative_images if hard_negatives else 0.0),
         eval=EvalSection(every=config.eval_every),
     )
 
@@ -311,8 +312,9 @@ def _run(config: QuickstartConfig, out: Path, say: Say, resume: bool) -> dict[st
     if config.generation is not None:
         write_skill_set(config.generation, config.seed, out)
     budget = f"{config.steps} steps of {config.batch_size} scenes each"
-    say(f"[2/{stages}] training plain and hardneg side by side ({budget}; hardneg adds "
-        f"{', '.join(config.negative_kinds)} negatives)" + _generation_budget(config))
+    adds = f"{', '.join(config.negative_kinds)} negatives{_negative_images(config)}"
+    say(f"[2/{stages}] training plain and hardneg side by side ({budget}; hardneg adds {adds})"
+        + _generation_budget(config))
     training = train_both(config, out, say, resume)
     generation_training = training.pop(GENERATION, None)
     if config.generation is not None and dvae_rerankers(config.generation):
@@ -342,6 +344,13 @@ def _run(config: QuickstartConfig, out: Path, say: Say, resume: bool) -> dict[st
         say(str(report["generation"]["conclusion"]))
     say(f"done in {report['seconds']:.0f} s: {out / 'report.json'}, {out / 'report.html'}")
     return report
+
+
+def _negative_images(config: QuickstartConfig) -> str:
+    if not config.negative_images:
+        return ""
+    return (f", and for a {config.negative_images:.0%} draw of its scenes the scene with the two objects of "
+            "its spatial caption swapped as a negative image")
 
 
 def _generation_budget(config: QuickstartConfig) -> str:
