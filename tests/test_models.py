@@ -61,7 +61,9 @@ def test_text_is_causal_and_pooled_at_eot() -> None:
     changed = tokens.clone()
     changed[0, 6] = 500  # after the end-of-text token: must not change the embedding
     with torch.no_grad():
-        assert torch.equal(model.encode_text(tokens), model.encode_text(changed))
+        # Equal up to float rounding: the longer sequence runs through other kernel blockings.
+        same = model.encode_text(tokens), model.encode_text(changed)
+        torch.testing.assert_close(*same, atol=1e-6, rtol=1e-5)
         changed[0, 2] = 777  # before it: must change it
         assert not torch.allclose(model.encode_text(tokens), model.encode_text(changed))
 

@@ -15,21 +15,12 @@ from safetensors.torch import load_file
 
 from clipforge.cli.main import main
 from clipforge.errors import ClipforgeError, ConfigError
-from clipforge.models.registry import create_model
-from clipforge.probe import ClipEncoder, ProbeItem, items_from_synthetic, run_probe
 from clipforge.quickstart import QuickstartConfig, run_quickstart
 from clipforge.quickstart.config import scene_config
 from clipforge.quickstart.generation import GenerationConfig, train_generation
 from clipforge.quickstart.pipeline import _jsonable, train_config
-from clipforge.synthetic.dataset import SceneConfig, SyntheticScenes, synthetic_probe_items
 from clipforge.synthetic.scene import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_RELATIONS
 from clipforge.synthetic.style import StyleConfig
-from clipforge.train.batches import tower_encoder
-from clipforge.train.config import TrainSection
-from clipforge.train.contrastive import encode_batch
-from clipforge.train.loop import torch_settings
-from clipforge.train.loss import InfoNCELoss
-from clipforge.train.sources import pair_collate
 from clipforge.typed import parse_dataclass
 
 RELATIONS = ("left of", "right of", "above", "below")
@@ -258,44 +249,7 @@ def test_conclusion_is_computed_from_the_numbers() -> None:
         "0.97 and 0.97; on held-out combinations relation-swap pair-balanced 0.56 and 0.88.")
 
 
-# Two objects, three shapes, three colours, relation captions only: the quickstart's question in miniature.
-RELATION_SCENES = SceneConfig(
-    image_size=32, count_weights=(0.0, 1.0), shapes=("circle", "square", "triangle"),
-    colors=("red", "green", "blue"), caption_weights=(1.0, 0.0, 0.0), size_in_caption=0.0,
-    heldout_pairs=(), heldout_relations=(),
-)
 
-
-def _relation_swap_accuracy(hard_negatives: int, scenes: list[dict[str, Any]], items: list[ProbeItem]
-                            ) -> float:
-    """Trains tiny-convnet with the engine's collate, encoder and loss (600 seeded steps of 64 scenes)."""
-    with torch_settings(TrainSection(threads=1)):
-        torch.manual_seed(0)
-        model = create_model("tiny-convnet").train()
-        collate, encoder, loss_fn = pair_collate(model, hard_negatives), tower_encoder(model), InfoNCELoss()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-        order = torch.Generator().manual_seed(0)
-        for _ in range(600):
-            chosen = torch.randint(len(scenes), (64,), generator=order).tolist()
-            loss = loss_fn(encode_batch(encoder, model, collate([scenes[i] for i in chosen])))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        result = run_probe(items, ClipEncoder(model, collate.preprocess, collate.tokenizer))
-    return float(result.correct.mean())
-
-
-@pytest.mark.slow
-def test_relation_swap_negatives_teach_what_plain_training_does_not() -> None:
-    data = SyntheticScenes(RELATION_SCENES, "train", 2048, seed=0, negative_kinds=("relation_swap",))
-    scenes = [data[i] for i in range(len(data))]
-    items, _ = items_from_synthetic(synthetic_probe_items(RELATION_SCENES, "test", 200, seed=1))
-    held_out = [item for item in items if item.tag == "relation_swap"]
-    plain = _relation_swap_accuracy(0, scenes, held_out)
-    hardneg = _relation_swap_accuracy(1, scenes, held_out)
-    assert len(held_out) == 180
-    assert abs(plain - 0.5) < 0.1  # plain InfoNCE stays at chance on swapped relations of unseen scenes
-    assert hardneg > plain + 0.1  # measured 0.678 vs 0.506 (seed 0)
 
 
 @pytest.mark.parametrize("style", [StyleConfig(rotation=5.0, noise=(0.0, 4.0), heldout_noise=(1.0, 2.0)),

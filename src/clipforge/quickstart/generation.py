@@ -154,8 +154,9 @@ def dvae_reranker_run(config: GenerationConfig, base: TrainRunConfig, out: Path,
     captioned with their prompts and seen through the stage's dVAE, with `base`'s loss and batch size:
     plain and hardneg still differ only in their hard negatives (the prompts' relation swaps)."""
     steps = config.reranker_steps
+    # Skill scenes have no swapped-places images (`loss.negative_images` is for the synthetic scenes only).
     return replace(
-        base, model=ModelSection(str(out / name / "final")),
+        base, model=ModelSection(str(out / name / "final")), loss=replace(base.loss, negative_images=0.0),
         data=DataSection(source=SKILL_SCENES, n_train=steps * base.train.batch_size, n_val=256,
                          seed=base.data.seed, dvae=str(out / "dvae" / "final")),
         train=replace(base.train, steps=steps, lr=config.reranker_lr, warmup_steps=steps // 10,
