@@ -19,6 +19,7 @@ from typing import Any
 import click
 from _results import write_section
 
+from clipforge.quickstart.config import negative_images_phrase
 from clipforge.quickstart.report import columns
 
 PAIRS = (("left of", "right of"), ("above", "below"))
@@ -26,10 +27,8 @@ PROBE_ROWS = ("relation_swap", "argument_swap", "attribute_swap", "object_swap",
 
 
 def _negative_images(config: dict[str, Any]) -> str:
-    share = config.get("negative_images", 0.0)
-    text = (f" and, for a {share:.0%} draw of its scenes, a negative image: the scene with the two objects "
-            "its caption relates in each other's places")
-    return text if share else ""
+    images = negative_images_phrase(config.get("negative_images", 0.0))
+    return f" and, {images}" if images else ""
 
 
 def pair_balanced(per_relation: dict[str, float]) -> float | None:

@@ -107,6 +107,14 @@ class QuickstartConfig:
                    generation=GenerationConfig.quick())
 
 
+def negative_images_phrase(share: float) -> str:
+    """How progress lines and reports name `hardneg`'s hard-negative images ("" when there are none)."""
+    if not share:
+        return ""
+    return (f"for a {share:.0%} draw of its scenes, a negative image: the scene with the two objects its "
+            "caption relates in each other's places")
+
+
 def scene_config(config: QuickstartConfig) -> SceneConfig:
     """The scenes the training engine renders for the quickstart model (same defaults, same size)."""
     return SceneConfig(image_size=get_model_config(config.model).preprocess.image_size, style=config.style)

@@ -41,7 +41,7 @@ from clipforge.device import resolve_device
 from clipforge.errors import ClipforgeError, ConfigError, Interrupted
 from clipforge.fileio import check_writable_dir, read_json_object, write_json
 from clipforge.progress import Say, to_stderr
-from clipforge.quickstart.config import MODELS, QuickstartConfig, scene_config
+from clipforge.quickstart.config import MODELS, QuickstartConfig, negative_images_phrase, scene_config
 from clipforge.quickstart.evaluate import evaluate_models
 from clipforge.quickstart.generation import (
     DVAE_SEEN,
@@ -312,7 +312,8 @@ def _run(config: QuickstartConfig, out: Path, say: Say, resume: bool) -> dict[st
     if config.generation is not None:
         write_skill_set(config.generation, config.seed, out)
     budget = f"{config.steps} steps of {config.batch_size} scenes each"
-    adds = f"{', '.join(config.negative_kinds)} negatives{_negative_images(config)}"
+    images = negative_images_phrase(config.negative_images)
+    adds = f"{', '.join(config.negative_kinds)} negatives" + (f", and {images}" if images else "")
     say(f"[2/{stages}] training plain and hardneg side by side ({budget}; hardneg adds {adds})"
         + _generation_budget(config))
     training = train_both(config, out, say, resume)
@@ -344,13 +345,6 @@ def _run(config: QuickstartConfig, out: Path, say: Say, resume: bool) -> dict[st
         say(str(report["generation"]["conclusion"]))
     say(f"done in {report['seconds']:.0f} s: {out / 'report.json'}, {out / 'report.html'}")
     return report
-
-
-def _negative_images(config: QuickstartConfig) -> str:
-    if not config.negative_images:
-        return ""
-    return (f", and for a {config.negative_images:.0%} draw of its scenes the scene with the two objects of "
-            "its spatial caption swapped as a negative image")
 
 
 def _generation_budget(config: QuickstartConfig) -> str:

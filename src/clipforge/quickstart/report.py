@@ -14,6 +14,7 @@ from PIL import Image
 from clipforge.fileio import write_json, write_text_atomic
 from clipforge.probe.report import HONEST_NOTE
 from clipforge.probe.stats import interval_direction
+from clipforge.quickstart.config import negative_images_phrase
 from clipforge.quickstart.evaluate import Example, split_block
 from clipforge.quickstart.gen_report import generation_html
 from clipforge.quickstart.generation import Figures
@@ -284,20 +285,15 @@ def _style_note(report: dict[str, Any]) -> str:
             "perception one.</p>")
 
 
-def _negative_images(config: dict[str, Any]) -> str:
-    share = config.get("negative_images", 0.0)
-    text = f"; and for a {share:.0%} draw of its scenes, the scene with the two related objects swapped"
-    return text if share else ""
-
-
 def render_html(report: dict[str, Any], examples: list[Example], figures: Figures | None = None) -> str:
     """The whole page: summary, curves, probe plots, example scenes, how to reproduce, and the Generation
     section when the quickstart has one."""
     dataset = report["dataset"]
+    images = negative_images_phrase(report["config"].get("negative_images", 0.0))
     intro = (f"<p>Two CLIP models trained from scratch on the same {dataset['n_train']} synthetic scenes "
              f"with the same budget; <b>plain</b> uses InfoNCE only, <b>hardneg</b> adds hard negatives "
              f"({html.escape(', '.join(report['config']['negative_kinds']))}"
-             f"{_negative_images(report['config'])}). Evaluated on "
+             f"{f'; and {images}' if images else ''}). Evaluated on "
              f"{dataset['n_test']} held-out test scenes and {dataset['n_zeroshot']} single-object scenes "
              f"{_per_style(dataset)}({dataset['probe_items']} probe items in all). "
              f"Total time {report['seconds']:.0f} s; clipforge {html.escape(report['version'])}.</p>")
