@@ -69,7 +69,7 @@ def encode_batch(encoder: PairEncoder, model: ContrastiveModel, batch: PairBatch
     negatives = batch.negative_tokens.reshape(b * k, *row)[real]  # [R, *row]
     texts = encoder.texts(torch.cat([batch.tokens, negatives]))  # [B + R, E]
     scale, bias = model.similarity_scale(), model.logit_bias
-    negative_features = texts.new_zeros(b * k, texts.shape[1]).index_put((real,), texts[b:])  # [B * K, E]
+    negative_features = _placed(real, texts[b:])  # [B * K, E]
     return PairFeatures(images, texts[:b], scale, negative_features if k else None,
                         batch.negative_mask if k else None, bias, negative_images, batch.negative_image_mask)
 
@@ -82,8 +82,12 @@ def encode_images(encoder: PairEncoder, batch: PairBatch) -> tuple[torch.Tensor,
     real = batch.negative_image_mask  # [B]
     features = encoder.images(torch.cat([batch.images, batch.negative_images[real]]))  # [B + R, E]
     b = batch.images.shape[0]
-    negatives = features.new_zeros(b, features.shape[1]).index_put((real,), features[b:])  # [B, E]
-    return features[:b], negatives
+    return features[:b], _placed(real, features[b:])  # [B, E], [B, E]
+
+
+def _placed(real: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[len(real), E]: `rows` where `real` is True, in order, and zeros elsewhere (padding slots)."""
+    return rows.new_zeros(real.shape[0], rows.shape[1]).index_put((real,), rows)
 
 
 class ContrastiveTask:

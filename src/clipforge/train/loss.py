@@ -51,13 +51,7 @@ def global_columns(f: PairFeatures) -> tuple[torch.Tensor, torch.Tensor]:
     Returns:
         columns [G + G * K, E] and valid [G + G * K] (bool), G being the global batch size.
     """
-    texts = gather_with_grad(f.texts)  # [G, E]
-    valid = torch.ones(texts.shape[0], dtype=torch.bool, device=texts.device)
-    if f.negatives is None or f.negative_mask is None:
-        return texts, valid
-    negatives = gather_with_grad(f.negatives)  # [G * K, E]
-    mask = gather(f.negative_mask).reshape(-1)  # [G * K]
-    return torch.cat([texts, negatives]), torch.cat([valid, mask])
+    return _gathered(f.texts, f.negatives, f.negative_mask)
 
 
 def global_images(f: PairFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,12 +60,18 @@ def global_images(f: PairFeatures) -> tuple[torch.Tensor, torch.Tensor]:
     Returns:
         columns [G (+ G), E] and valid [G (+ G)] (bool), G being the global batch size.
     """
-    images = gather_with_grad(f.images)  # [G, E]
-    valid = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
-    if f.negative_images is None or f.negative_image_mask is None:
-        return images, valid
-    negatives = gather_with_grad(f.negative_images)  # [G, E]
-    return torch.cat([images, negatives]), torch.cat([valid, gather(f.negative_image_mask)])
+    return _gathered(f.images, f.negative_images, f.negative_image_mask)
+
+
+def _gathered(features: torch.Tensor, extra: torch.Tensor | None, mask: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' `features`, then all ranks' `extra` rows when there are any, with which rows are real."""
+    gathered = gather_with_grad(features)  # [G, E]
+    valid = torch.ones(gathered.shape[0], dtype=torch.bool, device=gathered.device)
+    if extra is None or mask is None:
+        return gathered, valid
+    extra_mask = gather(mask).reshape(-1)  # [G * K] (K = 1 for images)
+    return torch.cat([gathered, gather_with_grad(extra)]), torch.cat([valid, extra_mask])
 
 
 class InfoNCELoss(nn.Module):
